@@ -1,0 +1,423 @@
+"""The backend contract: what the manager needs from storage, and the rules every backend keeps.
+
+Template methods: the public async methods live here and do the conversions, validation and
+corrupt-row handling once; a backend implements the small ``_primitives`` on plain rows.
+
+Four kinds of data live in a backend:
+
+* **records**: finished (and, for shared history, active) tasks as JSON rows, paged newest first;
+* **the journal**: tasks that must not be lost. An entry is written at enqueue and removed when
+  the task finishes. Each entry has an *owner* (an instance id). Owners renew one lease by
+  heartbeat; entries of an owner whose lease expired, or with no owner (released at a clean
+  shutdown), are *claimed* atomically by a live instance, which re-runs or interrupts them;
+* **idempotency keys**: reserved atomically, so two instances never both run one key;
+* **locks and one-off schedules**: a scheduled slot fires on exactly one instance.
+
+Write a custom backend by subclassing :class:`TaskBackend` and implementing the primitives; run
+``tests/contract`` against it (see docs/backends.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..models import TaskRecord, TaskStatus
+from ..serialization import decode_call, encode_call
+
+logger = logging.getLogger("fastapi_taskflow.backends")
+
+Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class RecordQuery:
+    """Filters for paging through records, newest first."""
+
+    status: str | None = None
+    func_name: str | None = None
+    queue: str | None = None
+    tag: tuple[str, str] | None = None
+    text: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+    def matches(self, record: TaskRecord) -> bool:
+        """The same filter in Python, for the in-memory part of a merged list."""
+        if self.status is not None and record.status.value != self.status:
+            return False
+        if self.func_name is not None and record.func_name != self.func_name:
+            return False
+        if self.queue is not None and record.queue != self.queue:
+            return False
+        if self.tag is not None and record.tags.get(self.tag[0]) != self.tag[1]:
+            return False
+        created = record.created_at.timestamp()
+        if self.since is not None and created < self.since.timestamp():
+            return False
+        if self.until is not None and created >= self.until.timestamp():
+            return False
+        if self.text:
+            needle = self.text.lower()
+            haystack = f"{record.func_name}\n{record.task_id}\n{record.error or ''}".lower()
+            if needle not in haystack:
+                return False
+        return True
+
+
+def encode_cursor(created_at: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{task_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Raises ``ValueError`` for a cursor this code did not make."""
+    try:
+        created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(created), task_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+@dataclass(slots=True)
+class RecordPage:
+    records: list[TaskRecord]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    """A task that must survive the process: enough to run it again after a crash."""
+
+    task_id: str
+    func_name: str
+    payload: bytes
+    encrypted: bool = False
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    tags: dict[str, str] = field(default_factory=dict)
+    priority: int | None = None
+    queue: str = "default"
+    idempotency_key: str | None = None
+    source: str = "manual"
+    retries_used: int = 0
+    requeue_count: int = 0
+    requeue: bool = False
+    owner: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "task_id": self.task_id,
+                "func_name": self.func_name,
+                "payload": base64.b64encode(self.payload).decode("ascii"),
+                "encrypted": self.encrypted,
+                "created_at": self.created_at.isoformat(),
+                "tags": self.tags,
+                "priority": self.priority,
+                "queue": self.queue,
+                "idempotency_key": self.idempotency_key,
+                "source": self.source,
+                "retries_used": self.retries_used,
+                "requeue_count": self.requeue_count,
+                "requeue": self.requeue,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes, owner: str | None = None) -> JournalEntry:
+        raw = json.loads(data)
+        return cls(
+            task_id=raw["task_id"],
+            func_name=raw["func_name"],
+            payload=base64.b64decode(raw["payload"]),
+            encrypted=bool(raw["encrypted"]),
+            created_at=datetime.fromisoformat(raw["created_at"]),
+            tags=dict(raw.get("tags") or {}),
+            priority=raw.get("priority"),
+            queue=raw.get("queue") or "default",
+            idempotency_key=raw.get("idempotency_key"),
+            source=raw.get("source") or "manual",
+            retries_used=int(raw.get("retries_used") or 0),
+            requeue_count=int(raw.get("requeue_count") or 0),
+            requeue=bool(raw.get("requeue")),
+            owner=owner,
+        )
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def record_to_row(record: TaskRecord) -> Row:
+    """A record as the row every backend stores: indexed columns plus one JSON document."""
+    payload = (
+        {"encrypted_payload": base64.b64encode(record.encrypted_payload).decode("ascii")}
+        if record.encrypted_payload is not None
+        else {"call": encode_call(record.args, record.kwargs).decode()}
+    )
+    document = {
+        "task_id": record.task_id,
+        "func_name": record.func_name,
+        "status": record.status.value,
+        "created_at": _dt(record.created_at),
+        "start_time": _dt(record.start_time),
+        "end_time": _dt(record.end_time),
+        "retries_used": record.retries_used,
+        "error": record.error,
+        "logs": record.logs,
+        "stacktrace": record.stacktrace,
+        "idempotency_key": record.idempotency_key,
+        "tags": record.tags,
+        "source": record.source,
+        "priority": record.priority,
+        "executor": record.executor,
+        "queue": record.queue,
+        "progress": record.progress,
+        "progress_message": record.progress_message,
+        "requeue_count": record.requeue_count,
+        **payload,
+    }
+    return {
+        "task_id": record.task_id,
+        "func_name": record.func_name,
+        "status": record.status.value,
+        "queue": record.queue,
+        "created_at": record.created_at.timestamp(),
+        "end_time": record.end_time.timestamp() if record.end_time else None,
+        "data": json.dumps(document, separators=(",", ":")),
+    }
+
+
+def row_to_record(data: str | bytes) -> TaskRecord:
+    """Inverse of :func:`record_to_row` (from its ``data`` column); raises ``ValueError``."""
+    try:
+        doc = json.loads(data)
+        if "encrypted_payload" in doc:
+            args: tuple[Any, ...] = ()
+            kwargs: dict[str, Any] = {}
+            encrypted: bytes | None = base64.b64decode(doc["encrypted_payload"])
+        else:
+            args, kwargs = decode_call(doc.get("call") or '{"a":[],"k":{}}')
+            encrypted = None
+        return TaskRecord(
+            task_id=doc["task_id"],
+            func_name=doc["func_name"],
+            status=TaskStatus(doc["status"]),
+            args=args,
+            kwargs=kwargs,
+            created_at=_parse_dt(doc["created_at"]) or datetime.now(UTC),
+            start_time=_parse_dt(doc.get("start_time")),
+            end_time=_parse_dt(doc.get("end_time")),
+            retries_used=int(doc.get("retries_used") or 0),
+            error=doc.get("error"),
+            logs=list(doc.get("logs") or []),
+            stacktrace=doc.get("stacktrace"),
+            idempotency_key=doc.get("idempotency_key"),
+            tags=dict(doc.get("tags") or {}),
+            source=doc.get("source") or "manual",
+            priority=doc.get("priority"),
+            executor=doc.get("executor") or "async",
+            queue=doc.get("queue") or "default",
+            progress=doc.get("progress"),
+            progress_message=doc.get("progress_message"),
+            encrypted_payload=encrypted,
+            requeue_count=int(doc.get("requeue_count") or 0),
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt task record: {exc}") from exc
+
+
+class TaskBackend(ABC):
+    """Base of every backend. Public methods are final; implement the primitives below."""
+
+    #: True when several processes (or machines) can share this backend's data.
+    shared: bool = False
+
+    def __init__(self) -> None:
+        self.corrupt_rows = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create what is missing; raises :class:`BackendError` when unreachable."""
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    def describe(self) -> str:
+        """A one-line description for logs and errors; never includes a password."""
+        return type(self).__name__
+
+    # ---- records ---------------------------------------------------------------------------
+
+    async def save_records(self, records: Sequence[TaskRecord]) -> None:
+        """Insert or replace records by task id, in one batch."""
+        if records:
+            await self._write_rows([record_to_row(r) for r in records])
+
+    async def get_record(self, task_id: str) -> TaskRecord | None:
+        data = await self._read_row(task_id)
+        return self._decode(task_id, data) if data is not None else None
+
+    async def query_records(self, query: RecordQuery) -> RecordPage:
+        """One page of records matching ``query``, newest first, and the cursor to the next."""
+        after = decode_cursor(query.cursor) if query.cursor else None
+        rows = await self._query_rows(query, after, query.limit + 1)
+        records = [r for tid, data in rows if (r := self._decode(tid, data)) is not None]
+        page = records[: query.limit]
+        next_cursor = None
+        if len(rows) > query.limit and page:
+            last = page[-1]
+            next_cursor = encode_cursor(last.created_at.timestamp(), last.task_id)
+        return RecordPage(page, next_cursor)
+
+    async def delete_records_before(self, cutoff: datetime) -> int:
+        """Delete finished records that ended before ``cutoff``; returns how many."""
+        return await self._delete_rows_before(cutoff.timestamp())
+
+    async def delete_records(self, task_ids: Sequence[str]) -> int:
+        return await self._delete_rows(list(task_ids)) if task_ids else 0
+
+    async def count_by_status(self) -> dict[str, int]:
+        return await self._count_rows()
+
+    def _decode(self, task_id: str, data: str | bytes) -> TaskRecord | None:
+        try:
+            return row_to_record(data)
+        except ValueError as exc:
+            # One bad row must never stop a startup or a page: skip it, say which, count it.
+            self.corrupt_rows += 1
+            logger.warning("skipping corrupt task record %s in %s: %s", task_id, self.describe(), exc)
+            return None
+
+    # ---- journal ---------------------------------------------------------------------------
+
+    async def journal_put(self, entries: Sequence[JournalEntry], owner: str) -> None:
+        """Write entries owned by ``owner`` (one transaction for the batch)."""
+        if entries:
+            await self._journal_write([(e.task_id, e.to_json()) for e in entries], owner)
+
+    async def journal_remove(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            await self._journal_delete(list(task_ids))
+
+    async def journal_release(self, owner: str) -> int:
+        """Clear ``owner`` from its entries (a clean shutdown) so the next claim takes them."""
+        return await self._journal_release(owner)
+
+    async def heartbeat(self, owner: str, ttl: float) -> None:
+        """Renew ``owner``'s lease: its entries are not claimable for ``ttl`` seconds."""
+        await self._heartbeat(owner, ttl)
+
+    async def drop_owner(self, owner: str) -> None:
+        """Forget ``owner``'s lease (a clean shutdown), so its released entries are claimable."""
+        await self._drop_owner(owner)
+
+    async def journal_claim(self, owner: str, limit: int = 1000) -> list[JournalEntry]:
+        """Atomically take entries with no owner or an owner whose lease expired."""
+        claimed = await self._journal_claim(owner, limit)
+        entries = []
+        for task_id, data in claimed:
+            try:
+                entries.append(JournalEntry.from_json(data, owner=owner))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.corrupt_rows += 1
+                logger.warning("dropping corrupt journal entry %s: %s", task_id, exc)
+                await self._journal_delete([task_id])
+        return entries
+
+    async def journal_owned(self, owner: str) -> list[JournalEntry]:
+        """Entries currently owned by ``owner`` (diagnostics and tests)."""
+        return [JournalEntry.from_json(d, owner=owner) for _, d in await self._journal_list(owner)]
+
+    # ---- idempotency, locks, metadata --------------------------------------------------------
+
+    async def reserve_idempotency_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+        """Reserve ``key`` for ``task_id``. Returns None when reserved, else the holder's id."""
+        return await self._reserve_key(key, task_id, ttl)
+
+    async def release_idempotency_key(self, key: str, task_id: str) -> None:
+        """Free ``key`` if ``task_id`` still holds it (the task failed, was cancelled...)."""
+        await self._release_key(key, task_id)
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take a named lock for ``ttl`` seconds; False when another owner holds it."""
+        return await self._acquire_lock(name, owner, ttl)
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._get_meta(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._set_meta(key, value)
+
+    # ---- primitives ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def _write_rows(self, rows: list[Row]) -> None: ...
+
+    @abstractmethod
+    async def _read_row(self, task_id: str) -> str | bytes | None: ...
+
+    @abstractmethod
+    async def _query_rows(
+        self, query: RecordQuery, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, str | bytes]]:
+        """(task_id, data) pairs matching ``query`` ordered by (created_at, task_id) descending,
+        strictly after the cursor position ``after``; at most ``limit``."""
+
+    @abstractmethod
+    async def _delete_rows_before(self, cutoff: float) -> int: ...
+
+    @abstractmethod
+    async def _delete_rows(self, task_ids: list[str]) -> int: ...
+
+    @abstractmethod
+    async def _count_rows(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None: ...
+
+    @abstractmethod
+    async def _journal_delete(self, task_ids: list[str]) -> None: ...
+
+    @abstractmethod
+    async def _journal_release(self, owner: str) -> int: ...
+
+    @abstractmethod
+    async def _journal_claim(self, owner: str, limit: int) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
+    async def _journal_list(self, owner: str) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
+    async def _heartbeat(self, owner: str, ttl: float) -> None: ...
+
+    @abstractmethod
+    async def _drop_owner(self, owner: str) -> None: ...
+
+    @abstractmethod
+    async def _reserve_key(self, key: str, task_id: str, ttl: float | None) -> str | None: ...
+
+    @abstractmethod
+    async def _release_key(self, key: str, task_id: str) -> None: ...
+
+    @abstractmethod
+    async def _acquire_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    @abstractmethod
+    async def _get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def _set_meta(self, key: str, value: str) -> None: ...

@@ -1,0 +1,45 @@
+"""Every error fastapi-taskflow raises on purpose shares one root, :class:`TaskflowError`."""
+
+from __future__ import annotations
+
+
+class TaskflowError(Exception):
+    """Raised when fastapi-taskflow refuses an operation; the root of every error below."""
+
+
+class QueueFullError(TaskflowError):
+    """Raised when a task is added to a queue that already holds ``max_size`` waiting tasks."""
+
+    def __init__(self, queue: str, max_size: int, task_id: str | None = None) -> None:
+        super().__init__(f"queue {queue!r} is full ({max_size} tasks waiting)")
+        self.queue = queue
+        self.max_size = max_size
+        self.task_id = task_id
+
+
+class TaskArgumentError(TaskflowError, ValueError):
+    """Raised when ``add_task`` gets arguments the task's executor cannot carry (e.g. unpicklable)."""
+
+
+class TaskTimeoutError(TaskflowError, TimeoutError):
+    """Raised when one attempt of a task runs longer than its ``timeout``."""
+
+
+class UnknownTaskError(TaskflowError, LookupError):
+    """Raised when a task id or a registered task name is not known."""
+
+
+class ConfigurationError(TaskflowError, ValueError):
+    """Raised when settings are invalid; the message names each bad key, its source and why."""
+
+
+class BackendError(TaskflowError):
+    """Raised when a persistence backend cannot be reached or refuses an operation."""
+
+
+class ArgumentDecryptionError(TaskflowError):
+    """Raised when a task's encrypted arguments cannot be decrypted with any configured key."""
+
+
+class TaskCancelledError(TaskflowError):
+    """Raised inside a waiting caller when the task it waits for was cancelled."""

@@ -1,0 +1,217 @@
+"""Plain data: statuses, task records, context, queue settings and observer events."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+
+class TaskStatus(str, Enum):
+    """Where a task is in its life.
+
+    PENDING -> RUNNING -> SUCCESS | FAILED; a retry goes RUNNING -> PENDING (waiting out its backoff)
+    -> RUNNING. CANCELLED, INTERRUPTED and REJECTED end a task that did not finish by itself.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def finished(self) -> bool:
+        return self not in _ACTIVE
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_ACTIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+FINISHED_STATUSES = frozenset(s for s in TaskStatus if s not in _ACTIVE)
+ACTIVE_STATUSES = _ACTIVE
+# A key held by a task in one of these statuses blocks a second task with the same key.
+IDEMPOTENCY_BLOCKING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    """Everything known about one task: what it runs, with what, and how it went.
+
+    ``encrypted_payload`` holds the arguments when encryption is on; ``args``/``kwargs`` are then
+    empty so the clear values exist only inside the executor.
+    """
+
+    task_id: str
+    func_name: str
+    status: TaskStatus = TaskStatus.PENDING
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    retries_used: int = 0
+    error: str | None = None
+    logs: list[str] = field(default_factory=list)
+    stacktrace: str | None = None
+    idempotency_key: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    source: str = "manual"
+    priority: int | None = None
+    executor: str = "async"
+    queue: str = "default"
+    progress: float | None = None
+    progress_message: str | None = None
+    encrypted_payload: bytes | None = None
+    requeue_count: int = 0
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encrypted_payload is not None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first start to the end; None until the task has both."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+    def to_dict(self, *, include_args: bool = False) -> dict[str, Any]:
+        """The JSON shape of the HTTP API. Arguments only on request, never when encrypted."""
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "func_name": self.func_name,
+            "status": self.status.value,
+            "created_at": _iso(self.created_at),
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
+            "duration": self.duration,
+            "retries_used": self.retries_used,
+            "error": self.error,
+            "logs": list(self.logs),
+            "stacktrace": self.stacktrace,
+            "idempotency_key": self.idempotency_key,
+            "tags": dict(self.tags),
+            "source": self.source,
+            "priority": self.priority,
+            "executor": self.executor,
+            "queue": self.queue,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "encrypted": self.encrypted,
+        }
+        if include_args and not self.encrypted:
+            data["args"] = [_display(a) for a in self.args]
+            data["kwargs"] = {k: _display(v) for k, v in self.kwargs.items()}
+        return data
+
+
+def _display(value: Any) -> Any:
+    """A JSON-safe view of an argument for people; the lossless form lives in the codec."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, list | tuple):
+        return [_display(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _display(v) for k, v in value.items()}
+    return repr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a running task can learn about itself through ``get_task_context()``."""
+
+    task_id: str
+    func_name: str
+    attempt: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class QueueConfig:
+    """Settings of one named queue: how many of its tasks run at once, how many may wait."""
+
+    concurrency: int | None = None
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "max_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"QueueConfig.{name} must be an int or None, got {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"QueueConfig.{name} must be >= 1 or None, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One ``task_log()`` call, as observers receive it."""
+
+    task_id: str
+    func_name: str
+    message: str
+    level: str
+    timestamp: datetime
+    attempt: int
+    tags: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """One status change of a task (RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED, retries)."""
+
+    task_id: str
+    func_name: str
+    status: TaskStatus
+    timestamp: datetime
+    attempt: int
+    retries_used: int = 0
+    duration: float | None = None
+    error: str | None = None
+    stacktrace: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    queue: str = "default"
+    retrying: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One action a person took through the task API."""
+
+    entry_id: str
+    action: str
+    task_id: str
+    actor: str
+    timestamp: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entry_id": self.entry_id,
+            "action": self.action,
+            "task_id": self.task_id,
+            "actor": self.actor,
+            "timestamp": _iso(self.timestamp),
+            "detail": dict(self.detail),
+        }
