@@ -196,6 +196,8 @@ def record_to_row(record: TaskRecord) -> Row:
         "queue": record.queue,
         "created_at": record.created_at.timestamp(),
         "end_time": record.end_time.timestamp() if record.end_time else None,
+        # A column of its own so backends can search errors without parsing ``data``.
+        "error": record.error,
         "data": json.dumps(document, separators=(",", ":")),
     }
 

@@ -1,0 +1,83 @@
+"""fastapi-taskflow: FastAPI background tasks with retries, status, persistence and a dashboard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .backends import MemoryBackend, RedisBackend, SqliteBackend, TaskBackend
+from .context import get_task_context, set_progress, task_log
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    QueueFullError,
+    TaskArgumentError,
+    TaskflowError,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
+from .handles import ManagedBackgroundTasks, TaskHandle
+from .loggers import (
+    FileLogger,
+    InMemoryLogger,
+    LifecycleEvent,
+    LoggingObserver,
+    LogEvent,
+    StdoutLogger,
+    TaskObserver,
+)
+from .manager import TaskManager
+from .models import QueueConfig, TaskContext, TaskRecord, TaskStatus
+from .registry import TaskOptions, TaskRegistry
+
+if TYPE_CHECKING:
+    from .admin import TaskAdmin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # core
+    "ManagedBackgroundTasks",
+    "QueueConfig",
+    "TaskAdmin",
+    "TaskContext",
+    "TaskHandle",
+    "TaskManager",
+    "TaskOptions",
+    "TaskRecord",
+    "TaskRegistry",
+    "TaskStatus",
+    # inside a task
+    "get_task_context",
+    "set_progress",
+    "task_log",
+    # backends
+    "MemoryBackend",
+    "RedisBackend",
+    "SqliteBackend",
+    "TaskBackend",
+    # observers
+    "FileLogger",
+    "InMemoryLogger",
+    "LifecycleEvent",
+    "LogEvent",
+    "LoggingObserver",
+    "StdoutLogger",
+    "TaskObserver",
+    # errors
+    "BackendError",
+    "ConfigurationError",
+    "QueueFullError",
+    "TaskArgumentError",
+    "TaskTimeoutError",
+    "TaskflowError",
+    "UnknownTaskError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The admin pulls in the web layer; import it only when asked for.
+    if name == "TaskAdmin":
+        from .admin import TaskAdmin
+
+        return TaskAdmin
+    raise AttributeError(f"module 'fastapi_taskflow' has no attribute {name!r}")

@@ -1,0 +1,244 @@
+"""A backend that keeps everything in this process: for tests and for apps that want no files.
+
+It keeps the full contract (leases, expiry, atomic claims, idempotency, locks), so a test
+written against it behaves the way the app will on SQLite or Redis. Nothing survives the
+process, and nothing is shared with another one (``shared = False``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import FINISHED_STATUSES
+from .base import RecordQuery, Row, TaskBackend
+
+_FINISHED = frozenset(s.value for s in FINISHED_STATUSES)
+
+
+@dataclass(slots=True)
+class _Stored:
+    """One record row plus what the filters need, parsed once at write time."""
+
+    row: Row
+    tags: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[float, str]:
+        return (float(self.row["created_at"]), str(self.row["task_id"]))
+
+
+def _tags_of(data: Any) -> dict[str, Any]:
+    try:
+        tags = json.loads(data).get("tags")
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return tags if isinstance(tags, dict) else {}
+
+
+def _row_matches(stored: _Stored, query: RecordQuery) -> bool:
+    row = stored.row
+    checks = (
+        (query.status, row.get("status")),
+        (query.func_name, row.get("func_name")),
+        (query.queue, row.get("queue")),
+    )
+    if any(wanted is not None and wanted != actual for wanted, actual in checks):
+        return False
+    if query.tag is not None and stored.tags.get(query.tag[0]) != query.tag[1]:
+        return False
+    created = float(row["created_at"])
+    if query.since is not None and created < query.since.timestamp():
+        return False
+    if query.until is not None and created >= query.until.timestamp():
+        return False
+    if query.text:
+        haystack = f"{row.get('func_name')}\n{row.get('task_id')}\n{row.get('error') or ''}"
+        return query.text.lower() in haystack.lower()
+    return True
+
+
+class MemoryBackend(TaskBackend):
+    """Everything in dictionaries of this process, with the same rules as the shared backends.
+
+    Expiry uses the wall clock (``time.time``) like SQLite and Redis do, so tests that move
+    the clock see the same behaviour everywhere.
+    """
+
+    shared = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A thread lock, not an asyncio one: no primitive awaits while holding it, so it never
+        # blocks the loop for long, and it also covers apps whose sync routes or TestClient
+        # threads reach the backend from another thread (an asyncio.Lock is bound to one loop).
+        self._mutex = threading.Lock()
+        self._rows: dict[str, _Stored] = {}
+        self._order: list[tuple[float, str]] = []  # (created_at, task_id), ascending
+        self._journal: dict[str, tuple[str | None, str]] = {}  # task_id -> (owner, data)
+        self._leases: dict[str, float] = {}  # owner -> expires_at
+        self._keys: dict[str, tuple[str, float | None]] = {}  # key -> (task_id, expires_at)
+        self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, expires_at)
+        self._meta: dict[str, str] = {}
+
+    def describe(self) -> str:
+        return "memory"
+
+    # ---- records ---------------------------------------------------------------------------
+
+    def _put_stored(self, stored: _Stored) -> None:
+        old = self._rows.get(str(stored.row["task_id"]))
+        if old is not None:
+            self._remove_order(old.key)
+        self._rows[str(stored.row["task_id"])] = stored
+        bisect.insort(self._order, stored.key)
+
+    def _remove_order(self, key: tuple[float, str]) -> None:
+        index = bisect.bisect_left(self._order, key)
+        if index < len(self._order) and self._order[index] == key:
+            del self._order[index]
+
+    async def _write_rows(self, rows: list[Row]) -> None:
+        with self._mutex:
+            for row in rows:
+                self._put_stored(_Stored(dict(row), _tags_of(row["data"])))
+
+    async def _read_row(self, task_id: str) -> str | bytes | None:
+        with self._mutex:
+            stored = self._rows.get(task_id)
+            return stored.row["data"] if stored is not None else None
+
+    def _newest_first(self, after: tuple[float, str] | None) -> Iterator[_Stored]:
+        # Positions strictly below the cursor, walked from the top of the sorted keys down.
+        end = bisect.bisect_left(self._order, after) if after is not None else len(self._order)
+        for index in range(end - 1, -1, -1):
+            yield self._rows[self._order[index][1]]
+
+    async def _query_rows(
+        self, query: RecordQuery, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, str | bytes]]:
+        out: list[tuple[str, str | bytes]] = []
+        with self._mutex:
+            for stored in self._newest_first(after):
+                if len(out) >= limit:
+                    break
+                if _row_matches(stored, query):
+                    out.append((str(stored.row["task_id"]), stored.row["data"]))
+        return out
+
+    def _delete_where(self, task_ids: list[str]) -> int:
+        deleted = 0
+        for task_id in task_ids:
+            stored = self._rows.pop(task_id, None)
+            if stored is not None:
+                self._remove_order(stored.key)
+                deleted += 1
+        return deleted
+
+    async def _delete_rows_before(self, cutoff: float) -> int:
+        with self._mutex:
+            doomed = [
+                task_id
+                for task_id, stored in self._rows.items()
+                if stored.row.get("status") in _FINISHED
+                and stored.row.get("end_time") is not None
+                and float(stored.row["end_time"]) < cutoff
+            ]
+            return self._delete_where(doomed)
+
+    async def _delete_rows(self, task_ids: list[str]) -> int:
+        with self._mutex:
+            return self._delete_where(task_ids)
+
+    async def _count_rows(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._mutex:
+            for stored in self._rows.values():
+                status = str(stored.row.get("status"))
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    # ---- journal and leases ------------------------------------------------------------------
+
+    async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None:
+        with self._mutex:
+            for task_id, data in items:
+                self._journal[task_id] = (owner, data)
+
+    async def _journal_delete(self, task_ids: list[str]) -> None:
+        with self._mutex:
+            for task_id in task_ids:
+                self._journal.pop(task_id, None)
+
+    async def _journal_release(self, owner: str) -> int:
+        with self._mutex:
+            mine = [tid for tid, (holder, _) in self._journal.items() if holder == owner]
+            for task_id in mine:
+                self._journal[task_id] = (None, self._journal[task_id][1])
+            return len(mine)
+
+    def _lease_alive(self, owner: str | None, now: float) -> bool:
+        return owner is not None and self._leases.get(owner, 0.0) > now
+
+    async def _journal_claim(self, owner: str, limit: int) -> list[tuple[str, str]]:
+        claimed: list[tuple[str, str]] = []
+        with self._mutex:
+            now = time.time()
+            for task_id, (holder, data) in self._journal.items():
+                if len(claimed) >= limit:
+                    break
+                if not self._lease_alive(holder, now):
+                    claimed.append((task_id, data))
+            for task_id, data in claimed:
+                self._journal[task_id] = (owner, data)
+        return claimed
+
+    async def _journal_list(self, owner: str) -> list[tuple[str, str]]:
+        with self._mutex:
+            return [(tid, data) for tid, (holder, data) in self._journal.items() if holder == owner]
+
+    async def _heartbeat(self, owner: str, ttl: float) -> None:
+        with self._mutex:
+            self._leases[owner] = time.time() + ttl
+
+    async def _drop_owner(self, owner: str) -> None:
+        with self._mutex:
+            self._leases.pop(owner, None)
+
+    # ---- idempotency, locks, metadata --------------------------------------------------------
+
+    async def _reserve_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+        with self._mutex:
+            now = time.time()
+            held = self._keys.get(key)
+            if held is not None and held[0] != task_id and (held[1] is None or held[1] > now):
+                return held[0]
+            self._keys[key] = (task_id, now + ttl if ttl is not None else None)
+            return None
+
+    async def _release_key(self, key: str, task_id: str) -> None:
+        with self._mutex:
+            if self._keys.get(key, (None,))[0] == task_id:
+                del self._keys[key]
+
+    async def _acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        with self._mutex:
+            now = time.time()
+            held = self._locks.get(name)
+            if held is not None and held[0] != owner and held[1] > now:
+                return False
+            self._locks[name] = (owner, now + ttl)
+            return True
+
+    async def _get_meta(self, key: str) -> str | None:
+        with self._mutex:
+            return self._meta.get(key)
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        with self._mutex:
+            self._meta[key] = value

@@ -1,0 +1,505 @@
+"""Redis on redis.asyncio: history, journal and leases shared by instances on many machines.
+
+Every key lives under ``prefix`` (default ``taskflow``); ``P`` below stands for it.
+
+=============================  ======  ============================================================
+key                            type    holds
+=============================  ======  ============================================================
+``P:rec:<task_id>``            string  the record's JSON (expires after ``record_ttl`` if set)
+``P:info``                     hash    task_id -> ``[status, func_name, queue]`` (which sets to fix)
+``P:idx``                      zset    every record, score ``created_at``
+``P:status:<s>``               zset    records in status ``s``, score ``created_at``
+``P:func:<name>``              zset    records of one task function, score ``created_at``
+``P:queue:<name>``             zset    records of one queue, score ``created_at``
+``P:ended``                    zset    finished records, score ``end_time`` (retention)
+``P:journal``                  hash    task_id -> journal entry JSON
+``P:journal:owner``            hash    task_id -> owner (no field: released, anyone may claim)
+``P:owner:<owner>``            string  an instance's lease; ``PX`` expiry renewed by heartbeat
+``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
+``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
+``P:meta``                     hash    metadata
+=============================  ======  ============================================================
+
+Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
+member bytes, so a reverse range gives exactly that order, and a cursor (created_at, task_id)
+resumes with the ties below ``task_id`` at that score, then the scores strictly below it.
+
+Everything that must be atomic (record writes that move a record between status sets, claims,
+releases, reservations, locks) is one Lua script. The scripts build key names from the prefix,
+so this backend targets a single Redis server (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import BackendError
+from ..models import FINISHED_STATUSES, TaskStatus
+from .base import RecordQuery, Row, TaskBackend
+
+_FINISHED = sorted(s.value for s in FINISHED_STATUSES)
+_BATCH = 500
+
+# ARGV: prefix, ttl_ms (0: none), then 7 values per row.
+_SAVE = """
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 7 do
+  local id, created, status, func, queue, ended, data =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+  local old = redis.call('HGET', p .. ':info', id)
+  if old then
+    local o = cjson.decode(old)
+    redis.call('ZREM', p .. ':status:' .. o[1], id)
+    redis.call('ZREM', p .. ':func:' .. o[2], id)
+    redis.call('ZREM', p .. ':queue:' .. o[3], id)
+  end
+  redis.call('HSET', p .. ':info', id, cjson.encode({status, func, queue}))
+  redis.call('ZADD', p .. ':idx', created, id)
+  redis.call('ZADD', p .. ':status:' .. status, created, id)
+  redis.call('ZADD', p .. ':func:' .. func, created, id)
+  redis.call('ZADD', p .. ':queue:' .. queue, created, id)
+  if ended == '' then
+    redis.call('ZREM', p .. ':ended', id)
+  else
+    redis.call('ZADD', p .. ':ended', ended, id)
+  end
+  if ttl > 0 then
+    redis.call('SET', p .. ':rec:' .. id, data, 'PX', ttl)
+  else
+    redis.call('SET', p .. ':rec:' .. id, data)
+  end
+end
+return 0
+"""
+
+# ARGV: prefix, mode, the finished statuses as a JSON list, then task ids. Mode 'all' deletes
+# each; 'missing' only drops index entries whose record expired; 'finished' deletes only
+# records in a finished status. Returns how many record keys were deleted.
+_REMOVE = """
+local p, mode = ARGV[1], ARGV[2]
+local finished = {}
+for _, s in ipairs(cjson.decode(ARGV[3])) do finished[s] = true end
+local removed = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local rec = p .. ':rec:' .. id
+  local info = redis.call('HGET', p .. ':info', id)
+  local o = info and cjson.decode(info)
+  local go = mode == 'all'
+    or (mode == 'missing' and redis.call('EXISTS', rec) == 0)
+    or (mode == 'finished' and o and finished[o[1]])
+  if go then
+    if o then
+      redis.call('ZREM', p .. ':status:' .. o[1], id)
+      redis.call('ZREM', p .. ':func:' .. o[2], id)
+      redis.call('ZREM', p .. ':queue:' .. o[3], id)
+      redis.call('HDEL', p .. ':info', id)
+    end
+    redis.call('ZREM', p .. ':idx', id)
+    redis.call('ZREM', p .. ':ended', id)
+    removed = removed + redis.call('DEL', rec)
+  end
+end
+return removed
+"""
+
+# KEYS: the index zset. ARGV: record key prefix, max score (with '(' when exclusive),
+# tie member ('' for none: ties at max are taken whole), min score, count.
+# Returns id, score, data triplets strictly after (max, tie member), newest first.
+_PAGE = """
+local key, recp, maxs, after, mins, count =
+  KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, scores = {}, {}
+if after ~= '' then
+  local ties = redis.call('ZRANGE', key, maxs, maxs, 'BYSCORE')
+  for i = #ties, 1, -1 do
+    if #ids >= count then break end
+    if ties[i] < after then
+      ids[#ids + 1] = ties[i]
+      scores[#scores + 1] = maxs
+    end
+  end
+  maxs = '(' .. maxs
+end
+if #ids < count then
+  local rest = redis.call('ZRANGE', key, maxs, mins, 'BYSCORE', 'REV', 'LIMIT', 0,
+                          count - #ids, 'WITHSCORES')
+  for i = 1, #rest, 2 do
+    ids[#ids + 1] = rest[i]
+    scores[#scores + 1] = rest[i + 1]
+  end
+end
+local out = {}
+for i, id in ipairs(ids) do
+  out[#out + 1] = id
+  out[#out + 1] = scores[i]
+  out[#out + 1] = redis.call('GET', recp .. id)
+end
+return out
+"""
+
+# KEYS: journal, journal owners. ARGV: claimer, limit, lease key prefix.
+_CLAIM = """
+local out, alive, limit = {}, {}, tonumber(ARGV[2])
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if #out >= 2 * limit then break end
+  local owner = redis.call('HGET', KEYS[2], id)
+  local free = not owner
+  if owner then
+    if alive[owner] == nil then
+      alive[owner] = redis.call('EXISTS', ARGV[3] .. owner) == 1
+    end
+    free = not alive[owner]
+  end
+  if free then
+    redis.call('HSET', KEYS[2], id, ARGV[1])
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# KEYS: journal owners. ARGV: owner.
+_RELEASE = """
+local all, n = redis.call('HGETALL', KEYS[1]), 0
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: the key. ARGV: holder, ttl_ms (0: none). Like SET NX PX, but the same holder may
+# renew. Returns nil when taken, else the other holder.
+_RESERVE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+# KEYS: the key. ARGV: holder. Compare-and-delete.
+_COMPARE_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the authority or the query) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if "password" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _doc_matches(data: str, query: RecordQuery) -> bool:
+    """Filters the chosen index cannot answer, checked on the record's JSON.
+
+    A row that is not valid JSON passes, so the base class reports it as corrupt.
+    """
+    try:
+        doc = json.loads(data)
+        fields = (
+            (query.status, doc.get("status")),
+            (query.func_name, doc.get("func_name")),
+            (query.queue, doc.get("queue")),
+        )
+        if any(want is not None and want != got for want, got in fields):
+            return False
+        if query.tag is not None and (doc.get("tags") or {}).get(query.tag[0]) != query.tag[1]:
+            return False
+        if query.text:
+            hay = f"{doc.get('func_name')}\n{doc.get('task_id')}\n{doc.get('error') or ''}"
+            return query.text.lower() in hay.lower()
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return True
+
+
+class RedisBackend(TaskBackend):
+    """History, journal, leases, idempotency keys and locks in Redis, shared across machines."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str = "taskflow",
+        record_ttl: float | None = None,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        self.record_ttl = record_ttl
+        self.socket_timeout = socket_timeout
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return mask_url(self.url)
+
+    def key(self, *parts: str) -> str:
+        """The full name of one of this backend's keys (see the module docstring)."""
+        return ":".join((self.prefix, *parts))
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        client = aioredis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+        )
+        try:
+            await cast(Awaitable[Any], client.ping())
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise BackendError(f"Redis at {self.describe()} does not answer: {exc}") from None
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("save", _SAVE),
+                ("remove", _REMOVE),
+                ("page", _PAGE),
+                ("claim", _CLAIM),
+                ("release", _RELEASE),
+                ("reserve", _RESERVE),
+                ("compare_delete", _COMPARE_DELETE),
+            )
+        }
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BackendError(f"{self.describe()} is not open; call open() first")
+        return self._client
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[aioredis.Redis]:
+        client = self._redis()
+        try:
+            yield client
+        except RedisError as exc:
+            raise BackendError(f"{self.describe()}: {exc}") from exc
+
+    async def _call(self, command: Awaitable[Any] | Any) -> Any:
+        """Await one client command (redis-py types them as ``Awaitable | Any``)."""
+        return await cast(Awaitable[Any], command)
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        async with self._errors() as client:
+            return await self._scripts[name](keys=keys, args=args, client=client)
+
+    # ---- records ---------------------------------------------------------------------------
+
+    async def _write_rows(self, rows: list[Row]) -> None:
+        ttl = _ms(self.record_ttl) if self.record_ttl else 0
+        for start in range(0, len(rows), _BATCH):
+            args: list[Any] = [self.prefix, ttl]
+            for row in rows[start : start + _BATCH]:
+                end = row["end_time"]
+                args += [
+                    row["task_id"],
+                    repr(float(row["created_at"])),
+                    row["status"],
+                    row["func_name"],
+                    row["queue"],
+                    "" if end is None else repr(float(end)),
+                    row["data"],
+                ]
+            await self._script("save", [], args)
+
+    async def _read_row(self, task_id: str) -> str | bytes | None:
+        async with self._errors() as client:
+            return cast(str | None, await self._call(client.get(self.key("rec", task_id))))
+
+    def _index_for(self, query: RecordQuery) -> str:
+        # One sorted set answers the most selective equality filter; the rest are checked on
+        # the JSON while scanning.
+        if query.status is not None:
+            return self.key("status", query.status)
+        if query.func_name is not None:
+            return self.key("func", query.func_name)
+        if query.queue is not None:
+            return self.key("queue", query.queue)
+        return self.key("idx")
+
+    @staticmethod
+    def _needs_doc(query: RecordQuery) -> bool:
+        equalities = [query.status, query.func_name, query.queue]
+        return bool(query.tag or query.text or sum(v is not None for v in equalities) > 1)
+
+    @staticmethod
+    def _start(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, str]:
+        """The page's upper bound as (max score, tie member) for the PAGE script."""
+        until = query.until.timestamp() if query.until is not None else None
+        if after is not None and (until is None or after[0] < until):
+            return repr(after[0]), after[1]
+        return ("(" + repr(until) if until is not None else "+inf"), ""
+
+    async def _query_rows(
+        self, query: RecordQuery, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, str | bytes]]:
+        index = self._index_for(query)
+        lowest = repr(query.since.timestamp()) if query.since is not None else "-inf"
+        needs_doc = self._needs_doc(query)
+        batch = max(limit * 2, 200) if needs_doc else limit
+        top, tie = self._start(query, after)
+        out: list[tuple[str, str | bytes]] = []
+        expired: list[str] = []
+        while len(out) < limit:
+            found = await self._script(
+                "page", [index], [self.key("rec", ""), top, tie, lowest, batch]
+            )
+            for i in range(0, len(found), 3):
+                task_id, data = found[i], found[i + 2]
+                if data is None:
+                    expired.append(task_id)
+                elif (not needs_doc or _doc_matches(data, query)) and len(out) < limit:
+                    out.append((task_id, data))
+            if len(found) < 3 * batch:
+                break
+            top, tie = repr(float(found[-2])), found[-3]
+        if expired:
+            await self._remove(expired, "missing")
+        return out
+
+    async def _remove(self, task_ids: list[str], mode: str) -> int:
+        removed = 0
+        for start in range(0, len(task_ids), _BATCH):
+            chunk = task_ids[start : start + _BATCH]
+            args = [self.prefix, mode, json.dumps(_FINISHED), *chunk]
+            removed += int(await self._script("remove", [], args))
+        return removed
+
+    async def _prune_expired(self) -> None:
+        """Drop index entries of records that ``record_ttl`` expired (only old ones can be)."""
+        if not self.record_ttl:
+            return
+        horizon = "(" + repr(time.time() - self.record_ttl)
+        async with self._errors() as client:
+            ids = await self._call(client.zrangebyscore(self.key("idx"), "-inf", horizon))
+        await self._remove(list(ids), "missing")
+
+    async def _delete_rows_before(self, cutoff: float) -> int:
+        await self._prune_expired()
+        async with self._errors() as client:
+            ids = await self._call(
+                client.zrangebyscore(self.key("ended"), "-inf", "(" + repr(cutoff))
+            )
+        return await self._remove(list(ids), "finished")
+
+    async def _delete_rows(self, task_ids: list[str]) -> int:
+        return await self._remove(task_ids, "all")
+
+    async def _count_rows(self) -> dict[str, int]:
+        await self._prune_expired()
+        statuses = [s.value for s in TaskStatus]
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.zcard(self.key("status", status))
+            counts = await pipe.execute()
+        return {s: int(n) for s, n in zip(statuses, counts, strict=True) if n}
+
+    # ---- journal and leases ------------------------------------------------------------------
+
+    async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None:
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self.key("journal"), mapping=dict(items))
+            pipe.hset(self.key("journal", "owner"), mapping={tid: owner for tid, _ in items})
+            await pipe.execute()
+
+    async def _journal_delete(self, task_ids: list[str]) -> None:
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(self.key("journal"), *task_ids)
+            pipe.hdel(self.key("journal", "owner"), *task_ids)
+            await pipe.execute()
+
+    async def _journal_release(self, owner: str) -> int:
+        return int(await self._script("release", [self.key("journal", "owner")], [owner]))
+
+    async def _journal_claim(self, owner: str, limit: int) -> list[tuple[str, str]]:
+        keys = [self.key("journal"), self.key("journal", "owner")]
+        found = await self._script("claim", keys, [owner, limit, self.key("owner", "")])
+        return [(found[i], found[i + 1]) for i in range(0, len(found), 2)]
+
+    async def _journal_list(self, owner: str) -> list[tuple[str, str]]:
+        async with self._errors() as client:
+            owners = await self._call(client.hgetall(self.key("journal", "owner")))
+            mine = [tid for tid, holder in owners.items() if holder == owner]
+            if not mine:
+                return []
+            datas = await self._call(client.hmget(self.key("journal"), mine))
+        return [(tid, data) for tid, data in zip(mine, datas, strict=True) if data is not None]
+
+    async def _heartbeat(self, owner: str, ttl: float) -> None:
+        async with self._errors() as client:
+            await self._call(client.set(self.key("owner", owner), "1", px=_ms(ttl)))
+
+    async def _drop_owner(self, owner: str) -> None:
+        async with self._errors() as client:
+            await self._call(client.delete(self.key("owner", owner)))
+
+    # ---- idempotency, locks, metadata --------------------------------------------------------
+
+    async def _reserve_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+        ttl_ms = _ms(ttl) if ttl is not None else 0
+        held = await self._script("reserve", [self.key("key", key)], [task_id, ttl_ms])
+        return cast(str | None, held)
+
+    async def _release_key(self, key: str, task_id: str) -> None:
+        await self._script("compare_delete", [self.key("key", key)], [task_id])
+
+    async def _acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        held = await self._script("reserve", [self.key("lock", name)], [owner, _ms(ttl)])
+        return held is None
+
+    async def _get_meta(self, key: str) -> str | None:
+        async with self._errors() as client:
+            return cast(str | None, await self._call(client.hget(self.key("meta"), key)))
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        async with self._errors() as client:
+            await self._call(client.hset(self.key("meta"), key, value))

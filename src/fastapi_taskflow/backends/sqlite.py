@@ -1,0 +1,364 @@
+"""SQLite on aiosqlite: one file, shared by the processes of one host.
+
+WAL mode lets readers go on while one writer commits. Every write is one short
+``BEGIN IMMEDIATE`` transaction: it takes the file's write lock before reading, so a claim
+or a reservation decides on the latest data, and two processes wait for each other (up to
+``busy_timeout``) instead of both taking the same entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import BackendError, ConfigurationError
+from ..models import FINISHED_STATUSES
+from .base import RecordQuery, Row, TaskBackend
+
+SCHEMA_VERSION = 1
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tf_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_records (
+    task_id TEXT PRIMARY KEY,
+    func_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    end_time REAL,
+    error TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tf_records_page ON tf_records (created_at DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tf_records_status ON tf_records (status);
+CREATE INDEX IF NOT EXISTS tf_records_func ON tf_records (func_name);
+CREATE INDEX IF NOT EXISTS tf_records_queue ON tf_records (queue);
+CREATE INDEX IF NOT EXISTS tf_records_end ON tf_records (end_time);
+CREATE TABLE IF NOT EXISTS tf_journal (task_id TEXT PRIMARY KEY, owner TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tf_journal_owner ON tf_journal (owner);
+CREATE TABLE IF NOT EXISTS tf_owners (owner TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS tf_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
+                                     expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_UPSERT_RECORD = """
+INSERT OR REPLACE INTO tf_records
+    (task_id, func_name, status, queue, created_at, end_time, error, data)
+VALUES (:task_id, :func_name, :status, :queue, :created_at, :end_time, :error, :data)
+"""
+
+# Entries with no owner, or whose owner holds no live lease. The LEFT JOIN finds live leases.
+_CLAIM = """
+UPDATE tf_journal SET owner = ? WHERE task_id IN (
+    SELECT j.task_id FROM tf_journal AS j
+    LEFT JOIN tf_owners AS o ON o.owner = j.owner AND o.expires_at > ?
+    WHERE j.owner IS NULL OR o.owner IS NULL
+    ORDER BY j.rowid LIMIT ?
+) RETURNING task_id, data
+"""
+
+# A reservation wins when the key is free, expired, or already held by the same task.
+_RESERVE = """
+INSERT INTO tf_keys (key, task_id, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET task_id = excluded.task_id, expires_at = excluded.expires_at
+WHERE tf_keys.task_id = excluded.task_id
+   OR (tf_keys.expires_at IS NOT NULL AND tf_keys.expires_at <= ?)
+"""
+
+_LOCK = """
+INSERT INTO tf_locks (name, owner, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE tf_locks.owner = excluded.owner OR tf_locks.expires_at <= ?
+"""
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _where(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a page query and its parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("status", query.status),
+        ("func_name", query.func_name),
+        ("queue", query.queue),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.tag is not None:
+        # CASE first: json_each on a corrupt row would abort the whole query, not skip the row.
+        clauses.append(
+            "CASE WHEN json_valid(data) THEN EXISTS (SELECT 1 FROM json_each(data, '$.tags')"
+            " WHERE key = ? AND value = ?) ELSE 0 END"
+        )
+        params.extend(query.tag)
+    if query.text:
+        clauses.append(
+            "(func_name LIKE ? ESCAPE '\\' OR task_id LIKE ? ESCAPE '\\'"
+            " OR error LIKE ? ESCAPE '\\')"
+        )
+        params.extend([_like(query.text)] * 3)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since.timestamp())
+    if query.until is not None:
+        clauses.append("created_at < ?")
+        params.append(query.until.timestamp())
+    if after is not None:
+        clauses.append("(created_at, task_id) < (?, ?)")
+        params.extend(after)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class SqliteBackend(TaskBackend):
+    """Records, journal, leases, keys and locks in one SQLite file (WAL mode).
+
+    ``synchronous`` is SQLite's own setting: with WAL, ``NORMAL`` survives a crash of the
+    process (every committed transaction is kept) but may lose the last commits on a power
+    cut; ``FULL`` also survives a power cut, at an fsync per commit.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        level = synchronous.upper()
+        if level not in SYNCHRONOUS_LEVELS:
+            raise ConfigurationError(
+                f"SqliteBackend synchronous={synchronous!r}: must be one of {SYNCHRONOUS_LEVELS}"
+            )
+        if busy_timeout < 0:
+            raise ConfigurationError(f"SqliteBackend busy_timeout={busy_timeout!r}: must be >= 0")
+        self.path = Path(path)
+        self.synchronous = level
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        # One aiosqlite connection runs one statement at a time; the lock keeps one coroutine's
+        # BEGIN ... COMMIT from interleaving with another's.
+        self._lock = asyncio.Lock()
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
+        try:
+            await self._prepare(db)
+        except (OSError, sqlite3.Error, BackendError) as exc:
+            await db.close()
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
+        self._db = db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await self._check_version(db)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _check_version(self, db: aiosqlite.Connection) -> None:
+        rows = list(await db.execute_fetchall("SELECT version FROM tf_schema"))
+        if not rows:
+            await db.execute("INSERT INTO tf_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif int(rows[0][0]) > SCHEMA_VERSION:
+            raise BackendError(
+                f"{self.path} has schema version {rows[0][0]}; this fastapi-taskflow reads up to"
+                f" {SCHEMA_VERSION}: upgrade fastapi-taskflow"
+            )
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise BackendError(f"{self.describe()} is not open; call open() first")
+        return self._db
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise BackendError(f"{self.describe()}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        async with self._lock, self._errors():
+            db = self._conn()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock, self._errors():
+            return list(await self._conn().execute_fetchall(sql, params))
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement in its own transaction; returns the rows it changed."""
+        async with self._transaction() as db:
+            cursor = await db.execute(sql, params)
+            changed = cursor.rowcount
+            await cursor.close()
+            return changed
+
+    # ---- records ---------------------------------------------------------------------------
+
+    async def _write_rows(self, rows: list[Row]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(_UPSERT_RECORD, rows)
+
+    async def _read_row(self, task_id: str) -> str | bytes | None:
+        rows = await self._fetch("SELECT data FROM tf_records WHERE task_id = ?", (task_id,))
+        return rows[0][0] if rows else None
+
+    async def _query_rows(
+        self, query: RecordQuery, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, str | bytes]]:
+        where, params = _where(query, after)
+        sql = (
+            f"SELECT task_id, data FROM tf_records{where}"
+            " ORDER BY created_at DESC, task_id DESC LIMIT ?"
+        )
+        return [(row[0], row[1]) for row in await self._fetch(sql, [*params, limit])]
+
+    async def _delete_rows_before(self, cutoff: float) -> int:
+        marks = ",".join("?" * len(_FINISHED))
+        return await self._run(
+            f"DELETE FROM tf_records WHERE end_time < ? AND status IN ({marks})",
+            (cutoff, *_FINISHED),
+        )
+
+    async def _delete_rows(self, task_ids: list[str]) -> int:
+        async with self._transaction() as db:
+            deleted = 0
+            for task_id in task_ids:
+                cursor = await db.execute("DELETE FROM tf_records WHERE task_id = ?", (task_id,))
+                deleted += cursor.rowcount
+                await cursor.close()
+            return deleted
+
+    async def _count_rows(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT status, COUNT(*) FROM tf_records GROUP BY status")
+        return {row[0]: int(row[1]) for row in rows}
+
+    # ---- journal and leases ------------------------------------------------------------------
+
+    async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO tf_journal (task_id, owner, data) VALUES (?, ?, ?)",
+                [(task_id, owner, data) for task_id, data in items],
+            )
+
+    async def _journal_delete(self, task_ids: list[str]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "DELETE FROM tf_journal WHERE task_id = ?", [(t,) for t in task_ids]
+            )
+
+    async def _journal_release(self, owner: str) -> int:
+        return await self._run("UPDATE tf_journal SET owner = NULL WHERE owner = ?", (owner,))
+
+    async def _journal_claim(self, owner: str, limit: int) -> list[tuple[str, str]]:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(_CLAIM, (owner, time.time(), limit))
+            return [(row[0], row[1]) for row in rows]
+
+    async def _journal_list(self, owner: str) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT task_id, data FROM tf_journal WHERE owner = ? ORDER BY rowid", (owner,)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _heartbeat(self, owner: str, ttl: float) -> None:
+        await self._run(
+            "INSERT INTO tf_owners (owner, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
+            (owner, time.time() + ttl),
+        )
+
+    async def _drop_owner(self, owner: str) -> None:
+        await self._run("DELETE FROM tf_owners WHERE owner = ?", (owner,))
+
+    # ---- idempotency, locks, metadata --------------------------------------------------------
+
+    async def _reserve_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+        now = time.time()
+        expires = now + ttl if ttl is not None else None
+        async with self._transaction() as db:
+            cursor = await db.execute(_RESERVE, (key, task_id, expires, now))
+            won = cursor.rowcount > 0
+            await cursor.close()
+            if won:
+                return None
+            rows = list(
+                await db.execute_fetchall("SELECT task_id FROM tf_keys WHERE key = ?", (key,))
+            )
+            return str(rows[0][0]) if rows else None
+
+    async def _release_key(self, key: str, task_id: str) -> None:
+        await self._run("DELETE FROM tf_keys WHERE key = ? AND task_id = ?", (key, task_id))
+
+    async def _acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        return await self._run(_LOCK, (name, owner, now + ttl, now)) > 0
+
+    async def _get_meta(self, key: str) -> str | None:
+        rows = await self._fetch("SELECT value FROM tf_meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        await self._run(
+            "INSERT INTO tf_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

@@ -1,0 +1,338 @@
+"""TaskflowSettings: typed configuration from keyword arguments, environment, ``.env`` and YAML.
+
+Sources, strongest first: keyword arguments, ``TASKFLOW_*`` environment variables (``__`` nests:
+``TASKFLOW_BACKEND__KIND=redis``), the ``.env`` file, the YAML file (``config/taskflow.yaml``
+unless ``TASKFLOW_CONFIG`` or ``config_file=`` names another), then the defaults below.
+
+Every problem is reported at once in one :class:`~fastapi_taskflow.errors.ConfigurationError`
+naming the key path, where the value came from and why it is wrong. Secrets (encryption keys,
+passwords, the password inside a Redis URL) never appear in messages or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import core_schema
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from ._sources import ENV_PREFIX, SourceReport, TaskflowEnvSource, YamlFileSource
+
+DEFAULT_CONFIG_FILE = Path("config/taskflow.yaml")
+CONFIG_ENV_VAR = "TASKFLOW_CONFIG"
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Section(BaseModel):
+    """A group of settings; unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- backend --------------------------------------------------------------------------------
+
+
+class RedisURL(str):
+    """A Redis URL whose password is masked wherever it is shown."""
+
+    def masked(self) -> str:
+        return mask_url(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls.parse, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()
+        )
+
+    @classmethod
+    def parse(cls, value: str) -> RedisURL:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"scheme must be redis://, rediss:// or unix://, got {scheme!r}")
+        return cls(value)
+
+    def __repr__(self) -> str:
+        return repr(self.masked())
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, errors and the CLI)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class SqliteSettings(Section):
+    """``backend.sqlite``: where the SQLite file lives (created with its folder if missing)."""
+
+    path: Path = Path("var/taskflow.db")
+
+
+class RedisSettings(Section):
+    """``backend.redis``: the server and the key prefix shared by instances of one app."""
+
+    url: RedisURL = RedisURL("redis://localhost:6379/0")
+    prefix: str = Field(default="taskflow", min_length=1)
+    socket_timeout: PositiveFloat = 5.0
+
+
+class BackendSettings(Section):
+    """``backend``: where records and the journal persist. Only ``kind`` is constructed."""
+
+    kind: Literal["memory", "sqlite", "redis"] = "memory"
+    sqlite: SqliteSettings = SqliteSettings()
+    redis: RedisSettings = RedisSettings()
+
+    def describe(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite ({self.sqlite.path})"
+        if self.kind == "redis":
+            return f"redis ({self.redis.url.masked()}, prefix {self.redis.prefix!r})"
+        return "memory"
+
+
+# ---- observers ------------------------------------------------------------------------------
+
+
+class StdoutLoggerSettings(Section):
+    """``loggers[] type: stdout``: one JSON line per event on standard output."""
+
+    type: Literal["stdout"]
+    min_level: LogLevel = "info"
+    log_lifecycle: bool = False
+    format: Literal["json", "text"] = "json"
+
+
+class FileLoggerSettings(Section):
+    """``loggers[] type: file``: JSON lines in a file, rotated or watched."""
+
+    type: Literal["file"]
+    path: Path
+    min_level: LogLevel = "info"
+    log_lifecycle: bool = False
+    max_bytes: PositiveInt = 10 * 1024 * 1024
+    backup_count: PositiveInt = 5
+    mode: Literal["rotate", "watched"] = "rotate"
+    format: Literal["json", "text"] = "json"
+
+
+class MemoryLoggerSettings(Section):
+    """``loggers[] type: memory``: events kept in a list (tests, debugging)."""
+
+    type: Literal["memory"]
+    min_level: LogLevel = "debug"
+    log_lifecycle: bool = True
+
+
+LoggerSettings = Annotated[
+    StdoutLoggerSettings | FileLoggerSettings | MemoryLoggerSettings,
+    Field(discriminator="type"),
+]
+
+
+# ---- encryption, queues, admin --------------------------------------------------------------
+
+
+class EncryptionSettings(Section):
+    """``encryption``: Fernet keys. The first encrypts; all decrypt (key rotation)."""
+
+    keys: list[SecretStr] = []
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        from cryptography.fernet import Fernet
+
+        for position, key in enumerate(keys):
+            try:
+                Fernet(key.get_secret_value())
+            except (ValueError, TypeError):
+                # Never echo the key: say which one and what a key looks like.
+                raise ValueError(
+                    f"key {position} is not a Fernet key (32 url-safe base64-encoded bytes, "
+                    "e.g. from `python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'`)"
+                ) from None
+        return keys
+
+
+class QueueSettings(Section):
+    """``queues.<name>``: how many of the queue's tasks run at once and how many may wait."""
+
+    concurrency: PositiveInt | None = None
+    max_size: PositiveInt | None = None
+
+
+class AdminAuthSettings(Section):
+    """``admin.auth``: the one account allowed into the dashboard and the task API."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class AdminSettings(Section):
+    """``admin``: whether ``install()`` mounts the dashboard and task API, and how."""
+
+    enabled: bool = False
+    path: str = "/tasks"
+    title: str | None = None
+    display_func_args: bool = False
+    auth: AdminAuthSettings | None = None
+    secret_key: SecretStr | None = None
+    token_expiry: PositiveInt = 86400
+    poll_interval: PositiveFloat = 30.0
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") and value != "/":
+            raise ValueError("must start with '/' and not end with '/', e.g. /tasks")
+        return value
+
+
+# ---- the settings ---------------------------------------------------------------------------
+
+#: Key paths whose values are secrets: never shown, never echoed in an error.
+SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
+#: Key paths whose values are URLs that may carry a password: shown masked.
+URL_PATHS = ("backend.redis.url",)
+
+
+class TaskflowSettings(BaseSettings):
+    """Everything the container needs to build a ``TaskManager``; see docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    backend: BackendSettings = BackendSettings()
+    requeue_pending: bool = False
+    snapshot_interval: PositiveFloat = 60.0
+    merged_list_ttl: NonNegativeFloat = 5.0
+    retention_days: PositiveFloat | None = None
+    retry_replaces_original: bool = True
+    max_history: PositiveInt = 10_000
+    default_timeout: PositiveFloat | None = None
+    loggers: list[LoggerSettings] = []
+    log_file: Path | None = None
+    log_file_max_bytes: PositiveInt = 10 * 1024 * 1024
+    log_file_backup_count: PositiveInt = 5
+    log_file_mode: Literal["rotate", "watched"] = "rotate"
+    log_lifecycle: bool = False
+    max_concurrent_tasks: PositiveInt | None = None
+    max_sync_threads: PositiveInt | None = None
+    max_process_workers: PositiveInt | None = None
+    process_shutdown_timeout: NonNegativeFloat = 30.0
+    max_size: PositiveInt | None = None
+    queues: dict[str, QueueSettings] = {}
+    encryption: EncryptionSettings = EncryptionSettings()
+    admin: AdminSettings = AdminSettings()
+
+    def __init__(
+        self,
+        config_file: str | Path | None = None,
+        *,
+        _mapping_source: str | None = None,
+        **values: Any,
+    ) -> None:
+        """Load and validate; raises ``ConfigurationError`` listing every problem.
+
+        ``_mapping_source`` (internal, see :meth:`from_mapping`) validates ``values`` alone,
+        reading neither files nor environment, and names that label as their source.
+        """
+        if _mapping_source is not None:
+            report = SourceReport.for_mapping(_mapping_source, type(self), values)
+        else:
+            report = SourceReport(build_sources(type(self), config_file, values))
+        try:
+            super().__init__(_build_sources=(report.ordered_sources, values))
+        except ValidationError as exc:
+            raise report.error(exc) from None
+        report.raise_problems()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only used when pydantic-settings builds sources itself; ``__init__`` passes its own."""
+        return build_sources(settings_cls, None, {})
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any] | None, *, source: str = "container.config"
+    ) -> TaskflowSettings:
+        """Validate an already-merged mapping (``container.config``) without reading files or env."""
+        return cls(_mapping_source=source, **dict(data or {}))
+
+    def masked_dump(self) -> dict[str, Any]:
+        """The effective settings as plain data with every secret masked (for the CLI, logs)."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        data["encryption"]["keys"] = ["**********" for _ in self.encryption.keys]
+        data["backend"]["redis"]["url"] = self.backend.redis.url.masked()
+        if self.admin.auth is not None:
+            data["admin"]["auth"]["password"] = "**********"
+        if self.admin.secret_key is not None:
+            data["admin"]["secret_key"] = "**********"
+        return data
+
+
+def build_sources(
+    settings_cls: type[BaseSettings], config_file: str | Path | None, values: dict[str, Any]
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """The sources of :class:`TaskflowSettings`, strongest first."""
+    explicit = config_file if config_file is not None else os.environ.get(CONFIG_ENV_VAR)
+    path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+    origin = (
+        "config_file=" if config_file is not None else CONFIG_ENV_VAR if explicit else "default"
+    )
+    return (
+        InitSettingsSource(settings_cls, init_kwargs=values),
+        TaskflowEnvSource(settings_cls),
+        DotEnvSettingsSource(settings_cls),
+        YamlFileSource(settings_cls, path, required=explicit is not None, origin=origin),
+    )
+
+
+def load_settings(config_file: str | Path | None = None, **values: Any) -> TaskflowSettings:
+    """``TaskflowSettings(config_file, **values)``: the one call an app makes at startup."""
+    return TaskflowSettings(config_file, **values)

@@ -1,0 +1,228 @@
+"""Dispatcher: the one path from "submitted" to a final status, for every task.
+
+Each attempt: decrypt arguments, set the task context, run on the executor under the timeout,
+then SUCCESS, a retry (the slot is released during the backoff wait) or FAILED. Cancellation and
+shutdown arrive as asyncio cancellation of the attempt and are told apart by ``Job.stop_reason``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..context import current_sink
+from ..crypto import ArgumentCipher
+from ..errors import ArgumentDecryptionError
+from ..executors import ExecutorSet
+from ..models import QueueConfig, TaskContext, TaskStatus, utcnow
+from ..serialization import decode_call
+from ..store import TaskStore
+from .events import AttemptSink, EventHub
+from .job import Job
+from .queues import QueueSet, QueueState
+
+logger = logging.getLogger("fastapi_taskflow")
+
+FinishedCallback = Callable[[Job], None]
+
+
+class Dispatcher:
+    """Queues jobs, runs their attempts, and reports each final status once."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        executors: ExecutorSet,
+        hub: EventHub,
+        cipher: ArgumentCipher | None,
+        queues: dict[str, QueueConfig] | None,
+        max_concurrent_tasks: int | None,
+        default_timeout: float | None,
+        on_finished: FinishedCallback,
+    ) -> None:
+        self.store = store
+        self.executors = executors
+        self.hub = hub
+        self.cipher = cipher
+        self.default_timeout = default_timeout
+        self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
+        self.jobs: dict[str, Job] = {}
+        self._on_finished = on_finished
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    # ---- admission -------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Put a PENDING job in its queue. Event-loop thread only."""
+        job.retry_timer = None
+        if job.record.status is not TaskStatus.PENDING:
+            return  # cancelled while it waited to be submitted
+        self.jobs[job.task_id] = job
+        self.queues.push(self.queues.resolve(job.record.queue), job, job.record.priority)
+
+    def _start(self, job: Job, queue: QueueState) -> None:
+        assert self._loop is not None
+        job.task = self._loop.create_task(self._attempt(job, queue), name=f"taskflow:{job.task_id}")
+
+    async def _attempt(self, job: Job, queue: QueueState) -> None:
+        try:
+            await self._run(job)
+        finally:
+            job.task = None
+            self.queues.release(queue)
+
+    # ---- one attempt -----------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        record = job.record
+        if record.status is not TaskStatus.PENDING:
+            return
+        attempt = record.retries_used + 1
+        self.store.transition(record, TaskStatus.RUNNING, start_time=record.start_time or utcnow())
+        self.hub.lifecycle(record, TaskStatus.RUNNING, attempt)
+        context = TaskContext(record.task_id, record.func_name, attempt, record.tags)
+        sink = AttemptSink(self.hub, record, context)
+        token = current_sink.set(sink)
+        try:
+            args, kwargs = self._arguments(job)
+            timeout = job.options.timeout or self.default_timeout
+            await self.executors.run(
+                job.definition.executor, job.definition.func, args, kwargs,
+                sink=sink, timeout=timeout,
+            )
+        except asyncio.CancelledError:
+            self._stopped(job, attempt)
+        except ArgumentDecryptionError as exc:
+            self._fail(job, attempt, exc)  # no key will appear between retries
+        except Exception as exc:
+            if self._should_retry(job, exc):
+                self._retry_later(job, attempt, exc)
+            else:
+                self._fail(job, attempt, exc)
+        else:
+            self._finish(job, TaskStatus.SUCCESS, attempt, error=None, stacktrace=None)
+        finally:
+            current_sink.reset(token)
+
+    def _arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if job.args is not None and job.kwargs is not None:
+            return job.args, job.kwargs
+        payload = job.record.encrypted_payload
+        if payload is None:
+            return (), {}
+        if self.cipher is None:
+            raise ArgumentDecryptionError(
+                "the task's arguments are encrypted but no encryption key is configured"
+            )
+        return decode_call(self.cipher.decrypt(payload))
+
+    def _should_retry(self, job: Job, exc: Exception) -> bool:
+        return job.record.retries_used < job.options.retries and isinstance(
+            exc, job.options.retry_on
+        )
+
+    def _retry_later(self, job: Job, attempt: int, exc: Exception) -> None:
+        """Back to PENDING; resubmitted after the backoff, holding no slot meanwhile."""
+        record = job.record
+        self.store.transition(
+            record,
+            TaskStatus.PENDING,
+            retries_used=record.retries_used + 1,
+            error=_describe(exc),
+            stacktrace=_trace(exc),
+        )
+        self.hub.lifecycle(record, TaskStatus.FAILED, attempt, retrying=True)
+        delay = job.options.retry_delay(record.retries_used)
+        if job.options.jitter:
+            delay += random.uniform(0, job.options.jitter)
+        assert self._loop is not None
+        job.retry_timer = self._loop.call_later(delay, self.submit, job)
+
+    def _fail(self, job: Job, attempt: int, exc: BaseException) -> None:
+        self._finish(job, TaskStatus.FAILED, attempt, error=_describe(exc), stacktrace=_trace(exc))
+
+    def _stopped(self, job: Job, attempt: int) -> None:
+        reason = job.stop_reason
+        if reason == "cancel":
+            self._finish(job, TaskStatus.CANCELLED, attempt, error="cancelled while running")
+        elif reason == "shutdown":
+            self._finish(
+                job, TaskStatus.INTERRUPTED, attempt, error="interrupted by application shutdown"
+            )
+        else:
+            # Cancelled by something outside taskflow (the loop closing): never leave it RUNNING.
+            self._finish(job, TaskStatus.INTERRUPTED, attempt, error="attempt was cancelled")
+            raise asyncio.CancelledError
+
+    def _finish(
+        self,
+        job: Job,
+        status: TaskStatus,
+        attempt: int,
+        *,
+        error: str | None = None,
+        stacktrace: str | None = None,
+    ) -> None:
+        record = job.record
+        if record.status.finished:
+            return
+        changes: dict[str, Any] = {"end_time": utcnow()}
+        if status is not TaskStatus.SUCCESS or error is not None:
+            changes.update(error=error, stacktrace=stacktrace)
+        else:
+            changes.update(error=None, stacktrace=None)
+        if record.start_time is None:
+            changes["start_time"] = changes["end_time"]
+        self.store.transition(record, status, **changes)
+        self.hub.lifecycle(record, status, attempt)
+        self.jobs.pop(record.task_id, None)
+        self._on_finished(job)
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a pending or running task. Returns False when it is already finished/unknown."""
+        job = self.jobs.get(task_id)
+        if job is None or job.record.status.finished:
+            return False
+        if job.task is not None:  # running: its attempt records CANCELLED
+            job.stop_reason = "cancel"
+            job.task.cancel()
+        else:
+            self.finish_waiting(job, TaskStatus.CANCELLED, "cancelled before it started")
+        return True
+
+    def finish_waiting(self, job: Job, status: TaskStatus, reason: str) -> None:
+        """End a job that is not running (queued, deferred, or in its backoff wait)."""
+        job.cancelled = True
+        if job.retry_timer is not None:
+            job.retry_timer.cancel()
+            job.retry_timer = None
+        self._finish(job, status, job.record.retries_used, error=reason)
+
+    def track(self, job: Job) -> None:
+        """Know a job before it is submitted (deferred until the response is sent)."""
+        self.jobs[job.task_id] = job
+
+    def running_jobs(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.task is not None]
+
+    def waiting_jobs(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.task is None and not j.record.status.finished]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))

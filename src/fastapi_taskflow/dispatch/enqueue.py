@@ -1,0 +1,179 @@
+"""Enqueuer: the single path that turns ``add_task(func, ...)`` into a tracked, queued task.
+
+Requests, scripts, retries from the API, schedules and requeues all come through ``enqueue``,
+so validation, idempotency, backpressure, encryption and journaling are written once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import JournalEntry
+from ..crypto import ArgumentCipher
+from ..errors import QueueFullError
+from ..models import TaskRecord, TaskStatus, utcnow
+from ..registry import TaskDefinition, TaskOptions
+from ..serialization import encode_call
+from ..store import TaskStore
+from .attempts import Dispatcher
+from .job import Job
+
+if TYPE_CHECKING:
+    from ..persistence import Persister
+
+Submit = Callable[[Job], None]
+
+
+def check_tags(tags: Any) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ValueError(f"tags must be a dict of str to str, got {tags!r}")
+    return dict(tags)
+
+
+class Enqueuer:
+    """Builds records and jobs, applies the rules, and hands jobs to the dispatcher."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        dispatcher: Dispatcher,
+        cipher: ArgumentCipher | None,
+        requeue_pending: bool,
+        check_arguments: Callable[[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]], None],
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.cipher = cipher
+        self.requeue_pending = requeue_pending
+        self.check_arguments = check_arguments
+        self.persister: Persister | None = None
+
+    def enqueue(
+        self,
+        definition: TaskDefinition,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        submit: Submit,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        source: str = "manual",
+        options: TaskOptions | None = None,
+        task_id: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Create (or find, by idempotency key) the task; returns ``(record, created)``."""
+        opts = options or definition.options
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+            raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValueError(f"priority must be an int or None, got {priority!r}")
+        clean_tags = check_tags(tags)
+        self.check_arguments(definition.executor, definition.func, args, kwargs)
+        queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
+
+        def make() -> TaskRecord:
+            return self._record(definition, args, kwargs, opts, queue_state.name, clean_tags,
+                                priority, idempotency_key, source, task_id)
+
+        if idempotency_key is None:
+            record, created = make(), True
+            self._admit(record, queue_state.name, queue_state.config.max_size)
+            self.store.add(record)
+        else:
+            record, created = self.store.add_with_key(idempotency_key, make)
+            if created:
+                self._admit_after_add(record, queue_state.name, queue_state.config.max_size)
+        if created:
+            job = self._job(record, definition, opts, args, kwargs)
+            self.dispatcher.track(job)
+            submit(job)
+        return record, created
+
+    def _record(
+        self, definition: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any],
+        opts: TaskOptions, queue: str, tags: dict[str, str], priority: int | None,
+        idempotency_key: str | None, source: str, task_id: str | None,
+    ) -> TaskRecord:
+        encrypted = (
+            self.cipher.encrypt(encode_call(args, kwargs)) if self.cipher is not None else None
+        )
+        return TaskRecord(
+            task_id=task_id or str(uuid.uuid4()),
+            func_name=definition.name,
+            args=() if encrypted else tuple(args),
+            kwargs={} if encrypted else dict(kwargs),
+            created_at=utcnow(),
+            idempotency_key=idempotency_key,
+            tags=tags,
+            source=source,
+            priority=priority if priority is not None else opts.priority,
+            executor=definition.executor,
+            queue=queue,
+            encrypted_payload=encrypted,
+        )
+
+    def _admit(self, record: TaskRecord, queue: str, max_size: int | None) -> None:
+        """Backpressure: a full queue rejects the task, recorded as REJECTED, and raises."""
+        if max_size is not None and self.store.queue_counts(queue)[TaskStatus.PENDING] >= max_size:
+            record.status = TaskStatus.REJECTED
+            record.end_time = utcnow()
+            record.error = f"queue {queue!r} is full ({max_size} waiting)"
+            self.store.add(record)
+            self.store.mark_dirty(record)
+            raise QueueFullError(queue, max_size, record.task_id)
+
+    def _admit_after_add(self, record: TaskRecord, queue: str, max_size: int | None) -> None:
+        # The keyed record is already counted as PENDING: compare against the size before it.
+        if max_size is not None and self.store.queue_counts(queue)[TaskStatus.PENDING] > max_size:
+            error = f"queue {queue!r} is full ({max_size} waiting)"
+            self.store.transition(record, TaskStatus.REJECTED, end_time=utcnow(), error=error)
+            self.store.mark_dirty(record)
+            raise QueueFullError(queue, max_size, record.task_id)
+
+    def _job(
+        self, record: TaskRecord, definition: TaskDefinition, opts: TaskOptions,
+        args: tuple[Any, ...], kwargs: dict[str, Any],
+    ) -> Job:
+        encrypted = record.encrypted_payload is not None
+        job = Job(
+            record=record,
+            definition=definition,
+            options=opts,
+            # Encrypted arguments are decrypted inside the attempt, never kept in clear here.
+            args=None if encrypted else record.args,
+            kwargs=None if encrypted else record.kwargs,
+        )
+        requeue = self.requeue_pending or opts.requeue_on_interrupt
+        if self.persister is not None and definition.registered and (requeue or opts.persist):
+            job.journaled = True
+            self.persister.journal(self.journal_entry(record, requeue, args, kwargs))
+        return job
+
+    def journal_entry(
+        self, record: TaskRecord, requeue: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> JournalEntry:
+        payload = record.encrypted_payload or encode_call(args, kwargs)
+        return JournalEntry(
+            task_id=record.task_id,
+            func_name=record.func_name,
+            payload=payload,
+            encrypted=record.encrypted_payload is not None,
+            created_at=record.created_at,
+            tags=record.tags,
+            priority=record.priority,
+            queue=record.queue,
+            idempotency_key=record.idempotency_key,
+            source=record.source,
+            retries_used=record.retries_used,
+            requeue_count=record.requeue_count,
+            requeue=requeue,
+        )

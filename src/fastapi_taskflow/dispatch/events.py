@@ -1,0 +1,154 @@
+"""EventHub: task logs, progress and lifecycle events, delivered to observers off the task's path.
+
+Tasks never wait on observers: events go into a queue that one pump task drains in order.
+Calls from threads (sync and process tasks) are marshalled onto the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..loggers.chain import ObserverChain
+from ..models import LifecycleEvent, LogEvent, TaskContext, TaskRecord, TaskStatus, utcnow
+from ..store import TaskStore
+
+logger = logging.getLogger("fastapi_taskflow")
+
+PROGRESS_INTERVAL = 0.05  # seconds between progress notifications of one task
+
+
+class EventHub:
+    """Owns the observer queue and the loop hand-off for everything a running task reports."""
+
+    def __init__(self, store: TaskStore, observers: ObserverChain) -> None:
+        self.store = store
+        self.observers = observers
+        self._queue: asyncio.Queue[LogEvent | LifecycleEvent | None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        if self.observers:
+            self._queue = asyncio.Queue()
+            await self.observers.startup()
+            self._pump = asyncio.create_task(self._deliver(), name="taskflow-observers")
+
+    async def stop(self) -> None:
+        if self._pump is not None and self._queue is not None:
+            self._queue.put_nowait(None)
+            await self._pump
+            self._pump = None
+            await self.observers.close()
+        self._queue = None
+
+    async def drain(self) -> None:
+        """Return once every event emitted so far has reached the observers."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    def call_on_loop(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func`` on the event loop thread: now when already there, else soon."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            func(*args)
+        else:
+            self._loop.call_soon_threadsafe(func, *args)
+
+    # ---- what tasks report -----------------------------------------------------------------
+
+    def lifecycle(
+        self, record: TaskRecord, status: TaskStatus, attempt: int, *, retrying: bool = False
+    ) -> None:
+        if self._queue is None:
+            return
+        self._queue.put_nowait(
+            LifecycleEvent(
+                task_id=record.task_id,
+                func_name=record.func_name,
+                status=status,
+                timestamp=utcnow(),
+                attempt=attempt,
+                retries_used=record.retries_used,
+                duration=record.duration,
+                error=record.error if status is not TaskStatus.SUCCESS else None,
+                stacktrace=record.stacktrace if status is TaskStatus.FAILED else None,
+                tags=record.tags,
+                queue=record.queue,
+                retrying=retrying,
+            )
+        )
+
+    def log(self, record: TaskRecord, context: TaskContext, message: str, level: str,
+            extra: dict[str, Any]) -> None:
+        self.call_on_loop(self._log_on_loop, record, context, message, level, extra)
+
+    def _log_on_loop(self, record: TaskRecord, context: TaskContext, message: str, level: str,
+                     extra: dict[str, Any]) -> None:
+        now = utcnow()
+        record.logs.append(f"{now.isoformat()} [{level.upper()}] {message}")
+        self.store.touch(record)
+        if self._queue is not None:
+            self._queue.put_nowait(
+                LogEvent(
+                    task_id=record.task_id,
+                    func_name=record.func_name,
+                    message=message,
+                    level=level,
+                    timestamp=now,
+                    attempt=context.attempt,
+                    tags=record.tags,
+                    extra=dict(extra),
+                    queue=record.queue,
+                )
+            )
+
+    def progress(self, record: TaskRecord, fraction: float, message: str | None,
+                 last_notified: list[float]) -> None:
+        """Record progress at once; notify listeners at most every PROGRESS_INTERVAL."""
+        record.progress = fraction
+        if message is not None:
+            record.progress_message = message
+        now = time.monotonic()
+        if fraction >= 1.0 or now - last_notified[0] >= PROGRESS_INTERVAL:
+            last_notified[0] = now
+            self.call_on_loop(self.store.touch, record)
+
+    async def _deliver(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            event = await queue.get()
+            try:
+                if event is None:
+                    return
+                if isinstance(event, LogEvent):
+                    await self.observers.on_log(event)
+                else:
+                    await self.observers.on_lifecycle(event)
+            finally:
+                queue.task_done()
+
+
+class AttemptSink:
+    """The TaskSink of one attempt: what ``task_log``/``set_progress`` call inside the task."""
+
+    __slots__ = ("_last", "context", "hub", "record")
+
+    def __init__(self, hub: EventHub, record: TaskRecord, context: TaskContext) -> None:
+        self.hub = hub
+        self.record = record
+        self.context = context
+        self._last = [0.0]
+
+    def log(self, message: str, level: str, extra: dict[str, Any]) -> None:
+        self.hub.log(self.record, self.context, message, level, extra)
+
+    def progress(self, fraction: float, message: str | None) -> None:
+        self.hub.progress(self.record, fraction, message, self._last)

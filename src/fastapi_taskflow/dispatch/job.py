@@ -1,0 +1,32 @@
+"""Job: one task on its way through a queue, with what its attempts need."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import TaskRecord
+from ..registry import TaskDefinition, TaskOptions
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """A task record plus its function, options and (unless encrypted) clear arguments."""
+
+    record: TaskRecord
+    definition: TaskDefinition
+    options: TaskOptions
+    args: tuple[Any, ...] | None
+    kwargs: dict[str, Any] | None
+    journaled: bool = False
+    # Set when a waiting job is cancelled; the queue skips it instead of searching the heap.
+    cancelled: bool = False
+    # Why the running attempt's asyncio task was cancelled: "cancel" or "shutdown".
+    stop_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+    retry_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id

@@ -1,0 +1,127 @@
+"""Named queues: priority order, per-queue and global concurrency caps, live resizing.
+
+No worker loops: a queue starts jobs while it has room and is pumped again whenever a job
+finishes or its cap changes. Shrinking a busy queue therefore never deadlocks (running jobs
+finish, nothing new starts until under the cap) and growing admits at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..models import QueueConfig
+
+logger = logging.getLogger("fastapi_taskflow")
+
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(eq=False)
+class QueueState:
+    """One named queue: waiting jobs by priority (higher first, FIFO among equals)."""
+
+    name: str
+    config: QueueConfig
+    waiting: list[tuple[int, int, Any]] = field(default_factory=list)
+    running: int = 0
+    started: int = 0
+    rejected: int = 0
+
+    def has_room(self) -> bool:
+        cap = self.config.concurrency
+        return cap is None or self.running < cap
+
+
+class QueueSet:
+    """All queues of a manager plus the global ``max_concurrent_tasks`` cap."""
+
+    def __init__(
+        self,
+        configs: dict[str, QueueConfig] | None,
+        *,
+        global_limit: int | None,
+        start: Callable[[Any, QueueState], None],
+    ) -> None:
+        configs = dict(configs or {})
+        configs.setdefault(DEFAULT_QUEUE, QueueConfig())
+        self._queues = {name: QueueState(name, cfg) for name, cfg in configs.items()}
+        self.global_limit = global_limit
+        self.global_running = 0
+        self.unknown_queue_fallbacks = 0
+        self._start = start
+        self._sequence = itertools.count()
+
+    def resolve(self, name: str | None) -> QueueState:
+        """The queue called ``name``; an unknown name falls back to default, counted and logged."""
+        if name is None:
+            return self._queues[DEFAULT_QUEUE]
+        queue = self._queues.get(name)
+        if queue is None:
+            self.unknown_queue_fallbacks += 1
+            logger.warning("unknown queue %r; the task goes to the default queue", name)
+            return self._queues[DEFAULT_QUEUE]
+        return queue
+
+    def __iter__(self) -> Iterable[QueueState]:  # type: ignore[override]
+        return iter(self._queues.values())
+
+    def get(self, name: str) -> QueueState | None:
+        return self._queues.get(name)
+
+    def push(self, queue: QueueState, job: Any, priority: int | None) -> None:
+        # heapq is a min-heap: negate so higher priority comes out first.
+        heapq.heappush(queue.waiting, (-(priority or 0), next(self._sequence), job))
+        self.pump(queue)
+
+    def pump(self, queue: QueueState) -> None:
+        while queue.waiting and queue.has_room() and self._global_room():
+            _, _, job = heapq.heappop(queue.waiting)
+            if getattr(job, "cancelled", False):
+                continue
+            queue.running += 1
+            queue.started += 1
+            self.global_running += 1
+            self._start(job, queue)
+
+    def pump_all(self) -> None:
+        for queue in self._queues.values():
+            self.pump(queue)
+
+    def release(self, queue: QueueState) -> None:
+        """A job of ``queue`` ended: free its slots and admit what now fits."""
+        queue.running -= 1
+        self.global_running -= 1
+        if self.global_limit is not None:
+            self.pump_all()
+        else:
+            self.pump(queue)
+
+    def _global_room(self) -> bool:
+        return self.global_limit is None or self.global_running < self.global_limit
+
+    def reconfigure(
+        self, name: str, *, concurrency: int | None | object, max_size: int | None | object
+    ) -> QueueConfig:
+        """Change a queue's caps live. Validates first: on bad input nothing changes."""
+        queue = self._queues.get(name)
+        if queue is None:
+            raise KeyError(name)
+        new = QueueConfig(
+            concurrency=queue.config.concurrency if concurrency is _UNSET else concurrency,  # type: ignore[arg-type]
+            max_size=queue.config.max_size if max_size is _UNSET else max_size,  # type: ignore[arg-type]
+        )
+        queue.config = new
+        self.pump(queue)
+        return new
+
+    def waiting_count(self) -> int:
+        return sum(len(q.waiting) for q in self._queues.values())
+
+
+_UNSET: Any = object()
+UNSET = _UNSET

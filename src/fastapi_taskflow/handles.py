@@ -1,0 +1,102 @@
+"""What routes and callers hold: ``TaskHandle`` and the request's ``ManagedBackgroundTasks``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.background import BackgroundTasks
+
+from .models import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+    from .registry import TaskOptions
+
+
+class TaskHandle(str):
+    """A task id (it *is* the id string, so code that expects an id keeps working) with helpers.
+
+    ``status`` and ``record`` read the live record; ``await wait()`` returns the final record;
+    ``cancel()`` stops a pending or running task.
+    """
+
+    _manager: TaskManager
+    _record: TaskRecord
+
+    def __new__(cls, record: TaskRecord, manager: TaskManager) -> TaskHandle:
+        handle = super().__new__(cls, record.task_id)
+        handle._manager = manager
+        handle._record = record
+        return handle
+
+    @property
+    def task_id(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def record(self) -> TaskRecord:
+        return self._record
+
+    @property
+    def status(self) -> TaskStatus:
+        return self._record.status
+
+    async def wait(self, timeout: float | None = None) -> TaskRecord:
+        """The final record once the task is finished; ``TimeoutError`` after ``timeout``."""
+        return await self._manager.wait_for(self._record, timeout)
+
+    def cancel(self) -> bool:
+        """Cancel the task; False when it had already finished."""
+        return self._manager.cancel(self.task_id)
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.task_id!r}, status={self._record.status.value!r})"
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # Crossing a process boundary (or pickling) degrades to the plain id.
+        return (str, (self.task_id,))
+
+
+class ManagedBackgroundTasks(BackgroundTasks):
+    """FastAPI's ``BackgroundTasks`` whose ``add_task`` returns a tracked ``TaskHandle``.
+
+    Tasks start after the response is sent, like FastAPI's, unless ``eager=True``.
+    """
+
+    def __init__(self, manager: TaskManager, request_tasks: BackgroundTasks | None = None) -> None:
+        super().__init__()
+        self._manager = manager
+        # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
+        self._request_tasks = request_tasks
+
+    def add_task(  # type: ignore[override]
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_options: TaskOptions | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        return self._manager.enqueue(
+            func,
+            args,
+            kwargs,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            eager=eager,
+            priority=priority,
+            queue=queue,
+            task_options=task_options,
+            defer=self._after_response,
+        )
+
+    def _after_response(self, start: Callable[[], Any]) -> None:
+        if self._request_tasks is not None and self._request_tasks is not self:
+            self._request_tasks.add_task(start)
+        else:
+            super().add_task(start)

@@ -1,0 +1,26 @@
+"""Observers: everything that watches tasks' log lines and status changes.
+
+:class:`TaskObserver` is the base class (every hook a no-op); :class:`ObserverChain` delivers
+events to several observers, isolating their failures. The built-ins write lines to stdout
+(:class:`StdoutLogger`), to a file (:class:`FileLogger`), keep them in memory for tests
+(:class:`InMemoryLogger`) or forward them to a stdlib logger (:class:`LoggingObserver`).
+"""
+
+from ..models import LifecycleEvent, LogEvent
+from .base import TaskObserver
+from .chain import ObserverChain
+from .file import FileLogger
+from .logging_observer import LoggingObserver
+from .memory import InMemoryLogger
+from .stdout import StdoutLogger
+
+__all__ = [
+    "FileLogger",
+    "InMemoryLogger",
+    "LifecycleEvent",
+    "LogEvent",
+    "LoggingObserver",
+    "ObserverChain",
+    "StdoutLogger",
+    "TaskObserver",
+]

@@ -1,0 +1,513 @@
+"""TaskManager: the facade users hold. It composes the parts and keeps none of their logic.
+
+registry (what tasks exist) -> enqueuer (the one enqueue path) -> dispatcher (queues, attempts)
+-> executors; the store keeps records and counters; the event hub feeds observers; the persister
+talks to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import BackgroundTasks, FastAPI
+
+from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
+from .crypto import ArgumentCipher, KeyLike
+from .dispatch.attempts import Dispatcher
+from .dispatch.enqueue import Enqueuer
+from .dispatch.events import EventHub
+from .dispatch.job import Job
+from .dispatch.queues import UNSET
+from .errors import ArgumentDecryptionError, UnknownTaskError
+from .executors import ExecutorSet
+from .fastapi_glue import add_lifespan, route_background_params
+from .handles import ManagedBackgroundTasks, TaskHandle
+from .loggers.base import TaskObserver
+from .loggers.chain import ObserverChain
+from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
+from .options import MiB, NOT_YET, ManagerSettings
+from .persistence import DurabilitySettings, Persister
+from .queries import merged_page, metrics_snapshot, queue_snapshot
+from .registry import TaskDefinition, TaskOptions, TaskRegistry
+from .serialization import decode_call
+from .store import TaskStore
+
+if TYPE_CHECKING:
+    from .executors.process import ProcessPool
+
+logger = logging.getLogger("fastapi_taskflow")
+F = TypeVar("F", bound=Callable[..., Any])
+RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
+
+
+class TaskManager:
+    """Tracks, runs, retries and persists background tasks of a FastAPI app."""
+
+    def __init__(
+        self,
+        *,
+        snapshot_db: str | None = None,
+        snapshot_backend: TaskBackend | None = None,
+        snapshot_interval: float = 60.0,
+        requeue_pending: bool = False,
+        merged_list_ttl: float = 5.0,
+        loggers: Sequence[TaskObserver] | None = None,
+        log_file: str | None = None,
+        log_file_max_bytes: int = 10 * MiB,
+        log_file_backup_count: int = 5,
+        log_file_mode: str = "rotate",
+        log_lifecycle: bool = False,
+        encrypt_args_key: KeyLike | Sequence[KeyLike] | None = None,
+        max_concurrent_tasks: int | None = None,
+        max_sync_threads: int | None = None,
+        max_process_workers: int | None = None,
+        process_shutdown_timeout: float = 30.0,
+        retention_days: float | None = None,
+        retry_replaces_original: bool = True,
+        queues: dict[str, QueueConfig] | None = None,
+        max_size: int | None = None,
+        max_history: int = 10_000,
+        default_timeout: float | None = None,
+        drain_timeout: float = 30.0,
+        heartbeat_interval: float = 10.0,
+        lease_ttl: float = 30.0,
+        max_requeues: int = 3,
+        registry: TaskRegistry | None = None,
+        store: TaskStore | None = None,
+        cipher: ArgumentCipher | None = None,
+        thread_pool: ThreadPoolExecutor | None = None,
+        process_pool: ProcessPool | None = None,
+        close_backend: bool = True,
+        **later: Any,
+    ) -> None:
+        for name in later:
+            feature = NOT_YET.get(name)
+            if feature is None:
+                raise TypeError(f"TaskManager() got an unexpected keyword argument {name!r}")
+            raise TypeError(f"TaskManager({name}=...) belongs to {feature}, not available yet")
+        queue_configs = dict(queues or {})
+        if max_size is not None:
+            default = queue_configs.get("default", QueueConfig())
+            queue_configs["default"] = QueueConfig(default.concurrency, max_size)
+        self.settings = ManagerSettings(
+            snapshot_interval=snapshot_interval, requeue_pending=requeue_pending,
+            merged_list_ttl=merged_list_ttl, max_concurrent_tasks=max_concurrent_tasks,
+            max_sync_threads=max_sync_threads, max_process_workers=max_process_workers,
+            process_shutdown_timeout=process_shutdown_timeout, retention_days=retention_days,
+            retry_replaces_original=retry_replaces_original, queues=queue_configs,
+            max_history=max_history, default_timeout=default_timeout,
+            drain_timeout=drain_timeout, heartbeat_interval=heartbeat_interval,
+            lease_ttl=lease_ttl, max_requeues=max_requeues,
+        )
+        self.instance_id = f"{uuid.uuid4().hex[:12]}"
+        self.registry = registry if registry is not None else TaskRegistry()
+        self.store = store if store is not None else TaskStore(max_history=max_history)
+        self.cipher = cipher or (
+            ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None
+        )
+        self.backend = snapshot_backend or (_sqlite(snapshot_db) if snapshot_db else None)
+        self._close_backend = close_backend
+        self.observers = ObserverChain(
+            _observers(loggers, log_file, log_file_max_bytes, log_file_backup_count,
+                       log_file_mode, log_lifecycle)
+        )
+        self.executors = ExecutorSet(
+            max_sync_threads=max_sync_threads, max_process_workers=max_process_workers,
+            process_shutdown_timeout=process_shutdown_timeout, thread_pool=thread_pool,
+            process_pool=process_pool,
+        )
+        self.hub = EventHub(self.store, self.observers)
+        self.dispatcher = Dispatcher(
+            store=self.store, executors=self.executors, hub=self.hub, cipher=self.cipher,
+            queues=queue_configs, max_concurrent_tasks=max_concurrent_tasks,
+            default_timeout=default_timeout, on_finished=self._on_finished,
+        )
+        self.enqueuer = Enqueuer(
+            store=self.store, dispatcher=self.dispatcher, cipher=self.cipher,
+            requeue_pending=requeue_pending, check_arguments=self.executors.check_arguments,
+        )
+        self.persister: Persister | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._started = False
+        self._prestart: list[Job] = []
+        self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
+        self._idle: list[asyncio.Future[None]] = []
+        self.store.add_listener(self._wake_idle)
+
+    # ---- declaring tasks -------------------------------------------------------------------
+
+    def task(self, **options: Any) -> Callable[[F], F]:
+        """Register a task; see :meth:`TaskRegistry.task` for the options."""
+        return self.registry.task(**options)
+
+    def schedule(self, **options: Any) -> Callable[[F], F]:
+        """Register a periodic task (``every=`` seconds or ``cron=``)."""
+        return self.registry.schedule(**options)
+
+    # ---- enqueueing ------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_options: TaskOptions | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Enqueue outside a request (scripts, startup code, other tasks). Starts at once."""
+        return self.enqueue(func, args, kwargs, idempotency_key=idempotency_key, tags=tags,
+                            eager=eager, priority=priority, queue=queue,
+                            task_options=task_options)
+
+    def enqueue(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_options: TaskOptions | None = None,
+        defer: Callable[[Callable[[], Any]], None] | None = None,
+        source: str = "manual",
+    ) -> TaskHandle:
+        """The one entry point behind every ``add_task``. ``defer`` delays the start."""
+        definition = self.registry.definition_for(func)
+        options = definition.options if task_options is None else task_options
+        run_now = defer is None or (eager if eager is not None else options.eager)
+        submit = self._submit_now if run_now else functools.partial(self._defer, defer)
+        record, _ = self.enqueuer.enqueue(
+            definition, args, kwargs, submit=submit, idempotency_key=idempotency_key, tags=tags,
+            priority=priority, queue=queue, source=source, options=task_options,
+        )
+        return TaskHandle(record, self)
+
+    def _defer(self, defer: Any, job: Job) -> None:
+        async def start() -> None:
+            self._submit_now(job)
+
+        defer(start)
+
+    def _submit_now(self, job: Job) -> None:
+        loop = self._loop or self._bind_running_loop()
+        if loop is None:
+            self._prestart.append(job)  # runs at startup()
+        elif threading.get_ident() == self._loop_thread:
+            self.dispatcher.submit(job)
+        else:
+            loop.call_soon_threadsafe(self.dispatcher.submit, job)
+
+    def _bind_running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """Used before startup(): run tasks anyway, like FastAPI would, and say what is off."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        logger.warning(
+            "TaskManager used before startup(): tasks run, but persistence and observers are "
+            "off. Wire the lifecycle with TaskAdmin, init_app(app) or startup()/shutdown()."
+        )
+        self._bind(loop)
+        return loop
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self.dispatcher.bind(loop)
+
+    # ---- FastAPI ---------------------------------------------------------------------------
+
+    async def get_tasks(self, background_tasks: BackgroundTasks) -> ManagedBackgroundTasks:
+        """FastAPI dependency: ``tasks = Depends(task_manager.get_tasks)``.
+
+        Async on purpose (a sync dependency costs a threadpool hop per request). Deferred tasks
+        ride on the request's own ``BackgroundTasks``, so they start after the response.
+        """
+        return ManagedBackgroundTasks(self, background_tasks)
+
+    background_tasks = get_tasks
+
+    def install(self, app: FastAPI) -> None:
+        """Give every ``BackgroundTasks`` parameter of ``app``'s routes a managed instance."""
+        route_background_params(app, self.get_tasks)
+        app.state._taskflow_install = self
+        self.init_app(app)
+
+    def init_app(self, app: FastAPI) -> None:
+        """Run startup/shutdown around the app's lifespan (its own ``lifespan=`` included)."""
+
+        async def start() -> None:
+            if getattr(app.state, "_taskflow_install", None) is self:
+                route_background_params(app, self.get_tasks)  # routes added after install()
+            await self.startup()
+
+        add_lifespan(app, self, start, self.shutdown)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Open the backend, recover unfinished work, start observers. Safe on a bare manager."""
+        if self._started:
+            return
+        self._bind(asyncio.get_running_loop())
+        await self.hub.start()
+        if self.backend is not None:
+            await self._start_persistence(self.backend)
+        self._started = True
+        prestart, self._prestart = self._prestart, []
+        for job in prestart:
+            self.dispatcher.submit(job)
+
+    async def _start_persistence(self, backend: TaskBackend) -> None:
+        await backend.open()
+        s = self.settings
+        self.persister = Persister(
+            backend, self.store, self.instance_id,
+            DurabilitySettings(
+                snapshot_interval=s.snapshot_interval, heartbeat_interval=s.heartbeat_interval,
+                lease_ttl=s.lease_ttl, retention_days=s.retention_days,
+                max_requeues=s.max_requeues,
+            ),
+        )
+        self.enqueuer.persister = self.persister
+        await self.persister.start()
+        for entry in await self.persister.claim_orphans():
+            self._recover(entry)
+
+    def _recover(self, entry: JournalEntry) -> None:
+        """A journaled task no live instance owns: run it again, or record why not."""
+        assert self.persister is not None
+        definition = self.registry.find(entry.func_name)
+        record = TaskRecord(
+            task_id=entry.task_id, func_name=entry.func_name, created_at=entry.created_at,
+            tags=entry.tags, priority=entry.priority, queue=entry.queue,
+            idempotency_key=entry.idempotency_key, source="requeue",
+            retries_used=entry.retries_used, requeue_count=entry.requeue_count + 1,
+            executor=definition.executor if definition else "async",
+            encrypted_payload=entry.payload if entry.encrypted else None,
+        )
+        reason = None
+        if definition is None:
+            reason = f"unknown task {entry.func_name!r}: not registered in this app"
+        elif not entry.requeue:
+            reason = "interrupted: the app stopped before the task finished"
+        elif record.requeue_count > self.settings.max_requeues:
+            reason = f"requeued {self.settings.max_requeues} times without finishing; giving up"
+        args: tuple[Any, ...] | None = ()
+        kwargs: dict[str, Any] | None = {}
+        if reason is None and not entry.encrypted:
+            try:
+                args, kwargs = decode_call(entry.payload)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None or definition is None:
+            status = TaskStatus.INTERRUPTED if not entry.requeue else TaskStatus.FAILED
+            record.status, record.error, record.end_time = status, reason, utcnow()
+            self.store.add(record)
+            self.persister.finished(record, journaled=True)
+            logger.warning("journaled task %s not requeued: %s", entry.task_id, reason)
+            return
+        record.args, record.kwargs = (args or (), kwargs or {}) if not entry.encrypted else ((), {})
+        job = Job(record, definition, definition.options,
+                  None if entry.encrypted else record.args, None if entry.encrypted else record.kwargs,
+                  journaled=True)
+        self.store.add(record)
+        self.persister.journal(self.enqueuer.journal_entry(record, True, record.args, record.kwargs))
+        self.dispatcher.submit(job)
+
+    async def shutdown(self) -> None:
+        """Settle every task (finished, kept for requeue, or INTERRUPTED), then close parts."""
+        if self._loop is None:
+            return
+        for job in self.dispatcher.waiting_jobs():
+            if job.journaled and self._requeues(job):
+                job.cancelled = True  # kept in the journal for the next start
+                if job.retry_timer is not None:
+                    job.retry_timer.cancel()
+            else:
+                self.dispatcher.finish_waiting(
+                    job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
+                )
+        await self._drain_running()
+        await self.hub.stop()
+        if self.persister is not None:
+            await self.persister.stop()
+        await self.executors.close()
+        if self.backend is not None and self._close_backend:
+            await self.backend.close()
+        self._started = False
+        self._loop = None
+        self._wake_idle(None)
+
+    def _requeues(self, job: Job) -> bool:
+        return self.settings.requeue_pending or job.options.requeue_on_interrupt
+
+    async def _drain_running(self) -> None:
+        running = [j.task for j in self.dispatcher.running_jobs() if j.task is not None]
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.drain_timeout)
+            for job in self.dispatcher.running_jobs():
+                job.stop_reason = "shutdown"
+                if job.task is not None:
+                    job.task.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    async def join(self, timeout: float | None = None) -> None:
+        """Return when no task is pending or running and observers have seen every event."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.store.active == 0:
+                    await self.hub.drain()
+                    if self.store.active == 0:
+                        return
+                waiter = asyncio.get_running_loop().create_future()
+                self._idle.append(waiter)
+                await waiter
+
+    def _wake_idle(self, _record: TaskRecord | None) -> None:
+        if self._idle and self.store.active == 0:
+            self.hub.call_on_loop(self._resolve_idle)
+
+    def _resolve_idle(self) -> None:
+        waiters, self._idle = self._idle, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ---- one task ----------------------------------------------------------------------------
+
+    def _on_finished(self, job: Job) -> None:
+        record = job.record
+        if self.persister is not None:
+            keep = job.stop_reason == "shutdown" and job.journaled and self._requeues(job)
+            if keep:
+                self.persister.save_soon(record)
+            else:
+                self.persister.finished(record, job.journaled)
+        for waiter in self._waiters.pop(record.task_id, ()):
+            if not waiter.done():
+                waiter.set_result(record)
+
+    async def wait_for(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord:
+        if record.status.finished:
+            return record
+        waiter: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(record.task_id, []).append(waiter)
+        async with asyncio.timeout(timeout):
+            return await waiter
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a pending or running task; False if it is finished or unknown."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            return self.dispatcher.cancel(task_id)
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
+        return done.result(timeout=5)
+
+    async def get_task(self, task_id: str) -> TaskHandle | None:
+        """A handle for a known task id (memory first, then the backend), else None."""
+        record = await self.get_record(task_id)
+        return TaskHandle(record, self) if record is not None else None
+
+    async def get_record(self, task_id: str) -> TaskRecord | None:
+        record = self.store.get(task_id)
+        if record is None and self.backend is not None and self._started:
+            record = await self.backend.get_record(task_id)
+        return record
+
+    async def retry(self, task_id: str, *, source: str = "retry") -> TaskHandle:
+        """Run a failed, interrupted or cancelled task again with the same arguments."""
+        record = await self.get_record(task_id)
+        if record is None:
+            raise UnknownTaskError(f"no task with id {task_id!r}")
+        if record.status not in RETRYABLE:
+            raise ValueError(f"only failed, interrupted or cancelled tasks can be retried; "
+                             f"{task_id} is {record.status.value}")
+        definition = self.registry.get(record.func_name)
+        args, kwargs = self._clear_arguments(record)
+        handle = self._enqueue_definition(definition, args, kwargs, record, source)
+        if self.settings.retry_replaces_original:
+            self.store.remove(task_id)
+            if self.backend is not None and self._started:
+                await self.backend.delete_records([task_id])
+        return handle
+
+    def _clear_arguments(self, record: TaskRecord) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if record.encrypted_payload is None:
+            return record.args, record.kwargs
+        if self.cipher is None:
+            raise ArgumentDecryptionError("the task's arguments are encrypted; no key configured")
+        return decode_call(self.cipher.decrypt(record.encrypted_payload))
+
+    def _enqueue_definition(
+        self, definition: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any],
+        like: TaskRecord, source: str,
+    ) -> TaskHandle:
+        record, _ = self.enqueuer.enqueue(
+            definition, args, kwargs, submit=self._submit_now, tags=like.tags,
+            priority=like.priority, queue=like.queue, source=source,
+        )
+        return TaskHandle(record, self)
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    async def list_records(self, query: RecordQuery) -> RecordPage:
+        """One page of tasks, newest first, from memory and the backend together."""
+        backend = self.backend if self._started else None
+        return await merged_page(self.store, backend, query)
+
+    def metrics(self) -> dict[str, Any]:
+        return metrics_snapshot(self.store, self.dispatcher.queues)
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        return queue_snapshot(self.store, self.dispatcher.queues)
+
+    def update_queue_config(
+        self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET
+    ) -> QueueConfig:
+        """Change a queue's caps live; ``ValueError`` (nothing changed) on bad values."""
+        try:
+            return self.dispatcher.queues.reconfigure(
+                name, concurrency=concurrency, max_size=max_size
+            )
+        except KeyError:
+            raise UnknownTaskError(f"no queue named {name!r}") from None
+
+
+def _sqlite(path: str) -> TaskBackend:
+    from .backends.sqlite import SqliteBackend
+
+    return SqliteBackend(path)
+
+
+def _observers(
+    loggers: Sequence[TaskObserver] | None, log_file: str | None, max_bytes: int,
+    backup_count: int, mode: str, log_lifecycle: bool,
+) -> list[TaskObserver]:
+    observers = list(loggers or [])
+    for observer in observers:
+        if not isinstance(observer, TaskObserver):
+            raise TypeError(f"loggers must be TaskObserver instances, got {observer!r}")
+    if log_file is not None:
+        from .loggers.file import FileLogger
+
+        observers.append(FileLogger(log_file, log_lifecycle=log_lifecycle, max_bytes=max_bytes,
+                                    backup_count=backup_count, mode=mode))
+    return observers

@@ -1,0 +1,253 @@
+"""TaskStore: the in-memory tasks of this process, with counters kept as they change.
+
+Metrics never scan: counts per status and per queue, and a duration histogram, are updated on
+each transition. Finished history is bounded by ``max_history`` (older records live only in the
+backend). Listeners form the change feed the dashboard and ``join()`` use.
+
+Mutations take a lock because sync routes add tasks from FastAPI's worker threads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
+
+logger = logging.getLogger("fastapi_taskflow")
+
+Listener = Callable[[TaskRecord], None]
+
+
+class DurationHistogram:
+    """Log-scale buckets from 1 ms to ~27 h: bounded memory, percentiles within ~12%."""
+
+    _BOUNDS = [0.001 * (1.25**i) for i in range(77)]
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self._BOUNDS) + 1)
+        self.total = 0
+        self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self._BOUNDS, seconds)] += 1
+        self.total += 1
+        self.sum += seconds
+
+    def percentile(self, fraction: float) -> float | None:
+        if self.total == 0:
+            return None
+        rank = max(1, math.ceil(fraction * self.total))
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return self._BOUNDS[min(index, len(self._BOUNDS) - 1)]
+        return self._BOUNDS[-1]
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.total if self.total else 0.0
+
+
+class TaskStore:
+    """Records by id, counters, bounded finished history, idempotency keys, change feed."""
+
+    def __init__(self, max_history: int = 10_000) -> None:
+        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
+            raise ValueError(f"max_history must be an int >= 0, got {max_history!r}")
+        self.max_history = max_history
+        self._records: dict[str, TaskRecord] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        self._queue_counts: dict[str, dict[TaskStatus, int]] = {}
+        self._keys: dict[str, str] = {}
+        self._dirty: dict[str, TaskRecord] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.RLock()
+        self.durations = DurationHistogram()
+        self.evicted = 0
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._records.get(task_id)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._records
+
+    def newest_first(self) -> Iterator[TaskRecord]:
+        """Records from newest to oldest (insertion order follows creation)."""
+        with self._lock:
+            snapshot = list(reversed(self._records.values()))
+        return iter(snapshot)
+
+    def counts(self) -> dict[TaskStatus, int]:
+        return dict(self._counts)
+
+    def queue_counts(self, queue: str) -> dict[TaskStatus, int]:
+        return dict(self._queue_counts.get(queue) or dict.fromkeys(TaskStatus, 0))
+
+    @property
+    def active(self) -> int:
+        return self._counts[TaskStatus.PENDING] + self._counts[TaskStatus.RUNNING]
+
+    def active_records(self) -> list[TaskRecord]:
+        with self._lock:
+            return [r for r in self._records.values() if not r.status.finished]
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def add(self, record: TaskRecord) -> None:
+        """Insert a new record (any status; loaded history arrives finished)."""
+        with self._lock:
+            self._records[record.task_id] = record
+            self._count(record, +1)
+            if record.status.finished:
+                self._finished[record.task_id] = None
+                self._evict()
+        self._notify(record)
+
+    def add_with_key(
+        self, key: str, make: Callable[[], TaskRecord]
+    ) -> tuple[TaskRecord, bool]:
+        """Atomically return the live record holding ``key``, or add ``make()`` under it.
+
+        Returns ``(record, created)``. A key held by a failed, cancelled, rejected or
+        interrupted task is free again.
+        """
+        with self._lock:
+            holder_id = self._keys.get(key)
+            holder = self._records.get(holder_id) if holder_id else None
+            if holder is not None and holder.status in IDEMPOTENCY_BLOCKING:
+                return holder, False
+            record = make()
+            self._keys[key] = record.task_id
+            self.add(record)
+            return record, True
+
+    def transition(self, record: TaskRecord, status: TaskStatus, **changes: Any) -> None:
+        """Move ``record`` to ``status`` with field changes, keeping every counter right."""
+        with self._lock:
+            previous = record.status
+            if previous is not status:
+                self._count(record, -1)
+                record.status = status
+                self._count(record, +1)
+            for name, value in changes.items():
+                setattr(record, name, value)
+            if status.finished and not previous.finished:
+                self._on_finished(record)
+        self._notify(record)
+
+    def touch(self, record: TaskRecord) -> None:
+        """Tell listeners a record changed in place (progress, logs)."""
+        self._notify(record)
+
+    def remove(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            record = self._records.pop(task_id, None)
+            if record is None:
+                return None
+            self._count(record, -1)
+            self._finished.pop(task_id, None)
+            self._dirty.pop(task_id, None)
+            if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
+                del self._keys[record.idempotency_key]
+        return record
+
+    def clear_finished(self, keep: Callable[[TaskRecord], bool] | None = None) -> list[str]:
+        """Drop finished records from memory (``keep`` spares some); returns the ids dropped."""
+        with self._lock:
+            doomed = [
+                tid for tid in self._finished if keep is None or not keep(self._records[tid])
+            ]
+            for task_id in doomed:
+                self.remove(task_id)
+        return doomed
+
+    def seed_counts(self, counts: dict[str, int]) -> None:
+        """Add history that lives only in the backend (read once at startup) to the counters."""
+        with self._lock:
+            for status, count in counts.items():
+                self._counts[TaskStatus(status)] += count
+
+    def reset_finished_counts(self) -> None:
+        """After history was deleted everywhere: finished counters restart from memory."""
+        with self._lock:
+            for status in TaskStatus:
+                if status.finished:
+                    self._counts[status] = 0
+                    for per_queue in self._queue_counts.values():
+                        per_queue[status] = 0
+            for task_id in self._finished:
+                self._count(self._records[task_id], +1)
+
+    def mark_dirty(self, record: TaskRecord) -> None:
+        """Queue a record for the next backend flush."""
+        with self._lock:
+            self._dirty[record.task_id] = record
+
+    def take_dirty(self) -> list[TaskRecord]:
+        """Records changed since the last flush; the flush puts back what it could not write."""
+        with self._lock:
+            dirty, self._dirty = list(self._dirty.values()), {}
+        return dirty
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # ---- change feed -----------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(record)`` on every change, from the thread that made it. Keep it cheap."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _notify(self, record: TaskRecord) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.error("task store listener failed", exc_info=True)
+
+    def _count(self, record: TaskRecord, delta: int) -> None:
+        self._counts[record.status] += delta
+        per_queue = self._queue_counts.get(record.queue)
+        if per_queue is None:
+            per_queue = self._queue_counts[record.queue] = dict.fromkeys(TaskStatus, 0)
+        per_queue[record.status] += delta
+
+    def _on_finished(self, record: TaskRecord) -> None:
+        self._finished[record.task_id] = None
+        duration = record.duration
+        if duration is not None:
+            self.durations.add(duration)
+        key = record.idempotency_key
+        if key and record.status not in IDEMPOTENCY_BLOCKING and self._keys.get(key) == record.task_id:
+            del self._keys[key]
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._finished) > self.max_history:
+            task_id, _ = self._finished.popitem(last=False)
+            record = self._records.pop(task_id, None)
+            if record is not None:
+                # Counters keep describing all known history; only the record leaves memory.
+                self.evicted += 1
+                if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
+                    del self._keys[record.idempotency_key]

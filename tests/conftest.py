@@ -1,0 +1,39 @@
+"""Shared fixtures: real servers the tests start themselves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from servers import RedisServer, find_redis_server, running_redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port for the whole session.
+
+    Missing binary: skipped locally, a failure in CI (a CI that skips Redis proves nothing).
+    """
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server not installed, and CI must run the Redis tests")
+        pytest.skip("redis-server not installed")
+    with running_redis_server(binary) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The server's URL, restarted first if an earlier (outage) test left it stopped."""
+    redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses, so tests share the server but not their data."""
+    return f"tftest-{uuid.uuid4().hex[:12]}"
