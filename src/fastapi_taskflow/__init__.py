@@ -20,8 +20,8 @@ from .loggers import (
     FileLogger,
     InMemoryLogger,
     LifecycleEvent,
-    LoggingObserver,
     LogEvent,
+    LoggingObserver,
     StdoutLogger,
     TaskObserver,
 )

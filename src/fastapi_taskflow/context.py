@@ -55,8 +55,10 @@ def task_log(message: str, level: str = "info", **extra: Any) -> None:
 
 def set_progress(fraction: float, message: str | None = None) -> None:
     """Report how far the running task is, from 0.0 to 1.0 (shown live in the dashboard)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not math.isfinite(
-        fraction
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not math.isfinite(fraction)
     ):
         raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
     if not 0.0 <= fraction <= 1.0:

@@ -48,7 +48,9 @@ class ArgumentCipher:
         try:
             return self._cipher.rotate(token)
         except InvalidToken:
-            raise ArgumentDecryptionError("payload cannot be decrypted with any configured key") from None
+            raise ArgumentDecryptionError(
+                "payload cannot be decrypted with any configured key"
+            ) from None
 
     def __repr__(self) -> str:
         return f"ArgumentCipher(keys=<{self.key_count} hidden>)"

@@ -18,7 +18,7 @@ class QueueFullError(TaskflowError):
 
 
 class TaskArgumentError(TaskflowError, ValueError):
-    """Raised when ``add_task`` gets arguments the task's executor cannot carry (e.g. unpicklable)."""
+    """Raised when ``add_task`` gets arguments its executor cannot carry (e.g. unpicklable)."""
 
 
 class TaskTimeoutError(TaskflowError, TimeoutError):

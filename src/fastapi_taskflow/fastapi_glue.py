@@ -46,9 +46,7 @@ def add_lifespan(
     return True
 
 
-def route_background_params(
-    app: FastAPI, provider: Callable[..., Any]
-) -> int:
+def route_background_params(app: FastAPI, provider: Callable[..., Any]) -> int:
     """Make every ``BackgroundTasks`` parameter of ``app``'s routes receive ``provider()``.
 
     Returns how many parameters were rewired. Safe to call again (routes added later).

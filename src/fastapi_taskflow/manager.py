@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 import uuid
+from datetime import datetime, timedelta
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,7 +34,7 @@ from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
-from .options import MiB, NOT_YET, ManagerSettings
+from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .registry import TaskDefinition, TaskOptions, TaskRegistry
@@ -98,14 +99,22 @@ class TaskManager:
             default = queue_configs.get("default", QueueConfig())
             queue_configs["default"] = QueueConfig(default.concurrency, max_size)
         self.settings = ManagerSettings(
-            snapshot_interval=snapshot_interval, requeue_pending=requeue_pending,
-            merged_list_ttl=merged_list_ttl, max_concurrent_tasks=max_concurrent_tasks,
-            max_sync_threads=max_sync_threads, max_process_workers=max_process_workers,
-            process_shutdown_timeout=process_shutdown_timeout, retention_days=retention_days,
-            retry_replaces_original=retry_replaces_original, queues=queue_configs,
-            max_history=max_history, default_timeout=default_timeout,
-            drain_timeout=drain_timeout, heartbeat_interval=heartbeat_interval,
-            lease_ttl=lease_ttl, max_requeues=max_requeues,
+            snapshot_interval=snapshot_interval,
+            requeue_pending=requeue_pending,
+            merged_list_ttl=merged_list_ttl,
+            max_concurrent_tasks=max_concurrent_tasks,
+            max_sync_threads=max_sync_threads,
+            max_process_workers=max_process_workers,
+            process_shutdown_timeout=process_shutdown_timeout,
+            retention_days=retention_days,
+            retry_replaces_original=retry_replaces_original,
+            queues=queue_configs,
+            max_history=max_history,
+            default_timeout=default_timeout,
+            drain_timeout=drain_timeout,
+            heartbeat_interval=heartbeat_interval,
+            lease_ttl=lease_ttl,
+            max_requeues=max_requeues,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -116,23 +125,39 @@ class TaskManager:
         self.backend = snapshot_backend or (_sqlite(snapshot_db) if snapshot_db else None)
         self._close_backend = close_backend
         self.observers = ObserverChain(
-            _observers(loggers, log_file, log_file_max_bytes, log_file_backup_count,
-                       log_file_mode, log_lifecycle)
+            _observers(
+                loggers,
+                log_file,
+                log_file_max_bytes,
+                log_file_backup_count,
+                log_file_mode,
+                log_lifecycle,
+            )
         )
         self.executors = ExecutorSet(
-            max_sync_threads=max_sync_threads, max_process_workers=max_process_workers,
-            process_shutdown_timeout=process_shutdown_timeout, thread_pool=thread_pool,
+            max_sync_threads=max_sync_threads,
+            max_process_workers=max_process_workers,
+            process_shutdown_timeout=process_shutdown_timeout,
+            thread_pool=thread_pool,
             process_pool=process_pool,
         )
         self.hub = EventHub(self.store, self.observers)
         self.dispatcher = Dispatcher(
-            store=self.store, executors=self.executors, hub=self.hub, cipher=self.cipher,
-            queues=queue_configs, max_concurrent_tasks=max_concurrent_tasks,
-            default_timeout=default_timeout, on_finished=self._on_finished,
+            store=self.store,
+            executors=self.executors,
+            hub=self.hub,
+            cipher=self.cipher,
+            queues=queue_configs,
+            max_concurrent_tasks=max_concurrent_tasks,
+            default_timeout=default_timeout,
+            on_finished=self._on_finished,
         )
         self.enqueuer = Enqueuer(
-            store=self.store, dispatcher=self.dispatcher, cipher=self.cipher,
-            requeue_pending=requeue_pending, check_arguments=self.executors.check_arguments,
+            store=self.store,
+            dispatcher=self.dispatcher,
+            cipher=self.cipher,
+            requeue_pending=requeue_pending,
+            check_arguments=self.executors.check_arguments,
         )
         self.persister: Persister | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,9 +193,17 @@ class TaskManager:
         **kwargs: Any,
     ) -> TaskHandle:
         """Enqueue outside a request (scripts, startup code, other tasks). Starts at once."""
-        return self.enqueue(func, args, kwargs, idempotency_key=idempotency_key, tags=tags,
-                            eager=eager, priority=priority, queue=queue,
-                            task_options=task_options)
+        return self.enqueue(
+            func,
+            args,
+            kwargs,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            eager=eager,
+            priority=priority,
+            queue=queue,
+            task_options=task_options,
+        )
 
     def enqueue(
         self,
@@ -193,8 +226,16 @@ class TaskManager:
         run_now = defer is None or (eager if eager is not None else options.eager)
         submit = self._submit_now if run_now else functools.partial(self._defer, defer)
         record, _ = self.enqueuer.enqueue(
-            definition, args, kwargs, submit=submit, idempotency_key=idempotency_key, tags=tags,
-            priority=priority, queue=queue, source=source, options=task_options,
+            definition,
+            args,
+            kwargs,
+            submit=submit,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+            source=source,
+            options=task_options,
         )
         return TaskHandle(record, self)
 
@@ -278,10 +319,14 @@ class TaskManager:
         await backend.open()
         s = self.settings
         self.persister = Persister(
-            backend, self.store, self.instance_id,
+            backend,
+            self.store,
+            self.instance_id,
             DurabilitySettings(
-                snapshot_interval=s.snapshot_interval, heartbeat_interval=s.heartbeat_interval,
-                lease_ttl=s.lease_ttl, retention_days=s.retention_days,
+                snapshot_interval=s.snapshot_interval,
+                heartbeat_interval=s.heartbeat_interval,
+                lease_ttl=s.lease_ttl,
+                retention_days=s.retention_days,
                 max_requeues=s.max_requeues,
             ),
         )
@@ -295,10 +340,16 @@ class TaskManager:
         assert self.persister is not None
         definition = self.registry.find(entry.func_name)
         record = TaskRecord(
-            task_id=entry.task_id, func_name=entry.func_name, created_at=entry.created_at,
-            tags=entry.tags, priority=entry.priority, queue=entry.queue,
-            idempotency_key=entry.idempotency_key, source="requeue",
-            retries_used=entry.retries_used, requeue_count=entry.requeue_count + 1,
+            task_id=entry.task_id,
+            func_name=entry.func_name,
+            created_at=entry.created_at,
+            tags=entry.tags,
+            priority=entry.priority,
+            queue=entry.queue,
+            idempotency_key=entry.idempotency_key,
+            source="requeue",
+            retries_used=entry.retries_used,
+            requeue_count=entry.requeue_count + 1,
             executor=definition.executor if definition else "async",
             encrypted_payload=entry.payload if entry.encrypted else None,
         )
@@ -324,11 +375,18 @@ class TaskManager:
             logger.warning("journaled task %s not requeued: %s", entry.task_id, reason)
             return
         record.args, record.kwargs = (args or (), kwargs or {}) if not entry.encrypted else ((), {})
-        job = Job(record, definition, definition.options,
-                  None if entry.encrypted else record.args, None if entry.encrypted else record.kwargs,
-                  journaled=True)
+        job = Job(
+            record,
+            definition,
+            definition.options,
+            None if entry.encrypted else record.args,
+            None if entry.encrypted else record.kwargs,
+            journaled=True,
+        )
         self.store.add(record)
-        self.persister.journal(self.enqueuer.journal_entry(record, True, record.args, record.kwargs))
+        self.persister.journal(
+            self.enqueuer.journal_entry(record, True, record.args, record.kwargs)
+        )
         self.dispatcher.submit(job)
 
     async def shutdown(self) -> None:
@@ -438,8 +496,10 @@ class TaskManager:
         if record is None:
             raise UnknownTaskError(f"no task with id {task_id!r}")
         if record.status not in RETRYABLE:
-            raise ValueError(f"only failed, interrupted or cancelled tasks can be retried; "
-                             f"{task_id} is {record.status.value}")
+            raise ValueError(
+                f"only failed, interrupted or cancelled tasks can be retried; "
+                f"{task_id} is {record.status.value}"
+            )
         definition = self.registry.get(record.func_name)
         args, kwargs = self._clear_arguments(record)
         handle = self._enqueue_definition(definition, args, kwargs, record, source)
@@ -457,12 +517,22 @@ class TaskManager:
         return decode_call(self.cipher.decrypt(record.encrypted_payload))
 
     def _enqueue_definition(
-        self, definition: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any],
-        like: TaskRecord, source: str,
+        self,
+        definition: TaskDefinition,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        like: TaskRecord,
+        source: str,
     ) -> TaskHandle:
         record, _ = self.enqueuer.enqueue(
-            definition, args, kwargs, submit=self._submit_now, tags=like.tags,
-            priority=like.priority, queue=like.queue, source=source,
+            definition,
+            args,
+            kwargs,
+            submit=self._submit_now,
+            tags=like.tags,
+            priority=like.priority,
+            queue=like.queue,
+            source=source,
         )
         return TaskHandle(record, self)
 
@@ -490,6 +560,31 @@ class TaskManager:
         except KeyError:
             raise UnknownTaskError(f"no queue named {name!r}") from None
 
+    async def clear_history(self, before: datetime | None = None) -> dict[str, int]:
+        """Delete finished records (all, or those that ended before ``before``) everywhere.
+
+        Pending and running tasks are never touched. Returns how many went from memory and
+        from the backend. Counters follow: all history gone restarts them from memory; a partial
+        delete with a backend recounts finished records from the backend (one aggregate query).
+        """
+
+        def keep(record: TaskRecord) -> bool:
+            return before is not None and (record.end_time is None or record.end_time >= before)
+
+        backend = self.backend if self._started else None
+        if backend is not None and before is not None and self.persister is not None:
+            await self.persister.flush_history()  # the recount below must see every record
+        dropped = self.store.clear_finished(keep if before is not None else None)
+        deleted = 0
+        if backend is not None:
+            cutoff = before if before is not None else utcnow() + timedelta(days=36_500)
+            deleted = await backend.delete_records_before(cutoff)
+        if before is None:
+            self.store.reset_finished_counts()
+        elif backend is not None:
+            self.store.set_finished_counts(await backend.count_by_status())
+        return {"store": len(dropped), "backend": deleted}
+
 
 def _sqlite(path: str) -> TaskBackend:
     from .backends.sqlite import SqliteBackend
@@ -498,8 +593,12 @@ def _sqlite(path: str) -> TaskBackend:
 
 
 def _observers(
-    loggers: Sequence[TaskObserver] | None, log_file: str | None, max_bytes: int,
-    backup_count: int, mode: str, log_lifecycle: bool,
+    loggers: Sequence[TaskObserver] | None,
+    log_file: str | None,
+    max_bytes: int,
+    backup_count: int,
+    mode: str,
+    log_lifecycle: bool,
 ) -> list[TaskObserver]:
     observers = list(loggers or [])
     for observer in observers:
@@ -508,6 +607,13 @@ def _observers(
     if log_file is not None:
         from .loggers.file import FileLogger
 
-        observers.append(FileLogger(log_file, log_lifecycle=log_lifecycle, max_bytes=max_bytes,
-                                    backup_count=backup_count, mode=mode))
+        observers.append(
+            FileLogger(
+                log_file,
+                log_lifecycle=log_lifecycle,
+                max_bytes=max_bytes,
+                backup_count=backup_count,
+                mode=mode,
+            )
+        )
     return observers

@@ -12,8 +12,8 @@ from typing import Any
 class TaskStatus(str, Enum):
     """Where a task is in its life.
 
-    PENDING -> RUNNING -> SUCCESS | FAILED; a retry goes RUNNING -> PENDING (waiting out its backoff)
-    -> RUNNING. CANCELLED, INTERRUPTED and REJECTED end a task that did not finish by itself.
+    PENDING -> RUNNING -> SUCCESS | FAILED; a retry goes RUNNING -> PENDING (waiting out its
+    backoff) -> RUNNING. CANCELLED, INTERRUPTED and REJECTED end a task that did not finish.
     """
 
     PENDING = "pending"

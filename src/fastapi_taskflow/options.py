@@ -19,17 +19,25 @@ NOT_YET = {
 }
 
 
-def _positive(name: str, value: Any, *, allow_none: bool = True, integer: bool = False,
-              allow_zero: bool = False) -> None:
+def _positive(
+    name: str,
+    value: Any,
+    *,
+    allow_none: bool = True,
+    integer: bool = False,
+    allow_zero: bool = False,
+) -> None:
     if value is None and allow_none:
         return
     kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or (
-        isinstance(value, float) and not math.isfinite(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or (isinstance(value, float) and not math.isfinite(value))
     ):
         kind = "an int" if integer else "a number"
         raise ValueError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
+    if value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
@@ -60,16 +68,21 @@ class ManagerSettings:
         _positive("max_concurrent_tasks", self.max_concurrent_tasks, integer=True)
         _positive("max_sync_threads", self.max_sync_threads, integer=True)
         _positive("max_process_workers", self.max_process_workers, integer=True)
-        _positive("process_shutdown_timeout", self.process_shutdown_timeout, allow_none=False,
-                  allow_zero=True)
+        _positive(
+            "process_shutdown_timeout",
+            self.process_shutdown_timeout,
+            allow_none=False,
+            allow_zero=True,
+        )
         _positive("retention_days", self.retention_days)
         _positive("max_history", self.max_history, allow_none=False, integer=True, allow_zero=True)
         _positive("default_timeout", self.default_timeout)
         _positive("drain_timeout", self.drain_timeout, allow_none=False, allow_zero=True)
         _positive("heartbeat_interval", self.heartbeat_interval, allow_none=False)
         _positive("lease_ttl", self.lease_ttl, allow_none=False)
-        _positive("max_requeues", self.max_requeues, allow_none=False, integer=True,
-                  allow_zero=True)
+        _positive(
+            "max_requeues", self.max_requeues, allow_none=False, integer=True, allow_zero=True
+        )
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

@@ -75,10 +75,14 @@ class Persister:
         self.store.seed_counts(await self.backend.count_by_status())
         self._tasks = [
             asyncio.create_task(self._writer(), name="taskflow-journal"),
-            asyncio.create_task(self._every(self.settings.snapshot_interval, self.flush_history),
-                                name="taskflow-history"),
-            asyncio.create_task(self._every(self.settings.heartbeat_interval, self._heartbeat),
-                                name="taskflow-heartbeat"),
+            asyncio.create_task(
+                self._every(self.settings.snapshot_interval, self.flush_history),
+                name="taskflow-history",
+            ),
+            asyncio.create_task(
+                self._every(self.settings.heartbeat_interval, self._heartbeat),
+                name="taskflow-heartbeat",
+            ),
         ]
         if self.settings.retention_days is not None:
             await self.prune()
@@ -173,7 +177,9 @@ class Persister:
         if waiting > self.settings.max_buffered:
             logger.warning(
                 "backend %s unavailable: %d writes buffered (limit %d)",
-                self.backend.describe(), waiting, self.settings.max_buffered,
+                self.backend.describe(),
+                waiting,
+                self.settings.max_buffered,
             )
 
     async def _writer(self) -> None:
@@ -198,7 +204,9 @@ class Persister:
     def _warn_failure(self, what: str) -> None:
         self.write_failures += 1
         logger.warning(
-            "writing the %s to %s failed; will retry", what, self.backend.describe(),
+            "writing the %s to %s failed; will retry",
+            what,
+            self.backend.describe(),
             exc_info=self.write_failures == 1,
         )
 

@@ -35,9 +35,7 @@ async def merged_page(
     want = query.limit + 1
     records = {r.task_id: r for r in memory_page(store, query, want)}
     if backend is not None:
-        page = await backend.query_records(
-            RecordQuery(**{**_fields(query), "limit": want})
-        )
+        page = await backend.query_records(RecordQuery(**{**_fields(query), "limit": want}))
         for record in page.records:
             records.setdefault(record.task_id, record)
     ordered = sorted(records.values(), key=_key, reverse=True)
@@ -50,7 +48,7 @@ async def merged_page(
 
 
 def _fields(query: RecordQuery) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in query.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(query, name) for name in query.__slots__}
 
 
 def metrics_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, Any]:

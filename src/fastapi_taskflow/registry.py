@@ -68,7 +68,8 @@ class TaskOptions:
             raise ValueError(f"priority must be an int or None, got {self.priority!r}")
         if self.executor is not None and self.executor not in EXECUTOR_KINDS:
             raise ValueError(
-                f"executor must be one of {', '.join(EXECUTOR_KINDS)} or None, got {self.executor!r}"
+                f"executor must be one of {', '.join(EXECUTOR_KINDS)} or None, "
+                f"got {self.executor!r}"
             )
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
@@ -112,7 +113,8 @@ def resolve_executor(func: Callable[..., Any], requested: str | None) -> str:
         return "async" if is_async else "thread"
     if requested == "async" and not is_async:
         raise ValueError(
-            f"executor='async' needs an 'async def' function; {qualified_name(func)} is a plain def "
+            f"executor='async' needs an 'async def' function; {qualified_name(func)} is a "
+            "plain def "
             "(use executor='thread' or leave executor unset)"
         )
     if requested in ("thread", "process") and is_async:

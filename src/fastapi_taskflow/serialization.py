@@ -38,8 +38,10 @@ def _to_json(value: Any) -> Any:
     if type(value) is int:
         return value
     if type(value) is float:
-        return value if value == value and value not in (float("inf"), float("-inf")) else _tagged(
-            "float", repr(value)
+        return (
+            value
+            if value == value and value not in (float("inf"), float("-inf"))
+            else _tagged("float", repr(value))
         )
     if type(value) is list:
         return [_to_json(v) for v in value]

@@ -15,6 +15,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
@@ -116,9 +117,7 @@ class TaskStore:
                 self._evict()
         self._notify(record)
 
-    def add_with_key(
-        self, key: str, make: Callable[[], TaskRecord]
-    ) -> tuple[TaskRecord, bool]:
+    def add_with_key(self, key: str, make: Callable[[], TaskRecord]) -> tuple[TaskRecord, bool]:
         """Atomically return the live record holding ``key``, or add ``make()`` under it.
 
         Returns ``(record, created)``. A key held by a failed, cancelled, rejected or
@@ -138,14 +137,36 @@ class TaskStore:
         """Move ``record`` to ``status`` with field changes, keeping every counter right."""
         with self._lock:
             previous = record.status
-            if previous is not status:
-                self._count(record, -1)
-                record.status = status
-                self._count(record, +1)
+            self._move(record, status)
             for name, value in changes.items():
                 setattr(record, name, value)
             if status.finished and not previous.finished:
                 self._on_finished(record)
+        self._notify(record)
+
+    # The two transitions every task makes get their own short paths (the per-task hot path).
+
+    def mark_running(self, record: TaskRecord, now: datetime) -> None:
+        with self._lock:
+            self._move(record, TaskStatus.RUNNING)
+            if record.start_time is None:
+                record.start_time = now
+        self._notify(record)
+
+    def mark_finished(
+        self, record: TaskRecord, status: TaskStatus, now: datetime,
+        error: str | None, stacktrace: str | None,
+    ) -> None:
+        with self._lock:
+            if record.status.finished:
+                return
+            self._move(record, status)
+            record.end_time = now
+            if record.start_time is None:
+                record.start_time = now
+            record.error = error
+            record.stacktrace = stacktrace
+            self._on_finished(record)
         self._notify(record)
 
     def touch(self, record: TaskRecord) -> None:
@@ -167,9 +188,7 @@ class TaskStore:
     def clear_finished(self, keep: Callable[[TaskRecord], bool] | None = None) -> list[str]:
         """Drop finished records from memory (``keep`` spares some); returns the ids dropped."""
         with self._lock:
-            doomed = [
-                tid for tid in self._finished if keep is None or not keep(self._records[tid])
-            ]
+            doomed = [tid for tid in self._finished if keep is None or not keep(self._records[tid])]
             for task_id in doomed:
                 self.remove(task_id)
         return doomed
@@ -191,6 +210,14 @@ class TaskStore:
             for task_id in self._finished:
                 self._count(self._records[task_id], +1)
 
+    def set_finished_counts(self, counts: dict[str, int]) -> None:
+        """Finished counters from an authoritative count (the backend's, after a partial
+        history delete); active counters and per-queue counts from memory stay as they are."""
+        with self._lock:
+            for status in TaskStatus:
+                if status.finished:
+                    self._counts[status] = int(counts.get(status.value, 0))
+
     def mark_dirty(self, record: TaskRecord) -> None:
         """Queue a record for the next backend flush."""
         with self._lock:
@@ -209,7 +236,7 @@ class TaskStore:
     # ---- change feed -----------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(record)`` on every change, from the thread that made it. Keep it cheap."""
+        """Call ``listener(record)`` on each change, from the thread that made it. Keep it cheap."""
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -225,6 +252,18 @@ class TaskStore:
             except Exception:
                 logger.error("task store listener failed", exc_info=True)
 
+    def _move(self, record: TaskRecord, status: TaskStatus) -> None:
+        old = record.status
+        if old is status:
+            return
+        counts = self._counts
+        counts[old] -= 1
+        counts[status] += 1
+        per_queue = self._queue_counts[record.queue]
+        per_queue[old] -= 1
+        per_queue[status] += 1
+        record.status = status
+
     def _count(self, record: TaskRecord, delta: int) -> None:
         self._counts[record.status] += delta
         per_queue = self._queue_counts.get(record.queue)
@@ -238,7 +277,11 @@ class TaskStore:
         if duration is not None:
             self.durations.add(duration)
         key = record.idempotency_key
-        if key and record.status not in IDEMPOTENCY_BLOCKING and self._keys.get(key) == record.task_id:
+        if (
+            key
+            and record.status not in IDEMPOTENCY_BLOCKING
+            and self._keys.get(key) == record.task_id
+        ):
             del self._keys[key]
         self._evict()
 

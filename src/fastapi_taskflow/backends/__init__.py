@@ -6,8 +6,15 @@ from typing import Any
 
 from .base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 
-__all__ = ["JournalEntry", "MemoryBackend", "RecordPage", "RecordQuery", "RedisBackend",
-           "SqliteBackend", "TaskBackend"]
+__all__ = [
+    "JournalEntry",
+    "MemoryBackend",
+    "RecordPage",
+    "RecordQuery",
+    "RedisBackend",
+    "SqliteBackend",
+    "TaskBackend",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -301,7 +301,9 @@ class TaskBackend(ABC):
         except ValueError as exc:
             # One bad row must never stop a startup or a page: skip it, say which, count it.
             self.corrupt_rows += 1
-            logger.warning("skipping corrupt task record %s in %s: %s", task_id, self.describe(), exc)
+            logger.warning(
+                "skipping corrupt task record %s in %s: %s", task_id, self.describe(), exc
+            )
             return None
 
     # ---- journal ---------------------------------------------------------------------------
@@ -346,7 +348,9 @@ class TaskBackend(ABC):
 
     # ---- idempotency, locks, metadata --------------------------------------------------------
 
-    async def reserve_idempotency_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+    async def reserve_idempotency_key(
+        self, key: str, task_id: str, ttl: float | None
+    ) -> str | None:
         """Reserve ``key`` for ``task_id``. Returns None when reserved, else the holder's id."""
         return await self._reserve_key(key, task_id, ttl)
 

@@ -122,7 +122,7 @@ if after ~= '' then
   local ties = redis.call('ZRANGE', key, maxs, maxs, 'BYSCORE')
   for i = #ties, 1, -1 do
     if #ids >= count then break end
-    if ties[i] < after then
+    if ties[i] <= after then
       ids[#ids + 1] = ties[i]
       scores[#scores + 1] = maxs
     end

@@ -1,0 +1,37 @@
+"""Dependency injection: YAML/env settings, a declarative container, FastAPI ``Depends``.
+
+See docs/dependency-injection.md for the guide and docs/configuration.md for every key.
+"""
+
+from ._sources import ConfigProblem, InvalidConfigurationError
+from .containers import TaskflowContainer, running, start_resources, stop_resources
+from .fastapi import (
+    TaskHandleDep,
+    TaskManagerDep,
+    TasksDep,
+    get_task_handle,
+    get_task_manager,
+    get_tasks,
+    install,
+    taskflow_lifespan,
+)
+from .settings import TaskflowSettings, load_settings
+
+__all__ = [
+    "ConfigProblem",
+    "InvalidConfigurationError",
+    "TaskflowSettings",
+    "load_settings",
+    "TaskflowContainer",
+    "running",
+    "start_resources",
+    "stop_resources",
+    "TaskHandleDep",
+    "TaskManagerDep",
+    "TasksDep",
+    "get_task_handle",
+    "get_task_manager",
+    "get_tasks",
+    "install",
+    "taskflow_lifespan",
+]

@@ -47,7 +47,8 @@ class ConfigProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path or '<root>'}: {self.reason} [from {self.source}]"
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.reason} [from {self.source}]"
 
 
 class InvalidConfigurationError(ConfigurationError):
@@ -193,7 +194,8 @@ class TaskflowEnvSource(EnvSettingsSource):
 def env_names_for(env_vars: Any, field_name: str) -> list[str]:
     """The environment variable names that feed ``field_name`` (directly or nested)."""
     base = (ENV_PREFIX + field_name).lower()
-    return sorted(n.upper() for n in env_vars if n.lower() == base or n.lower().startswith(base + "__"))
+    names = (n for n in env_vars if n.lower() == base or n.lower().startswith(base + "__"))
+    return sorted(n.upper() for n in names)
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -288,7 +290,7 @@ def _label(source: PydanticBaseSettingsSource, parts: Path_) -> str:
 
 def _env_name(env_vars: Any, parts: Path_) -> str:
     keys = [p for p in parts if isinstance(p, str)]
-    lowered = {n.lower(): n for n in env_vars}
+    lowered: dict[str, str] = {str(n).lower(): str(n) for n in env_vars}
     for k in range(len(keys), 0, -1):
         candidate = (ENV_PREFIX + "__".join(keys[:k])).lower()
         if candidate in lowered:
@@ -296,13 +298,17 @@ def _env_name(env_vars: Any, parts: Path_) -> str:
     return (ENV_PREFIX + "__".join(keys)).upper()
 
 
+def _holds(container: Any, part: str | int) -> bool:
+    if isinstance(container, dict):
+        return part in container
+    return isinstance(container, list) and isinstance(part, int) and 0 <= part < len(container)
+
+
 def match_depth(data: Any, parts: Path_) -> int:
     """How many leading parts of ``parts`` ``data`` holds (all of them if it holds a leaf)."""
     current = data
     for depth, part in enumerate(parts):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        if _holds(current, part):
             current = current[part]
         elif isinstance(current, dict | list):
             return depth
@@ -341,7 +347,9 @@ def _shown_input(value: Any, path: str) -> str | None:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def walk_schema(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Path_, type[BaseModel] | None]:
+def walk_schema(
+    root: type[BaseModel], loc: tuple[Any, ...]
+) -> tuple[Path_, type[BaseModel] | None]:
     """The user-facing parts of a pydantic ``loc`` (union tags removed) and the last model seen."""
     parts: list[str | int] = []
     current: Any = root
@@ -384,7 +392,7 @@ def _member_for_tag(members: list[Any], tag: Any) -> Any:
     for member in members:
         if isinstance(member, type) and issubclass(member, BaseModel):
             field = member.model_fields.get("type")
-            if field is not None and get_origin(field.annotation) is Literal:
-                if tag in get_args(field.annotation):
-                    return member
+            literal = field.annotation if field is not None else None
+            if get_origin(literal) is Literal and tag in get_args(literal):
+                return member
     return None

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -84,7 +85,7 @@ def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (for logs, errors and the CLI)."""
     parts = urlsplit(url)
     if parts.password is None:
-        return url
+        return str(url)
     user = parts.username or ""
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
@@ -215,7 +216,7 @@ class AdminSettings(Section):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        if not value.startswith("/") or value.endswith("/") and value != "/":
+        if not value.startswith("/") or (value.endswith("/") and value != "/"):
             raise ValueError("must start with '/' and not end with '/', e.g. /tasks")
         return value
 
@@ -258,6 +259,10 @@ class TaskflowSettings(BaseSettings):
     max_sync_threads: PositiveInt | None = None
     max_process_workers: PositiveInt | None = None
     process_shutdown_timeout: NonNegativeFloat = 30.0
+    drain_timeout: NonNegativeFloat = 30.0
+    heartbeat_interval: PositiveFloat = 10.0
+    lease_ttl: PositiveFloat = 30.0
+    max_requeues: NonNegativeInt = 3
     max_size: PositiveInt | None = None
     queues: dict[str, QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()
@@ -301,7 +306,7 @@ class TaskflowSettings(BaseSettings):
     def from_mapping(
         cls, data: Mapping[str, Any] | None, *, source: str = "container.config"
     ) -> TaskflowSettings:
-        """Validate an already-merged mapping (``container.config``) without reading files or env."""
+        """Validate a merged mapping (``container.config``); reads neither files nor env."""
         return cls(_mapping_source=source, **dict(data or {}))
 
     def masked_dump(self) -> dict[str, Any]:
@@ -323,7 +328,11 @@ def build_sources(
     explicit = config_file if config_file is not None else os.environ.get(CONFIG_ENV_VAR)
     path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
     origin = (
-        "config_file=" if config_file is not None else CONFIG_ENV_VAR if explicit else "default"
+        "the config_file argument"
+        if config_file is not None
+        else f"environment variable {CONFIG_ENV_VAR}"
+        if explicit
+        else "default"
     )
     return (
         InitSettingsSource(settings_cls, init_kwargs=values),
@@ -336,3 +345,12 @@ def build_sources(
 def load_settings(config_file: str | Path | None = None, **values: Any) -> TaskflowSettings:
     """``TaskflowSettings(config_file, **values)``: the one call an app makes at startup."""
     return TaskflowSettings(config_file, **values)
+
+
+def describe_source(config_file: str | Path | None = None) -> str:
+    """Which YAML file a load with ``config_file`` reads (for the CLI and startup logs)."""
+    named = config_file if config_file is not None else os.environ.get(CONFIG_ENV_VAR)
+    path = Path(named) if named else DEFAULT_CONFIG_FILE
+    if path.is_file():
+        return f"YAML: {path}; overridden by TASKFLOW_* environment variables and .env"
+    return f"YAML: none ({path} not found); defaults and TASKFLOW_* environment variables"

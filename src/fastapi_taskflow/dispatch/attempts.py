@@ -18,7 +18,7 @@ from ..context import current_sink
 from ..crypto import ArgumentCipher
 from ..errors import ArgumentDecryptionError
 from ..executors import ExecutorSet
-from ..models import QueueConfig, TaskContext, TaskStatus, utcnow
+from ..models import QueueConfig, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
 from .events import AttemptSink, EventHub
@@ -86,17 +86,20 @@ class Dispatcher:
         if record.status is not TaskStatus.PENDING:
             return
         attempt = record.retries_used + 1
-        self.store.transition(record, TaskStatus.RUNNING, start_time=record.start_time or utcnow())
+        self.store.mark_running(record, utcnow())
         self.hub.lifecycle(record, TaskStatus.RUNNING, attempt)
-        context = TaskContext(record.task_id, record.func_name, attempt, record.tags)
-        sink = AttemptSink(self.hub, record, context)
+        sink = AttemptSink(self.hub, record, attempt)
         token = current_sink.set(sink)
         try:
             args, kwargs = self._arguments(job)
             timeout = job.options.timeout or self.default_timeout
             await self.executors.run(
-                job.definition.executor, job.definition.func, args, kwargs,
-                sink=sink, timeout=timeout,
+                job.definition.executor,
+                job.definition.func,
+                args,
+                kwargs,
+                sink=sink,
+                timeout=timeout,
             )
         except asyncio.CancelledError:
             self._stopped(job, attempt)
@@ -174,14 +177,7 @@ class Dispatcher:
         record = job.record
         if record.status.finished:
             return
-        changes: dict[str, Any] = {"end_time": utcnow()}
-        if status is not TaskStatus.SUCCESS or error is not None:
-            changes.update(error=error, stacktrace=stacktrace)
-        else:
-            changes.update(error=None, stacktrace=None)
-        if record.start_time is None:
-            changes["start_time"] = changes["end_time"]
-        self.store.transition(record, status, **changes)
+        self.store.mark_finished(record, status, utcnow(), error, stacktrace)
         self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
         self._on_finished(job)

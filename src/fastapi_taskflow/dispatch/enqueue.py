@@ -6,13 +6,13 @@ so validation, idempotency, backpressure, encryption and journaling are written 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import JournalEntry
 from ..crypto import ArgumentCipher
 from ..errors import QueueFullError
+from ..ids import new_task_id
 from ..models import TaskRecord, TaskStatus, utcnow
 from ..registry import TaskDefinition, TaskOptions
 from ..serialization import encode_call
@@ -72,7 +72,9 @@ class Enqueuer:
     ) -> tuple[TaskRecord, bool]:
         """Create (or find, by idempotency key) the task; returns ``(record, created)``."""
         opts = options or definition.options
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
             raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise ValueError(f"priority must be an int or None, got {priority!r}")
@@ -81,8 +83,18 @@ class Enqueuer:
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
 
         def make() -> TaskRecord:
-            return self._record(definition, args, kwargs, opts, queue_state.name, clean_tags,
-                                priority, idempotency_key, source, task_id)
+            return self._record(
+                definition,
+                args,
+                kwargs,
+                opts,
+                queue_state.name,
+                clean_tags,
+                priority,
+                idempotency_key,
+                source,
+                task_id,
+            )
 
         if idempotency_key is None:
             record, created = make(), True
@@ -99,15 +111,23 @@ class Enqueuer:
         return record, created
 
     def _record(
-        self, definition: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any],
-        opts: TaskOptions, queue: str, tags: dict[str, str], priority: int | None,
-        idempotency_key: str | None, source: str, task_id: str | None,
+        self,
+        definition: TaskDefinition,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: TaskOptions,
+        queue: str,
+        tags: dict[str, str],
+        priority: int | None,
+        idempotency_key: str | None,
+        source: str,
+        task_id: str | None,
     ) -> TaskRecord:
         encrypted = (
             self.cipher.encrypt(encode_call(args, kwargs)) if self.cipher is not None else None
         )
         return TaskRecord(
-            task_id=task_id or str(uuid.uuid4()),
+            task_id=task_id or new_task_id(),
             func_name=definition.name,
             args=() if encrypted else tuple(args),
             kwargs={} if encrypted else dict(kwargs),
@@ -140,8 +160,12 @@ class Enqueuer:
             raise QueueFullError(queue, max_size, record.task_id)
 
     def _job(
-        self, record: TaskRecord, definition: TaskDefinition, opts: TaskOptions,
-        args: tuple[Any, ...], kwargs: dict[str, Any],
+        self,
+        record: TaskRecord,
+        definition: TaskDefinition,
+        opts: TaskOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Job:
         encrypted = record.encrypted_payload is not None
         job = Job(

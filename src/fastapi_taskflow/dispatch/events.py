@@ -85,12 +85,24 @@ class EventHub:
             )
         )
 
-    def log(self, record: TaskRecord, context: TaskContext, message: str, level: str,
-            extra: dict[str, Any]) -> None:
+    def log(
+        self,
+        record: TaskRecord,
+        context: TaskContext,
+        message: str,
+        level: str,
+        extra: dict[str, Any],
+    ) -> None:
         self.call_on_loop(self._log_on_loop, record, context, message, level, extra)
 
-    def _log_on_loop(self, record: TaskRecord, context: TaskContext, message: str, level: str,
-                     extra: dict[str, Any]) -> None:
+    def _log_on_loop(
+        self,
+        record: TaskRecord,
+        context: TaskContext,
+        message: str,
+        level: str,
+        extra: dict[str, Any],
+    ) -> None:
         now = utcnow()
         record.logs.append(f"{now.isoformat()} [{level.upper()}] {message}")
         self.store.touch(record)
@@ -109,8 +121,9 @@ class EventHub:
                 )
             )
 
-    def progress(self, record: TaskRecord, fraction: float, message: str | None,
-                 last_notified: list[float]) -> None:
+    def progress(
+        self, record: TaskRecord, fraction: float, message: str | None, last_notified: list[float]
+    ) -> None:
         """Record progress at once; notify listeners at most every PROGRESS_INTERVAL."""
         record.progress = fraction
         if message is not None:
@@ -139,13 +152,22 @@ class EventHub:
 class AttemptSink:
     """The TaskSink of one attempt: what ``task_log``/``set_progress`` call inside the task."""
 
-    __slots__ = ("_last", "context", "hub", "record")
+    __slots__ = ("_context", "_last", "attempt", "hub", "record")
 
-    def __init__(self, hub: EventHub, record: TaskRecord, context: TaskContext) -> None:
+    def __init__(self, hub: EventHub, record: TaskRecord, attempt: int) -> None:
         self.hub = hub
         self.record = record
-        self.context = context
+        self.attempt = attempt
+        self._context: TaskContext | None = None
         self._last = [0.0]
+
+    @property
+    def context(self) -> TaskContext:
+        # Built on first use: most tasks never ask for their context.
+        if self._context is None:
+            record = self.record
+            self._context = TaskContext(record.task_id, record.func_name, self.attempt, record.tags)
+        return self._context
 
     def log(self, message: str, level: str, extra: dict[str, Any]) -> None:
         self.hub.log(self.record, self.context, message, level, extra)

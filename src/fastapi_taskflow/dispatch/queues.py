@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ class QueueSet:
             return self._queues[DEFAULT_QUEUE]
         return queue
 
-    def __iter__(self) -> Iterable[QueueState]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[QueueState]:
         return iter(self._queues.values())
 
     def get(self, name: str) -> QueueState | None:
@@ -105,7 +105,7 @@ class QueueSet:
         return self.global_limit is None or self.global_running < self.global_limit
 
     def reconfigure(
-        self, name: str, *, concurrency: int | None | object, max_size: int | None | object
+        self, name: str, *, concurrency: int | object | None, max_size: int | object | None
     ) -> QueueConfig:
         """Change a queue's caps live. Validates first: on bad input nothing changes."""
         queue = self._queues.get(name)

@@ -79,6 +79,10 @@ class ExecutorSet:
                 on_progress=sink.progress,
                 timeout=timeout,
             )
+        if timeout is None:  # the common case skips the timeout machinery entirely
+            if kind == "async":
+                return await func(*args, **kwargs)
+            return await run_in_thread(self.thread_pool, func, args, kwargs)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import multiprocessing
@@ -62,7 +63,11 @@ class WorkerCrashedError(TaskflowError):
     """Raised when the worker process running a task dies (signal or exit code in the message)."""
 
     def __init__(
-        self, message: str, *, exitcode: int | None = None, pid: int | None = None,
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        pid: int | None = None,
         shutdown: bool = False,
     ) -> None:
         super().__init__(message)
@@ -99,7 +104,9 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 
 def _type_name(obj: object) -> str:
     cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -152,7 +159,7 @@ class _Channel:
 
 
 class _WorkerSink:
-    """The TaskSink set for one job in the worker: logs and progress go to the parent as they happen."""
+    """The TaskSink of one job in a worker: logs and progress reach the parent as they happen."""
 
     def __init__(self, channel: _Channel, context: TaskContext) -> None:
         self.context = context
@@ -163,7 +170,8 @@ class _WorkerSink:
             body = pickle.dumps((message, level, extra))
         except Exception:
             # One odd value in **extra must not fail the task: send what it looks like instead.
-            body = pickle.dumps((message, level, {k: _picklable_or_repr(v) for k, v in extra.items()}))
+            safe = {key: _picklable_or_repr(value) for key, value in extra.items()}
+            body = pickle.dumps((message, level, safe))
         self._channel.send(_LOG, body)
 
     def progress(self, fraction: float, message: str | None) -> None:
@@ -233,7 +241,7 @@ def _worker_main(sock: socket.socket) -> None:
         channel.send(_READY, pickle.dumps(os.getpid()))
         while (frame := channel.recv()) is not None and frame[0] == _JOB:
             _run_job(channel, frame[1])
-    except BrokenPipeError:
+    except ConnectionError:
         pass  # the parent is gone: nobody is left to report to
     finally:
         sock.close()
@@ -249,7 +257,10 @@ class _Job:
     __slots__ = ("future", "name", "on_log", "on_progress")
 
     def __init__(
-        self, future: asyncio.Future[Any], name: str, on_log: LogCallback,
+        self,
+        future: asyncio.Future[Any],
+        name: str,
+        on_log: LogCallback,
         on_progress: ProgressCallback,
     ) -> None:
         self.future = future
@@ -262,7 +273,10 @@ class _Worker:
     """The parent's handle on one worker process: reads its frames and notices its exit."""
 
     def __init__(
-        self, process: Any, sock: socket.socket, loop: asyncio.AbstractEventLoop,
+        self,
+        process: Any,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
         on_exit: Callable[[_Worker], None],
     ) -> None:
         self.process = process
@@ -343,8 +357,9 @@ class _Worker:
                 job.future.set_exception(_rebuild_error(body))
         except Exception:
             # A failing observer callback must not break the pool or the task.
-            logger.warning("process task %s: a log or progress callback failed", job.name,
-                           exc_info=True)
+            logger.warning(
+                "process task %s: a log or progress callback failed", job.name, exc_info=True
+            )
 
     def _on_sentinel(self) -> None:
         """The process ended: drain what it wrote before dying, then hand over to the pool."""
@@ -394,7 +409,10 @@ class _Worker:
             self.kill_timer.cancel()
         self._stop_reading()
         self.sock.close()
-        self.process.close()
+        try:
+            self.process.close()
+        except ValueError:  # not reaped (see _wait_exitcode); multiprocessing reaps it later
+            logger.error("worker process %s could not be reaped", self.pid)
 
 
 def _load_result(body: bytes, name: str) -> Any:
@@ -446,15 +464,17 @@ async def _wait_exitcode(process: Any) -> int | None:
     """Reap the process. Its sentinel fires a moment before the kernel marks it a zombie."""
     delay = 0.0005
     for _ in range(40):
-        code: int | None = process.exitcode
+        code = process.exitcode
         if code is not None:
-            return code
+            return int(code)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
     process.kill()
-    await asyncio.sleep(0.05)
-    code = process.exitcode
-    return code
+    for _ in range(20):
+        await asyncio.sleep(0.05)
+        if (code := process.exitcode) is not None:
+            return int(code)
+    return None
 
 
 class ProcessPool:
@@ -466,18 +486,23 @@ class ProcessPool:
     """
 
     def __init__(
-        self, max_workers: int | None = None, shutdown_timeout: float = 30.0,
+        self,
+        max_workers: int | None = None,
+        shutdown_timeout: float = 30.0,
         start_method: str = "spawn",
     ) -> None:
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
             raise ValueError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
-        if isinstance(shutdown_timeout, bool) or not isinstance(shutdown_timeout, int | float) or not (
-            0 <= shutdown_timeout < float("inf")
+        if (
+            isinstance(shutdown_timeout, bool)
+            or not isinstance(shutdown_timeout, int | float)
+            or not 0 <= shutdown_timeout < float("inf")
         ):
             raise ValueError(
-                f"shutdown_timeout must be a finite number of seconds >= 0, got {shutdown_timeout!r}"
+                "shutdown_timeout must be a finite number of seconds >= 0, "
+                f"got {shutdown_timeout!r}"
             )
         methods = multiprocessing.get_all_start_methods()
         if start_method not in methods:
@@ -486,7 +511,8 @@ class ProcessPool:
             )
         self._max_workers = max_workers or os.cpu_count() or 1
         self._shutdown_timeout = float(shutdown_timeout)
-        self._context = multiprocessing.get_context(start_method)
+        # Any: typeshed types get_context(str) as BaseContext, which has no Process attribute.
+        self._context: Any = multiprocessing.get_context(start_method)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: set[_Worker] = set()
         self._idle: list[_Worker] = []
@@ -527,13 +553,17 @@ class ProcessPool:
             )
         for index, value in enumerate(args):
             if type(value) not in _PLAIN_TYPES and (problem := _pickle_problem(value)):
-                raise TaskArgumentError(_argument_message(func, _positional_label(func, index), problem))
+                label = _positional_label(func, index)
+                raise TaskArgumentError(_argument_message(func, label, problem))
         for key, value in kwargs.items():
             if type(value) not in _PLAIN_TYPES and (problem := _pickle_problem(value)):
                 raise TaskArgumentError(_argument_message(func, f"{key!r} (kwarg)", problem))
 
     def _encode_job(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         context: TaskContext,
     ) -> bytes:
         try:
@@ -556,7 +586,7 @@ class ProcessPool:
         context: TaskContext,
         on_log: LogCallback,
         on_progress: ProgressCallback,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the pool must kill the worker itself
     ) -> Any:
         """Run ``func(*args, **kwargs)`` in a worker and return its result (or raise its error).
 
@@ -571,12 +601,16 @@ class ProcessPool:
         try:
             await self._wait_ready(worker)
             worker.job = job
-            await worker.send_job(payload)
+            # If the worker died, its exit handler fails the job with the exit reason.
+            with contextlib.suppress(ConnectionError):
+                await worker.send_job(payload)
             return await self._wait_result(job, timeout)
         finally:
             self._finish(worker, job)
 
     async def _wait_ready(self, worker: _Worker) -> None:
+        if worker.ready.done():
+            return worker.ready.result()  # the common case: no extra task or timer per job
         try:
             # Shielded: a cancelled caller must not cancel a readiness other callers may share.
             await asyncio.wait_for(asyncio.shield(worker.ready), _BOOT_TIMEOUT)
@@ -588,7 +622,7 @@ class ProcessPool:
                 pid=worker.pid,
             ) from None
 
-    async def _wait_result(self, job: _Job, timeout: float | None) -> Any:
+    async def _wait_result(self, job: _Job, timeout: float | None) -> Any:  # noqa: ASYNC109
         if timeout is None:
             return await job.future
         deadline = asyncio.timeout(timeout)
@@ -664,7 +698,9 @@ class ProcessPool:
         try:
             # daemon: multiprocessing terminates workers if the parent exits without close().
             process = self._context.Process(
-                target=_worker_main, args=(child_sock,), name=f"taskflow-worker-{self._spawned}",
+                target=_worker_main,
+                args=(child_sock,),
+                name=f"taskflow-worker-{self._spawned}",
                 daemon=True,
             )
             process.start()
@@ -705,17 +741,17 @@ class ProcessPool:
             self._empty.set()
 
     def _crash_error(self, worker: _Worker, exitcode: int | None) -> WorkerCrashedError:
-        name = worker.job.name if worker.job is not None else None
+        running = f" while running {worker.job.name}" if worker.job is not None else ""
         if worker.shutdown:
             message = (
-                f"worker process (pid {worker.pid}) was terminated at shutdown while running "
-                f"{name}: it ran past shutdown_timeout ({self._shutdown_timeout:g} s)"
+                f"worker process (pid {worker.pid}) was terminated at shutdown{running}: it ran "
+                f"past shutdown_timeout ({self._shutdown_timeout:g} s)"
             )
         else:
-            message = f"{_exit_reason(exitcode)} (pid {worker.pid}"
-            message += f", while running {name})" if name else ")"
-        return WorkerCrashedError(message, exitcode=exitcode, pid=worker.pid,
-                                  shutdown=worker.shutdown)
+            message = f"{_exit_reason(exitcode)} (pid {worker.pid}{running})"
+        return WorkerCrashedError(
+            message, exitcode=exitcode, pid=worker.pid, shutdown=worker.shutdown
+        )
 
     def _replace_for_waiters(self) -> None:
         """A slot freed up: give callers waiting for a worker a fresh one."""
@@ -747,8 +783,9 @@ class ProcessPool:
         try:
             await asyncio.wait_for(self._quiet.wait(), self._shutdown_timeout)
         except TimeoutError:
+            # Every worker still here is busy (idle ones were asked to stop above).
             for worker in list(self._workers):
-                if worker.job is not None and not worker.exited:
+                if not worker.exited and not worker.stopping:
                     worker.shutdown = True
                     worker.terminate()
         await self._wait_all_exited()
@@ -758,8 +795,10 @@ class ProcessPool:
         try:
             await asyncio.wait_for(self._empty.wait(), 3 * _KILL_GRACE + 5)
         except TimeoutError:
-            logger.error("worker processes %s did not exit after SIGKILL",
-                         sorted(w.pid for w in self._workers))
+            logger.error(
+                "worker processes %s did not exit after SIGKILL",
+                sorted(w.pid for w in self._workers),
+            )
         if self._exit_tasks:
             await asyncio.gather(*self._exit_tasks, return_exceptions=True)
 
@@ -774,8 +813,10 @@ def _pickle_problem(value: Any) -> str | None:
     if _cloudpickle is None:
         hint = ""
         if isinstance(first, pickle.PicklingError | AttributeError):
-            hint = " (install cloudpickle to send lambdas and closures: " \
-                   "pip install 'fastapi-taskflow[process]')"
+            hint = (
+                " (install cloudpickle to send lambdas and closures: "
+                "pip install 'fastapi-taskflow[process]')"
+            )
         return f"{_safe_str(first)}{hint}"
     try:
         _cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)

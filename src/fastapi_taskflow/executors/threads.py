@@ -15,7 +15,9 @@ def make_thread_pool(max_sync_threads: int) -> ThreadPoolExecutor:
 
 
 async def run_in_thread(
-    pool: ThreadPoolExecutor | None, func: Callable[..., Any], args: tuple[Any, ...],
+    pool: ThreadPoolExecutor | None,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
     """Run ``func`` in ``pool`` (or the loop's default) with the caller's context variables."""

@@ -1,0 +1,195 @@
+"""FastAPI glue for the container: the lifespan, ``install()`` and the ``Depends`` aliases.
+
+The aliases find the container on ``app.state`` (put there by :func:`install` or
+:func:`taskflow_lifespan`), so they need no wiring, work in ``def`` and ``async def`` routes
+alike, and sit happily beside ``@inject`` / ``Depends(Provide[...])`` in wired modules. They
+resolve the providers on every request, so ``container.task_manager.override(...)`` is honoured.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from dependency_injector import providers
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
+
+from ..fastapi_glue import add_lifespan
+from ..handles import ManagedBackgroundTasks, TaskHandle
+from ..manager import TaskManager
+from .containers import start_resources, stop_resources
+
+if TYPE_CHECKING:
+    from .settings import AdminSettings
+
+logger = logging.getLogger("fastapi_taskflow.di")
+
+STATE_KEY = "taskflow_container"
+_ADMIN_MOUNTED = "_taskflow_admin_mounted"
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+
+
+# ---- finding the container -------------------------------------------------------------------
+
+
+def find_taskflow(container: Any) -> Any:
+    """The part of ``container`` that holds ``task_manager``: itself, or an embedded
+    ``providers.Container(TaskflowContainer)``. Raises ``TypeError`` when there is none."""
+    if isinstance(getattr(container, "task_manager", None), providers.Provider):
+        return container
+    for provider in getattr(container, "providers", {}).values():
+        if isinstance(provider, providers.Container) and isinstance(
+            getattr(provider, "task_manager", None), providers.Provider
+        ):
+            return provider
+    raise TypeError(
+        f"{type(container).__name__} has no task_manager provider: pass a TaskflowContainer "
+        "or a container that embeds one with providers.Container(TaskflowContainer)"
+    )
+
+
+def bind(app: FastAPI, container: Any) -> None:
+    """Put the taskflow part of ``container`` on ``app.state`` for the ``Depends`` aliases."""
+    setattr(app.state, STATE_KEY, find_taskflow(container))
+
+
+def container_of(request: Request) -> Any:
+    """The taskflow container bound to the request's app; a clear error when there is none."""
+    container = getattr(request.app.state, STATE_KEY, None)
+    if container is None:
+        raise RuntimeError(
+            "no taskflow container on app.state: call fastapi_taskflow.di.install(app, container) "
+            "or create the app with lifespan=taskflow_lifespan(container)"
+        )
+    return container
+
+
+async def resolve(provider: Any) -> Any:
+    """The value of a started (or overridden) provider; never starts a resource on the fly."""
+    if isinstance(provider, providers.BaseResource) and not (
+        provider.initialized or provider.overridden
+    ):
+        raise RuntimeError(
+            "the taskflow container is not started: run the app's lifespan (install() or "
+            "taskflow_lifespan()) or await start_resources(container) first"
+        )
+    value = provider()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+# ---- lifespan --------------------------------------------------------------------------------
+
+
+def taskflow_lifespan(container: Any, lifespan: Lifespan | None = None) -> Lifespan:
+    """A FastAPI ``lifespan=``: start the container's resources, run ``lifespan`` (the app's
+    own, optional) inside, stop the resources after it. The app's lifespan state passes through.
+    """
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[Any]:
+        bind(app, container)
+        await _start(app, container)
+        try:
+            if lifespan is None:
+                yield None
+            else:
+                async with lifespan(app) as state:
+                    yield state
+        finally:
+            await stop_resources(container)
+
+    return run
+
+
+def install(app: FastAPI, container: Any) -> None:
+    """Bind ``container`` to ``app`` and run its resources around the app's own lifespan.
+
+    Mounts ``TaskAdmin`` at startup when the ``admin.enabled`` setting is true. Works whether
+    or not the app has a ``lifespan=`` of its own; calling it twice is harmless.
+    """
+    bind(app, container)
+
+    async def startup() -> None:
+        await _start(app, container)
+
+    async def shutdown() -> None:
+        await stop_resources(container)
+
+    add_lifespan(app, container, startup, shutdown)
+
+
+async def _start(app: FastAPI, container: Any) -> None:
+    await start_resources(container)
+    taskflow = find_taskflow(container)
+    settings = taskflow.settings()
+    if settings.admin.enabled:
+        try:
+            _mount_admin(app, await resolve(taskflow.task_manager), settings.admin)
+        except BaseException:
+            await stop_resources(container)
+            raise
+
+
+def _mount_admin(app: FastAPI, manager: TaskManager, admin: AdminSettings) -> None:
+    """Mount the dashboard and task API once per app, as the ``admin:`` settings say."""
+    if getattr(app.state, _ADMIN_MOUNTED, False):
+        return
+    from ..admin import TaskAdmin
+
+    options: dict[str, Any] = {
+        "path": admin.path,
+        "display_func_args": admin.display_func_args,
+        "token_expiry": admin.token_expiry,
+        "poll_interval": admin.poll_interval,
+    }
+    if admin.title is not None:
+        options["title"] = admin.title
+    if admin.auth is not None:
+        options["auth"] = (admin.auth.username, admin.auth.password.get_secret_value())
+    if admin.secret_key is not None:
+        options["secret_key"] = admin.secret_key.get_secret_value()
+    TaskAdmin(app, manager, **options)
+    setattr(app.state, _ADMIN_MOUNTED, True)
+
+
+# ---- Depends ---------------------------------------------------------------------------------
+
+
+async def get_task_manager(request: Request) -> TaskManager:
+    """FastAPI dependency: the container's started ``TaskManager``."""
+    manager: TaskManager = await resolve(container_of(request).task_manager)
+    return manager
+
+
+async def get_tasks(
+    background_tasks: BackgroundTasks,
+    manager: Annotated[TaskManager, Depends(get_task_manager)],
+) -> ManagedBackgroundTasks:
+    """FastAPI dependency: the request's ``ManagedBackgroundTasks`` (tasks start after the
+    response, like FastAPI's own background tasks)."""
+    return ManagedBackgroundTasks(manager, background_tasks)
+
+
+async def get_task_handle(
+    task_id: str, manager: Annotated[TaskManager, Depends(get_task_manager)]
+) -> TaskHandle:
+    """FastAPI dependency: the ``TaskHandle`` named by the ``task_id`` path parameter; 404."""
+    handle = await manager.get_task(task_id)
+    if handle is None:
+        raise HTTPException(
+            status_code=404,
+            detail={"error": "task_not_found", "message": "no such task", "task_id": task_id},
+        )
+    return handle
+
+
+TaskManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
+TasksDep = Annotated[ManagedBackgroundTasks, Depends(get_tasks)]
+TaskHandleDep = Annotated[TaskHandle, Depends(get_task_handle)]
+
