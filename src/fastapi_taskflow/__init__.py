@@ -14,6 +14,7 @@ from .errors import (
     TaskflowError,
     TaskTimeoutError,
     UnknownTaskError,
+    WorkerCrashedError,
 )
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers import (
@@ -71,6 +72,7 @@ __all__ = [
     "TaskTimeoutError",
     "TaskflowError",
     "UnknownTaskError",
+    "WorkerCrashedError",
 ]
 
 

@@ -19,7 +19,8 @@ LEVEL_NUMBERS = {name: 10 * (i + 1) for i, name in enumerate(LOG_LEVELS)}
 class TaskSink(Protocol):
     """Where a running task's logs and progress go (the dispatcher, or a process channel)."""
 
-    context: TaskContext
+    @property
+    def context(self) -> TaskContext: ...
 
     def log(self, message: str, level: str, extra: dict[str, Any]) -> None: ...
 

@@ -43,3 +43,20 @@ class ArgumentDecryptionError(TaskflowError):
 
 class TaskCancelledError(TaskflowError):
     """Raised inside a waiting caller when the task it waits for was cancelled."""
+
+
+class WorkerCrashedError(TaskflowError):
+    """Raised when the worker process running a task dies (signal or exit code in the message)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        pid: int | None = None,
+        shutdown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.pid = pid
+        self.shutdown = shutdown

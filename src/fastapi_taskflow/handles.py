@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTasks
 
+from .dispatch.enqueue import merge_task_kwargs
 from .models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
@@ -80,12 +81,14 @@ class ManagedBackgroundTasks(BackgroundTasks):
         priority: int | None = None,
         queue: str | None = None,
         task_options: TaskOptions | None = None,
+        task_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> TaskHandle:
+        """Track ``func(*args, **kwargs)``; see :meth:`TaskManager.add_task` for the options."""
         return self._manager.enqueue(
             func,
             args,
-            kwargs,
+            merge_task_kwargs(kwargs, task_kwargs),
             idempotency_key=idempotency_key,
             tags=tags,
             eager=eager,

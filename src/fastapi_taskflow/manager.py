@@ -13,19 +13,22 @@ import functools
 import logging
 import threading
 import uuid
-from datetime import datetime, timedelta
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio.from_thread
 from fastapi import BackgroundTasks, FastAPI
 
 from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 from .crypto import ArgumentCipher, KeyLike
 from .dispatch.attempts import Dispatcher
-from .dispatch.enqueue import Enqueuer
+from .dispatch.enqueue import Enqueuer, merge_task_kwargs
 from .dispatch.events import EventHub
 from .dispatch.job import Job
+from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
 from .errors import ArgumentDecryptionError, UnknownTaskError
 from .executors import ExecutorSet
@@ -37,7 +40,8 @@ from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
-from .registry import TaskDefinition, TaskOptions, TaskRegistry
+from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
+from .scheduling import Scheduler
 from .serialization import decode_call
 from .store import TaskStore
 
@@ -160,6 +164,7 @@ class TaskManager:
             check_arguments=self.executors.check_arguments,
         )
         self.persister: Persister | None = None
+        self.scheduler = Scheduler(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._started = False
@@ -178,6 +183,40 @@ class TaskManager:
         """Register a periodic task (``every=`` seconds or ``cron=``)."""
         return self.registry.schedule(**options)
 
+    async def schedule_once(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        run_at: datetime | timedelta,
+        run_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        task_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Run ``func(*args, **kwargs)`` once at ``run_at``; returns the run key."""
+        return await self.scheduler.schedule_once(
+            func,
+            args,
+            merge_task_kwargs(kwargs, task_kwargs),
+            run_at=run_at,
+            run_key=run_key,
+            tags=tags,
+            priority=priority,
+            queue=queue,
+            idempotency_key=idempotency_key,
+        )
+
+    async def cancel_scheduled(self, run_key: str) -> bool:
+        """Forget a one-off run that has not fired; False when no such run is waiting."""
+        return await self.scheduler.cancel_once(run_key)
+
+    async def list_scheduled(self, before: datetime | None = None) -> list[dict[str, Any]]:
+        """One-off runs still waiting (due before ``before`` if given), soonest first."""
+        return await self.scheduler.list_once(before)
+
     # ---- enqueueing ------------------------------------------------------------------------
 
     def add_task(
@@ -190,13 +229,18 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         task_options: TaskOptions | None = None,
+        task_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> TaskHandle:
-        """Enqueue outside a request (scripts, startup code, other tasks). Starts at once."""
+        """Enqueue outside a request (scripts, startup code, other tasks). Starts at once.
+
+        ``task_options`` replaces the registered options for this call; ``task_kwargs`` passes
+        keyword arguments whose names ``add_task`` itself takes (see docs/task-control.md).
+        """
         return self.enqueue(
             func,
             args,
-            kwargs,
+            merge_task_kwargs(kwargs, task_kwargs),
             idempotency_key=idempotency_key,
             tags=tags,
             eager=eager,
@@ -221,8 +265,10 @@ class TaskManager:
         source: str = "manual",
     ) -> TaskHandle:
         """The one entry point behind every ``add_task``. ``defer`` delays the start."""
-        definition = self.registry.definition_for(func)
-        options = definition.options if task_options is None else task_options
+        if eager is not None and not isinstance(eager, bool):
+            raise ValueError(f"eager must be True, False or None, got {eager!r}")
+        definition = _with_options(self.registry.definition_for(func), task_options)
+        options = definition.options
         run_now = defer is None or (eager if eager is not None else options.eager)
         submit = self._submit_now if run_now else functools.partial(self._defer, defer)
         record, _ = self.enqueuer.enqueue(
@@ -257,15 +303,22 @@ class TaskManager:
     def _bind_running_loop(self) -> asyncio.AbstractEventLoop | None:
         """Used before startup(): run tasks anyway, like FastAPI would, and say what is off."""
         try:
-            loop = asyncio.get_running_loop()
+            self._bind(asyncio.get_running_loop())
         except RuntimeError:
-            return None
+            # A sync (``def``) route runs in an AnyIO worker thread: bind the app's loop from
+            # its own thread instead of failing with "no running event loop" (defect 6).
+            try:
+                anyio.from_thread.run_sync(self._bind_here)
+            except RuntimeError:
+                return None  # no loop anywhere: the task waits for startup()
         logger.warning(
             "TaskManager used before startup(): tasks run, but persistence and observers are "
             "off. Wire the lifecycle with TaskAdmin, init_app(app) or startup()/shutdown()."
         )
-        self._bind(loop)
-        return loop
+        return self._loop
+
+    def _bind_here(self) -> None:
+        self._bind(asyncio.get_running_loop())
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -314,6 +367,7 @@ class TaskManager:
         prestart, self._prestart = self._prestart, []
         for job in prestart:
             self.dispatcher.submit(job)
+        await self.scheduler.start()
 
     async def _start_persistence(self, backend: TaskBackend) -> None:
         await backend.open()
@@ -331,6 +385,10 @@ class TaskManager:
             ),
         )
         self.enqueuer.persister = self.persister
+        if backend.shared:
+            days = s.retention_days
+            ttl = days * 86400.0 if days is not None else None
+            self.dispatcher.key_guard = KeyGuard(backend, self.instance_id, ttl)
         await self.persister.start()
         for entry in await self.persister.claim_orphans():
             self._recover(entry)
@@ -393,6 +451,7 @@ class TaskManager:
         """Settle every task (finished, kept for requeue, or INTERRUPTED), then close parts."""
         if self._loop is None:
             return
+        await self.scheduler.stop()
         for job in self.dispatcher.waiting_jobs():
             if job.journaled and self._requeues(job):
                 job.cancelled = True  # kept in the journal for the next start
@@ -404,6 +463,9 @@ class TaskManager:
                 )
         await self._drain_running()
         await self.hub.stop()
+        if self.dispatcher.key_guard is not None:
+            await self.dispatcher.key_guard.drain()
+            self.dispatcher.key_guard = None
         if self.persister is not None:
             await self.persister.stop()
         await self.executors.close()
@@ -502,7 +564,10 @@ class TaskManager:
             )
         definition = self.registry.get(record.func_name)
         args, kwargs = self._clear_arguments(record)
-        handle = self._enqueue_definition(definition, args, kwargs, record, source)
+        handle = self.enqueue_definition(
+            definition, args, kwargs, source=source, tags=record.tags,
+            priority=record.priority, queue=record.queue,
+        )
         if self.settings.retry_replaces_original:
             self.store.remove(task_id)
             if self.backend is not None and self._started:
@@ -516,23 +581,29 @@ class TaskManager:
             raise ArgumentDecryptionError("the task's arguments are encrypted; no key configured")
         return decode_call(self.cipher.decrypt(record.encrypted_payload))
 
-    def _enqueue_definition(
+    def enqueue_definition(
         self,
         definition: TaskDefinition,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        like: TaskRecord,
+        *,
         source: str,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskHandle:
+        """Enqueue a known definition now (API retries, schedules): the same single path."""
         record, _ = self.enqueuer.enqueue(
             definition,
             args,
             kwargs,
             submit=self._submit_now,
-            tags=like.tags,
-            priority=like.priority,
-            queue=like.queue,
+            tags=tags,
+            priority=priority,
+            queue=queue,
             source=source,
+            idempotency_key=idempotency_key,
         )
         return TaskHandle(record, self)
 
@@ -544,7 +615,10 @@ class TaskManager:
         return await merged_page(self.store, backend, query)
 
     def metrics(self) -> dict[str, Any]:
-        return metrics_snapshot(self.store, self.dispatcher.queues)
+        data = metrics_snapshot(self.store, self.dispatcher.queues)
+        data["unknown_queue_fallbacks"] = self.dispatcher.queues.unknown_queue_fallbacks
+        data["schedule_failures"] = self.scheduler.failures
+        return data
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         return queue_snapshot(self.store, self.dispatcher.queues)
@@ -584,6 +658,18 @@ class TaskManager:
         elif backend is not None:
             self.store.set_finished_counts(await backend.count_by_status())
         return {"store": len(dropped), "backend": deleted}
+
+
+def _with_options(definition: TaskDefinition, options: TaskOptions | None) -> TaskDefinition:
+    """``definition`` with per-call options (``task_options=``); its name never changes."""
+    if options is None:
+        return definition
+    if not isinstance(options, TaskOptions):
+        raise ValueError(f"task_options must be a TaskOptions, got {options!r}")
+    executor = definition.executor
+    if options.executor is not None and options.executor != executor:
+        executor = resolve_executor(definition.func, options.executor)
+    return replace(definition, options=options, executor=executor)
 
 
 def _sqlite(path: str) -> TaskBackend:

@@ -92,9 +92,10 @@ else:
     ) -> AsyncIterator[TaskManager]:
         """The container's started manager; stopped (tasks drained) after the test."""
         from .di.containers import running
+        from .di.fastapi import resolve
 
         async with running(taskflow_container):
-            manager: TaskManager = await taskflow_container.task_manager()
+            manager: TaskManager = await resolve(taskflow_container.task_manager)
             yield manager
 
     @pytest_asyncio.fixture

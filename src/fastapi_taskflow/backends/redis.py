@@ -122,7 +122,7 @@ if after ~= '' then
   local ties = redis.call('ZRANGE', key, maxs, maxs, 'BYSCORE')
   for i = #ties, 1, -1 do
     if #ids >= count then break end
-    if ties[i] <= after then
+    if ties[i] < after then
       ids[#ids + 1] = ties[i]
       scores[#scores + 1] = maxs
     end
@@ -396,9 +396,11 @@ class RedisBackend(TaskBackend):
                     expired.append(task_id)
                 elif (not needs_doc or _doc_matches(data, query)) and len(out) < limit:
                     out.append((task_id, data))
-            if len(found) < 3 * batch:
+            position = (repr(float(found[-2])), found[-3]) if found else (top, tie)
+            # A short batch is the end; a position that does not move would loop forever.
+            if len(found) < 3 * batch or position == (top, tie):
                 break
-            top, tie = repr(float(found[-2])), found[-3]
+            top, tie = position
         if expired:
             await self._remove(expired, "missing")
         return out

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -32,8 +32,10 @@ from ..errors import ConfigurationError
 
 ENV_PREFIX = "TASKFLOW_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-_SECRET_PREFIXES = ("encryption.keys", "admin.auth.password", "admin.secret_key")
-_URL_PATHS = ("backend.redis.url",)
+#: Key paths whose values are secrets: never shown, never echoed in an error.
+SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
+#: Key paths whose values are URLs that may carry a password: shown masked.
+URL_PATHS = ("backend.redis.url",)
 
 Path_ = tuple[str | int, ...]
 
@@ -71,7 +73,7 @@ def format_path(parts: Sequence[str | int]) -> str:
 
 
 def is_secret(path: str) -> bool:
-    return any(path == p or path.startswith((p + ".", p + "[")) for p in _SECRET_PREFIXES)
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in SECRET_PATHS)
 
 
 # ---- YAML -----------------------------------------------------------------------------------
@@ -189,6 +191,20 @@ class TaskflowEnvSource(EnvSettingsSource):
             reason = f"could not be parsed as JSON: {exc}"
             self.problems.append(ConfigProblem(field_name, f"environment variable {names}", reason))
             return None
+
+
+class TaskflowDotEnvSource(DotEnvSettingsSource):
+    """``.env``: only its ``TASKFLOW_*`` lines; the rest belongs to the app, not to us."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        prefix = ENV_PREFIX.lower()
+        return {k: v for k, v in super()._load_env_vars().items() if k.lower().startswith(prefix)}
+
+    def __call__(self) -> dict[str, Any]:
+        # Unknown TASKFLOW_* lines come back as extras still carrying the prefix; strip it so
+        # the error names the key (and suggests the close match) like any other source.
+        prefix = ENV_PREFIX.lower()
+        return {k.removeprefix(prefix): v for k, v in super().__call__().items()}
 
 
 def env_names_for(env_vars: Any, field_name: str) -> list[str]:
@@ -339,7 +355,7 @@ def describe_error(item: Any, path: str, parent: type[BaseModel] | None) -> str:
 def _shown_input(value: Any, path: str) -> str | None:
     if is_secret(path) or isinstance(value, dict | list):
         return None
-    if path in _URL_PATHS and isinstance(value, str):
+    if path in URL_PATHS and isinstance(value, str):
         from .settings import mask_url
 
         return repr(mask_url(value))

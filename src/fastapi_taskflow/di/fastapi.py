@@ -145,6 +145,7 @@ def _mount_admin(app: FastAPI, manager: TaskManager, admin: AdminSettings) -> No
     options: dict[str, Any] = {
         "path": admin.path,
         "display_func_args": admin.display_func_args,
+        "read_only": admin.read_only,
         "token_expiry": admin.token_expiry,
         "poll_interval": admin.poll_interval,
     }

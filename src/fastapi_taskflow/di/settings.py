@@ -33,16 +33,25 @@ from pydantic import (
 from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
-    DotEnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from ._sources import ENV_PREFIX, SourceReport, TaskflowEnvSource, YamlFileSource
+from ._sources import (
+    ENV_PREFIX,
+    SECRET_PATHS,
+    URL_PATHS,
+    SourceReport,
+    TaskflowDotEnvSource,
+    TaskflowEnvSource,
+    YamlFileSource,
+)
 
 DEFAULT_CONFIG_FILE = Path("config/taskflow.yaml")
 CONFIG_ENV_VAR = "TASKFLOW_CONFIG"
+
+__all__ = ["SECRET_PATHS", "URL_PATHS", "TaskflowSettings", "load_settings"]
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -208,6 +217,7 @@ class AdminSettings(Section):
     path: str = "/tasks"
     title: str | None = None
     display_func_args: bool = False
+    read_only: bool = False
     auth: AdminAuthSettings | None = None
     secret_key: SecretStr | None = None
     token_expiry: PositiveInt = 86400
@@ -222,11 +232,6 @@ class AdminSettings(Section):
 
 
 # ---- the settings ---------------------------------------------------------------------------
-
-#: Key paths whose values are secrets: never shown, never echoed in an error.
-SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
-#: Key paths whose values are URLs that may carry a password: shown masked.
-URL_PATHS = ("backend.redis.url",)
 
 
 class TaskflowSettings(BaseSettings):
@@ -337,7 +342,7 @@ def build_sources(
     return (
         InitSettingsSource(settings_cls, init_kwargs=values),
         TaskflowEnvSource(settings_cls),
-        DotEnvSettingsSource(settings_cls),
+        TaskflowDotEnvSource(settings_cls),
         YamlFileSource(settings_cls, path, required=explicit is not None, origin=origin),
     )
 

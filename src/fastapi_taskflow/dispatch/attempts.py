@@ -8,6 +8,7 @@ shutdown arrive as asyncio cancellation of the attempt and are told apart by ``J
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import traceback
@@ -16,13 +17,14 @@ from typing import Any
 
 from ..context import current_sink
 from ..crypto import ArgumentCipher
-from ..errors import ArgumentDecryptionError
+from ..errors import ArgumentDecryptionError, WorkerCrashedError
 from ..executors import ExecutorSet
 from ..models import QueueConfig, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
 from .events import AttemptSink, EventHub
 from .job import Job
+from .keys import KeyGuard
 from .queues import QueueSet, QueueState
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -53,6 +55,10 @@ class Dispatcher:
         self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
+        # Set by the manager when the backend is shared (see dispatch/keys.py).
+        self.key_guard: KeyGuard | None = None
+        # Jitter source, (low, high) -> seconds; replaceable in tests.
+        self.jitter: Callable[[float, float], float] = random.uniform
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -70,24 +76,41 @@ class Dispatcher:
 
     def _start(self, job: Job, queue: QueueState) -> None:
         assert self._loop is not None
-        job.task = self._loop.create_task(self._attempt(job, queue), name=f"taskflow:{job.task_id}")
+        # RUNNING from the moment it holds a slot: PENDING means "waiting", and backpressure
+        # (max_size) counts only those.
+        record = job.record
+        self.store.mark_running(record, utcnow())
+        self.hub.lifecycle(record, TaskStatus.RUNNING, record.retries_used + 1)
+        task = self._loop.create_task(self._run(job), name=f"taskflow:{job.task_id}")
+        job.task = task
+        # A done callback, not a ``finally`` in the coroutine: a task cancelled before its first
+        # step never runs its body, and its slot must still be freed and its record settled.
+        task.add_done_callback(functools.partial(self._attempt_done, job, queue))
 
-    async def _attempt(self, job: Job, queue: QueueState) -> None:
-        try:
-            await self._run(job)
-        finally:
+    def _attempt_done(self, job: Job, queue: QueueState, task: asyncio.Task[None]) -> None:
+        if job.task is task:
             job.task = None
-            self.queues.release(queue)
+        self.queues.release(queue)
+        if task.cancelled():
+            if not job.record.status.finished and job.retry_timer is None:
+                self._never_started(job)
+        elif (exc := task.exception()) is not None:
+            logger.error("task %s: internal error in the attempt loop", job.task_id,
+                         exc_info=exc)
+            self._finish(job, TaskStatus.FAILED, job.record.retries_used + 1,
+                         error=_describe(exc), stacktrace=_trace(exc))
+
+    def _never_started(self, job: Job) -> None:
+        status = TaskStatus.CANCELLED if job.stop_reason == "cancel" else TaskStatus.INTERRUPTED
+        self._finish(job, status, job.record.retries_used, error="stopped before it started")
 
     # ---- one attempt -----------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
         record = job.record
-        if record.status is not TaskStatus.PENDING:
+        if record.status is not TaskStatus.RUNNING or not await self._reserve(job):
             return
         attempt = record.retries_used + 1
-        self.store.mark_running(record, utcnow())
-        self.hub.lifecycle(record, TaskStatus.RUNNING, attempt)
         sink = AttemptSink(self.hub, record, attempt)
         token = current_sink.set(sink)
         try:
@@ -105,6 +128,14 @@ class Dispatcher:
             self._stopped(job, attempt)
         except ArgumentDecryptionError as exc:
             self._fail(job, attempt, exc)  # no key will appear between retries
+        except WorkerCrashedError as exc:
+            if exc.shutdown:  # the pool closed under it: the app is stopping, not the task failing
+                job.stop_reason = "shutdown"
+                self._stopped(job, attempt)
+            elif self._should_retry(job, exc):
+                self._retry_later(job, attempt, exc)
+            else:
+                self._fail(job, attempt, exc)
         except Exception as exc:
             if self._should_retry(job, exc):
                 self._retry_later(job, attempt, exc)
@@ -114,6 +145,19 @@ class Dispatcher:
             self._finish(job, TaskStatus.SUCCESS, attempt, error=None, stacktrace=None)
         finally:
             current_sink.reset(token)
+
+    async def _reserve(self, job: Job) -> bool:
+        """Cross-instance idempotency, once per task: False when another instance holds the key."""
+        if job.reserved or self.key_guard is None or job.record.idempotency_key is None:
+            return True
+        holder = await self.key_guard.reserve(job.record)
+        job.reserved = True
+        if holder is None:
+            return True
+        self._finish(job, TaskStatus.CANCELLED, 0,
+                     error=f"duplicate: idempotency key {job.record.idempotency_key!r} is held "
+                           f"by task {holder} on another instance")
+        return False
 
     def _arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if job.args is not None and job.kwargs is not None:
@@ -145,7 +189,7 @@ class Dispatcher:
         self.hub.lifecycle(record, TaskStatus.FAILED, attempt, retrying=True)
         delay = job.options.retry_delay(record.retries_used)
         if job.options.jitter:
-            delay += random.uniform(0, job.options.jitter)
+            delay += self.jitter(0, job.options.jitter)
         assert self._loop is not None
         job.retry_timer = self._loop.call_later(delay, self.submit, job)
 
@@ -180,6 +224,8 @@ class Dispatcher:
         self.store.mark_finished(record, status, utcnow(), error, stacktrace)
         self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
+        if self.key_guard is not None and job.reserved:
+            self.key_guard.release(record)
         self._on_finished(job)
 
     # ---- control ---------------------------------------------------------------------------
@@ -189,7 +235,7 @@ class Dispatcher:
         job = self.jobs.get(task_id)
         if job is None or job.record.status.finished:
             return False
-        if job.task is not None:  # running: its attempt records CANCELLED
+        if job.running and job.task is not None:  # its attempt or done callback records it
             job.stop_reason = "cancel"
             job.task.cancel()
         else:
@@ -209,10 +255,12 @@ class Dispatcher:
         self.jobs[job.task_id] = job
 
     def running_jobs(self) -> list[Job]:
-        return [j for j in self.jobs.values() if j.task is not None]
+        # list(...) copies in one C call: sync routes may track() jobs from worker threads.
+        return [j for j in list(self.jobs.values()) if j.running]
 
     def waiting_jobs(self) -> list[Job]:
-        return [j for j in self.jobs.values() if j.task is None and not j.record.status.finished]
+        return [j for j in list(self.jobs.values())
+                if not j.running and not j.record.status.finished]
 
 
 def _describe(exc: BaseException) -> str:

@@ -36,6 +36,38 @@ def check_tags(tags: Any) -> dict[str, str]:
     return dict(tags)
 
 
+def check_call_options(
+    *, idempotency_key: Any = None, priority: Any = None, queue: Any = None, tags: Any = None
+) -> dict[str, str]:
+    """Validate the per-call options of ``add_task``/``schedule_once``; returns clean tags."""
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not idempotency_key
+    ):
+        raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise ValueError(f"priority must be an int or None, got {priority!r}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ValueError(f"queue must be a non-empty string or None, got {queue!r}")
+    return check_tags(tags)
+
+
+def merge_task_kwargs(kwargs: dict[str, Any], task_kwargs: Any) -> dict[str, Any]:
+    """The function's keyword arguments: ``**kwargs`` plus the ``task_kwargs=`` escape.
+
+    ``task_kwargs`` carries names that ``add_task`` itself would take (``priority``, ``queue``,
+    ``tags``, even ``task_kwargs``), so no parameter name of a task is unusable.
+    """
+    if task_kwargs is None:
+        return kwargs
+    if not isinstance(task_kwargs, dict) or not all(isinstance(k, str) for k in task_kwargs):
+        raise ValueError(f"task_kwargs must be a dict with str keys, got {task_kwargs!r}")
+    both = sorted(set(kwargs) & set(task_kwargs))
+    if both:
+        raise TypeError(f"keyword argument(s) {', '.join(both)} given both directly and in "
+                        "task_kwargs")
+    return {**kwargs, **task_kwargs}
+
+
 class Enqueuer:
     """Builds records and jobs, applies the rules, and hands jobs to the dispatcher."""
 
@@ -72,13 +104,9 @@ class Enqueuer:
     ) -> tuple[TaskRecord, bool]:
         """Create (or find, by idempotency key) the task; returns ``(record, created)``."""
         opts = options or definition.options
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ValueError(f"priority must be an int or None, got {priority!r}")
-        clean_tags = check_tags(tags)
+        clean_tags = check_call_options(
+            idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
+        )
         self.check_arguments(definition.executor, definition.func, args, kwargs)
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
 

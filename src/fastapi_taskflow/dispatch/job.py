@@ -26,6 +26,13 @@ class Job:
     stop_reason: str | None = None
     task: asyncio.Task[None] | None = None
     retry_timer: asyncio.TimerHandle | None = None
+    # The cross-instance idempotency reservation was made (or was not needed).
+    reserved: bool = False
+
+    @property
+    def running(self) -> bool:
+        """An attempt is started and not over (it may not have reached its first await yet)."""
+        return self.task is not None and not self.task.done()
 
     @property
     def task_id(self) -> str:

@@ -53,6 +53,7 @@ class QueueSet:
         self.global_limit = global_limit
         self.global_running = 0
         self.unknown_queue_fallbacks = 0
+        self._warned: set[str] = set()
         self._start = start
         self._sequence = itertools.count()
 
@@ -62,8 +63,11 @@ class QueueSet:
             return self._queues[DEFAULT_QUEUE]
         queue = self._queues.get(name)
         if queue is None:
+            # Counted every time, logged once per name: a hot path must not flood the log.
             self.unknown_queue_fallbacks += 1
-            logger.warning("unknown queue %r; the task goes to the default queue", name)
+            if name not in self._warned and len(self._warned) < 1000:
+                self._warned.add(name)
+                logger.warning("unknown queue %r; its tasks go to the default queue", name)
             return self._queues[DEFAULT_QUEUE]
         return queue
 

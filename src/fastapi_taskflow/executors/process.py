@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import current_sink
-from ..errors import TaskArgumentError, TaskflowError, TaskTimeoutError
+from ..errors import TaskArgumentError, TaskTimeoutError, WorkerCrashedError
 from ..models import TaskContext
 
 try:
@@ -57,23 +57,6 @@ _BOOT_TIMEOUT = 60.0
 _KILL_GRACE = 2.0
 # Plain values pickle by construction: check_arguments skips them so add_task stays cheap.
 _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-
-class WorkerCrashedError(TaskflowError):
-    """Raised when the worker process running a task dies (signal or exit code in the message)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        exitcode: int | None = None,
-        pid: int | None = None,
-        shutdown: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.exitcode = exitcode
-        self.pid = pid
-        self.shutdown = shutdown
 
 
 class RemoteTraceback(Exception):
@@ -163,9 +146,12 @@ class _WorkerSink:
 
     def __init__(self, channel: _Channel, context: TaskContext) -> None:
         self.context = context
+        self.closed = False
         self._channel = channel
 
     def log(self, message: str, level: str, extra: dict[str, Any]) -> None:
+        if self.closed:
+            return  # a thread the task left behind: its lines would be blamed on the next job
         try:
             body = pickle.dumps((message, level, extra))
         except Exception:
@@ -175,6 +161,8 @@ class _WorkerSink:
         self._channel.send(_LOG, body)
 
     def progress(self, fraction: float, message: str | None) -> None:
+        if self.closed:
+            return
         self._channel.send(_PROGRESS, pickle.dumps((fraction, message)))
 
 
@@ -219,7 +207,8 @@ def _run_job(channel: _Channel, payload: bytes) -> None:
     except Exception as exc:  # e.g. the task's module cannot be imported in the worker
         channel.send(_ERROR, _error_body(exc))
         return
-    token = current_sink.set(_WorkerSink(channel, context))
+    sink = _WorkerSink(channel, context)
+    token = current_sink.set(sink)
     try:
         result = func(*args, **kwargs)
     except Exception as exc:
@@ -228,6 +217,7 @@ def _run_job(channel: _Channel, payload: bytes) -> None:
         channel.send(_ERROR, _error_body(exc))
         return
     finally:
+        sink.closed = True
         current_sink.reset(token)
     channel.send(*_result_frame(func, result))
 
@@ -238,7 +228,7 @@ def _worker_main(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = _Channel(sock)
     try:
-        channel.send(_READY, pickle.dumps(os.getpid()))
+        channel.send(_READY, b"")
         while (frame := channel.recv()) is not None and frame[0] == _JOB:
             _run_job(channel, frame[1])
     except ConnectionError:
@@ -346,20 +336,12 @@ class _Worker:
         job = self.job
         if job is None or job.future.done():
             return  # late frames of an abandoned job
-        try:
-            if kind == _LOG:
-                job.on_log(*pickle.loads(body))
-            elif kind == _PROGRESS:
-                job.on_progress(*pickle.loads(body))
-            elif kind == _OK:
-                job.future.set_result(_load_result(body, job.name))
-            elif kind == _ERROR:
-                job.future.set_exception(_rebuild_error(body))
-        except Exception:
-            # A failing observer callback must not break the pool or the task.
-            logger.warning(
-                "process task %s: a log or progress callback failed", job.name, exc_info=True
-            )
+        if kind == _OK:
+            _settle(job, body)
+        elif kind == _ERROR:
+            job.future.set_exception(_rebuild_error(body))
+        else:
+            _deliver(job, kind, body)
 
     def _on_sentinel(self) -> None:
         """The process ended: drain what it wrote before dying, then hand over to the pool."""
@@ -415,14 +397,33 @@ class _Worker:
             logger.error("worker process %s could not be reaped", self.pid)
 
 
-def _load_result(body: bytes, name: str) -> Any:
+def _settle(job: _Job, body: bytes) -> None:
     try:
-        return pickle.loads(body)
+        result = pickle.loads(body)
     except Exception as exc:
-        raise RuntimeError(
-            f"the result of {name} came back from the worker process but cannot be loaded "
+        error = RuntimeError(
+            f"the result of {job.name} came back from the worker process but cannot be loaded "
             f"here: {_safe_str(exc)}"
-        ) from exc
+        )
+        error.__cause__ = exc
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)
+
+
+def _deliver(job: _Job, kind: bytes, body: bytes) -> None:
+    """Hand a log line or a progress report to the job's callbacks."""
+    try:
+        if kind == _LOG:
+            job.on_log(*pickle.loads(body))
+        elif kind == _PROGRESS:
+            job.on_progress(*pickle.loads(body))
+    except Exception:
+        # A failing callback (or an extra value the parent cannot load) must not break the pool
+        # or the task.
+        logger.warning(
+            "process task %s: a log or progress message was lost", job.name, exc_info=True
+        )
 
 
 def _rebuild_error(body: bytes) -> BaseException:
@@ -586,7 +587,7 @@ class ProcessPool:
         context: TaskContext,
         on_log: LogCallback,
         on_progress: ProgressCallback,
-        timeout: float | None = None,  # noqa: ASYNC109 - the pool must kill the worker itself
+        timeout: float | None = None,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` in a worker and return its result (or raise its error).
 
@@ -610,7 +611,8 @@ class ProcessPool:
 
     async def _wait_ready(self, worker: _Worker) -> None:
         if worker.ready.done():
-            return worker.ready.result()  # the common case: no extra task or timer per job
+            worker.ready.result()  # the common case: no extra task or timer per job
+            return
         try:
             # Shielded: a cancelled caller must not cancel a readiness other callers may share.
             await asyncio.wait_for(asyncio.shield(worker.ready), _BOOT_TIMEOUT)
@@ -622,7 +624,7 @@ class ProcessPool:
                 pid=worker.pid,
             ) from None
 
-    async def _wait_result(self, job: _Job, timeout: float | None) -> Any:  # noqa: ASYNC109
+    async def _wait_result(self, job: _Job, timeout: float | None) -> Any:
         if timeout is None:
             return await job.future
         deadline = asyncio.timeout(timeout)
@@ -741,14 +743,14 @@ class ProcessPool:
             self._empty.set()
 
     def _crash_error(self, worker: _Worker, exitcode: int | None) -> WorkerCrashedError:
-        running = f" while running {worker.job.name}" if worker.job is not None else ""
+        name = worker.job.name if worker.job is not None else None
         if worker.shutdown:
-            message = (
-                f"worker process (pid {worker.pid}) was terminated at shutdown{running}: it ran "
-                f"past shutdown_timeout ({self._shutdown_timeout:g} s)"
-            )
+            message = f"worker process (pid {worker.pid}) was terminated at shutdown"
+            message += f" while running {name}" if name else ""
+            message += f": it ran past shutdown_timeout ({self._shutdown_timeout:g} s)"
         else:
-            message = f"{_exit_reason(exitcode)} (pid {worker.pid}{running})"
+            where = f"pid {worker.pid}, while running {name}" if name else f"pid {worker.pid}"
+            message = f"{_exit_reason(exitcode)} ({where})"
         return WorkerCrashedError(
             message, exitcode=exitcode, pid=worker.pid, shutdown=worker.shutdown
         )

@@ -1,0 +1,60 @@
+# Every target that needs Python creates .venv when it is missing and (re)installs the project
+# only when pyproject.toml changed since the last install (a stamp file remembers).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint format bench docs clean
+
+help:
+	@echo "make run    serve examples/app.py on http://localhost:$(PORT) (dashboard: /tasks/dashboard)"
+	@echo "make test   run the test suite"
+	@echo "make lint   ruff check, ruff format --check, mypy"
+	@echo "make bench  run the benchmarks (bench/README.md)"
+	@echo "make docs   build the documentation site into site/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Newer than pyproject.toml means installed from the current dependency list.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@mkdir -p var
+	$(BIN)/uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT)
+
+# Chromium for the browser tests comes from the system (apt in .ci/run); what pip cannot
+# install for the tests is set up here. Extra pytest arguments: make test ARGS="-k sqlite".
+# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: $(STAMP)
+	@status=0; $(BIN)/pytest $(ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; \
+	exit $$status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_core.py $(ARGS)
+
+docs: $(STAMP)
+	$(BIN)/pip install --quiet mkdocs
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf site build dist .pytest_cache .mypy_cache .ruff_cache

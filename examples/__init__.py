@@ -1,0 +1,1 @@
+"""Runnable example apps (a package, so worker processes can import their tasks)."""

@@ -1,0 +1,20 @@
+"""The FastAPI app: routes, and the container installed around its lifespan."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from fastapi_taskflow.di import install
+
+from . import routes
+from .containers import AppContainer, build_container
+
+
+def create_app(container: AppContainer | None = None) -> FastAPI:
+    """Build the app; tests pass their own (overridden) container."""
+    container = container or build_container()
+    app = FastAPI(title="di_app: sign-ups with welcome mails")
+    app.include_router(routes.router)
+    app.state.container = container
+    install(app, container)  # starts/stops every resource; mounts TaskAdmin if admin.enabled
+    return app

@@ -1,0 +1,372 @@
+"""The task API: JSON routes under ``TaskAdmin(path=...)``.
+
+Reading: the task list (server-side pages and filters), one task, metrics (JSON and Prometheus),
+queues, registered tasks, the audit trail. Changing: retry, cancel, bulk retry, retry-failed,
+delete history, queue settings. Every change is validated first (422 and nothing changed on
+bad input), refused when the admin is read-only (403), and written to the audit trail.
+
+List compatibility: ``GET {path}`` answers a plain JSON list of tasks, as the reference did, so
+old clients keep reading it. It is one page (newest first, ``limit`` default 50, max 500); the
+next page's cursor is in the ``X-Next-Cursor`` header and a ``Link: <...>; rel="next"`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..backends.base import RecordQuery
+from ..errors import ArgumentDecryptionError, BackendError, UnknownTaskError
+from ..models import TaskRecord, TaskStatus
+from .inputs import MAX_LIMIT, BadInput, parse_window, record_query
+from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
+
+if TYPE_CHECKING:
+    from ..manager import TaskManager
+    from .audit import AuditLog
+
+logger = logging.getLogger("fastapi_taskflow.admin")
+
+RETRY_FAILED_CAP = 10_000
+_UNIT = {"min": "minutes", "hour": "hours", "day": "days"}
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class AdminRoute(APIRoute):
+    """Maps the admin's own errors to JSON: bad input 422, an unreachable backend 503."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except BadInput as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=422)
+            except (BackendError, OSError) as exc:
+                logger.error("task backend failed during %s", request.url.path, exc_info=True)
+                return JSONResponse(
+                    {"detail": f"the task backend is unavailable: {exc}"}, status_code=503
+                )
+
+        return route
+
+
+class BulkRetryBody(BaseModel):
+    """Tasks to run again."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_ids: list[TaskId] = Field(min_length=1, max_length=1000)
+
+
+class QueuePatch(BaseModel):
+    """New caps for a queue; null means no cap. Give at least one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_size: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+def json_response(
+    data: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return Response(body.encode(), status_code, headers, media_type="application/json")
+
+
+class TaskApi:
+    """Builds the JSON routes; the route functions are thin and call the methods below."""
+
+    def __init__(
+        self,
+        manager: TaskManager,
+        audit: AuditLog,
+        *,
+        include_args: bool,
+        read_only: bool,
+        series: ThroughputSeries,
+    ) -> None:
+        self.manager = manager
+        self.audit = audit
+        self.include_args = include_args
+        self.read_only = read_only
+        self.series = series
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def writable(self, request: Request) -> str:
+        """Dependency of every mutating route: 403 when read-only, else the actor's name."""
+        if self.read_only:
+            raise HTTPException(status_code=403, detail="the task API is read-only")
+        identity = getattr(request.state, "taskflow_identity", None)
+        return identity.user if identity is not None else "anonymous"
+
+    def task_json(self, record: TaskRecord) -> dict[str, Any]:
+        return record.to_dict(include_args=self.include_args)
+
+    async def find(self, task_id: str) -> TaskRecord:
+        record = await self.manager.get_record(task_id)
+        if record is None:
+            raise HTTPException(status_code=404, detail="Task not found")
+        return record
+
+    async def retry_one(self, task_id: str) -> tuple[str | None, str]:
+        """(new task id, "") or (None, why not)."""
+        try:
+            handle = await self.manager.retry(task_id, source="retry")
+        except UnknownTaskError as exc:
+            return None, str(exc)
+        except (ValueError, ArgumentDecryptionError) as exc:
+            return None, str(exc)
+        return handle.task_id, ""
+
+    # ---- routes ----------------------------------------------------------------------------
+
+    def router(self, path: str, dependencies: list[Any]) -> APIRouter:
+        router = APIRouter(
+            prefix=path, tags=["tasks"], dependencies=dependencies, route_class=AdminRoute
+        )
+        actor = Depends(self.writable)
+        self._reading_routes(router)
+        self._changing_routes(router, actor)
+        self._task_routes(router, actor)  # last: /{task_id} would shadow the fixed paths
+        return router
+
+    def _reading_routes(self, router: APIRouter) -> None:
+        manager = self.manager
+
+        @router.get("", summary="List tasks (one page, newest first)")
+        async def list_tasks(
+            request: Request,
+            status: Annotated[str | None, Query(description="one task status")] = None,
+            func_name: Annotated[str | None, Query(max_length=500)] = None,
+            queue: Annotated[str | None, Query(max_length=200)] = None,
+            tag: Annotated[str | None, Query(description="key:value", max_length=500)] = None,
+            q: Annotated[str | None, Query(description="text in name, id or error",
+                                           max_length=500)] = None,
+            since: Annotated[str | None, Query(description="ISO datetime or 6h/7d")] = None,
+            until: Annotated[str | None, Query(description="ISO datetime or 6h/7d")] = None,
+            limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+            cursor: Annotated[str | None, Query(max_length=1000)] = None,
+        ) -> Response:
+            query = record_query(
+                status=status, func_name=func_name, queue=queue, tag=tag, q=q, since=since,
+                until=until, limit=limit, cursor=cursor,
+            )
+            page = await manager.list_records(query)
+            headers = {"Cache-Control": "no-store"}
+            if page.next_cursor:
+                link = request.url.include_query_params(cursor=page.next_cursor)
+                headers["X-Next-Cursor"] = page.next_cursor
+                headers["Link"] = f'<{link}>; rel="next"'
+            return json_response([self.task_json(r) for r in page.records], headers=headers)
+
+        @router.get("/metrics", summary="Counts, success rate, duration percentiles")
+        async def get_metrics() -> Response:
+            return json_response(dashboard_metrics(manager, self.series))
+
+        @router.get("/metrics/prometheus", summary="Metrics in the Prometheus text format")
+        async def get_prometheus() -> Response:
+            try:
+                body, content_type = prometheus_text(manager)
+            except ImportError:
+                return JSONResponse({"detail": PROMETHEUS_HINT}, status_code=501)
+            return Response(body, media_type=content_type)
+
+        @router.get("/queues", summary="Queues: caps, running, waiting, counts")
+        async def get_queues() -> Response:
+            return json_response(manager.queue_stats())
+
+        @router.get("/audit", summary="Actions taken through this API, newest first")
+        async def get_audit(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+            return json_response([e.to_dict() for e in await self.audit.entries(limit)])
+
+        @router.get("/registry", summary="Registered tasks and schedules")
+        async def get_registry() -> Response:
+            return json_response(registry_view(manager))
+
+    def _task_routes(self, router: APIRouter, actor: Any) -> None:
+        @router.get("/{task_id}", summary="One task")
+        async def get_task(task_id: TaskId) -> Response:
+            return json_response(self.task_json(await self.find(task_id)))
+
+        @router.post("/{task_id}/retry", summary="Run a failed/interrupted/cancelled task again")
+        async def retry_task(task_id: TaskId, who: str = actor) -> Response:
+            record = await self.find(task_id)
+            new_id, why = await self.retry_one(task_id)
+            await self.audit.record("retry", task_id, who, "ok" if new_id else f"refused: {why}",
+                                    new_task_id=new_id, func_name=record.func_name)
+            if new_id is None:
+                status = 400 if record.status not in _RETRYABLE else 409
+                raise HTTPException(status_code=status, detail=why)
+            new = self.manager.store.get(new_id) or await self.find(new_id)
+            return json_response({"task_id": new_id, "task": self.task_json(new)})
+
+        @router.post("/{task_id}/cancel", summary="Cancel a pending or running task")
+        async def cancel_task(task_id: TaskId, who: str = actor) -> Response:
+            record = await self.find(task_id)
+            done = not record.status.finished and self.manager.cancel(task_id)
+            await self.audit.record("cancel", task_id, who, "ok" if done else "refused",
+                                    status=record.status.value)
+            if not done:
+                raise HTTPException(
+                    status_code=400,
+                    detail="Only pending or running tasks can be cancelled. "
+                    f"Current status: {record.status.value}",
+                )
+            return json_response({"task_id": task_id, "task": self.task_json(record)})
+
+    def _changing_routes(self, router: APIRouter, actor: Any) -> None:
+        manager = self.manager
+
+        @router.post("/bulk-retry", summary="Retry the given tasks")
+        async def bulk_retry(body: BulkRetryBody, who: str = actor) -> Response:
+            ids = list(dict.fromkeys(body.task_ids))
+            result = await self._retry_many(ids)
+            await self.audit.record(
+                "bulk_retry", "bulk", who, f"{result['dispatched']} dispatched",
+                skipped=result["skipped"], task_ids=ids[:20],
+            )
+            return json_response(result)
+
+        @router.post("/retry-failed", summary="Retry failed and interrupted tasks of a window")
+        async def retry_failed(
+            who: str = actor,
+            since: Annotated[str, Query(description="<N>m, <N>h, <N>d or all")] = "6h",
+            func_name: Annotated[str | None, Query(max_length=500)] = None,
+        ) -> Response:
+            cutoff = None if since == "all" else datetime.now(UTC) - parse_window(since)
+            ids, truncated = await self._failed_ids(cutoff, func_name)
+            result = await self._retry_many(ids)
+            result["truncated"] = truncated
+            await self.audit.record(
+                "retry_failed", "bulk", who, f"{result['dispatched']} dispatched",
+                since=since, func_name=func_name, skipped=result["skipped"],
+            )
+            return json_response(result)
+
+        @router.delete("/history", summary="Delete finished tasks older than a window (or all)")
+        async def delete_history(
+            who: str = actor,
+            value: Annotated[int | None, Query(gt=0, le=100_000)] = None,
+            unit: Annotated[Literal["min", "hour", "day"] | None, Query()] = None,
+            older_than: Annotated[str | None, Query(description="e.g. 30m, 6h, 7d")] = None,
+            all: Annotated[bool, Query(description="delete every finished task")] = False,
+        ) -> Response:
+            before = _history_cutoff(value, unit, older_than, all)
+            counts = await manager.clear_history(before)
+            result = {"deleted": counts["store"] + counts["backend"], **counts}
+            await self.audit.record(
+                "delete_history", "history", who, f"{result['deleted']} deleted",
+                before=before.isoformat() if before else "all",
+            )
+            return json_response(result)
+
+        @router.patch("/queues/{name}", summary="Change a queue's concurrency or max_size live")
+        async def patch_queue(
+            name: Annotated[str, StringConstraints(min_length=1, max_length=200)],
+            body: QueuePatch,
+            who: str = actor,
+        ) -> Response:
+            changes = {field: getattr(body, field) for field in body.model_fields_set}
+            if not changes:
+                raise BadInput("nothing to change: give concurrency and/or max_size")
+            if name not in manager.queue_stats():
+                raise HTTPException(status_code=404, detail=f"no queue named {name!r}")
+            try:
+                config = manager.update_queue_config(name, **changes)
+            except (ValueError, TypeError) as exc:
+                await self.audit.record("queue_config", name, who, f"refused: {exc}", **changes)
+                raise BadInput(str(exc)) from None
+            await self.audit.record(
+                "queue_config", name, who, "ok",
+                concurrency=config.concurrency, max_size=config.max_size,
+            )
+            return json_response({"name": name, **manager.queue_stats()[name]})
+
+    async def _retry_many(self, ids: list[str]) -> dict[str, Any]:
+        results: list[dict[str, str]] = []
+        errors: list[dict[str, str]] = []
+        for task_id in ids:
+            new_id, why = await self.retry_one(task_id)
+            if new_id is None:
+                errors.append({"task_id": task_id, "detail": why})
+            else:
+                results.append({"original_task_id": task_id, "new_task_id": new_id})
+        return {"dispatched": len(results), "skipped": len(errors), "results": results,
+                "errors": errors}
+
+    async def _failed_ids(
+        self, cutoff: datetime | None, func_name: str | None
+    ) -> tuple[list[str], bool]:
+        ids: list[str] = []
+        for status in (TaskStatus.FAILED, TaskStatus.INTERRUPTED):
+            cursor = None
+            while True:
+                page = await self.manager.list_records(RecordQuery(
+                    status=status.value, func_name=func_name, since=cutoff, limit=MAX_LIMIT,
+                    cursor=cursor,
+                ))
+                ids.extend(r.task_id for r in page.records)
+                if len(ids) >= RETRY_FAILED_CAP:
+                    return ids[:RETRY_FAILED_CAP], True
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        return ids, False
+
+
+_RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
+
+
+def _history_cutoff(
+    value: int | None, unit: str | None, older_than: str | None, everything: bool
+) -> datetime | None:
+    given = sum([value is not None or unit is not None, older_than is not None, everything])
+    if given != 1:
+        raise BadInput(
+            "say what to delete with exactly one of: value=&unit= (min, hour, day), "
+            "older_than=6h, or all=true"
+        )
+    if everything:
+        return None
+    if older_than is not None:
+        return datetime.now(UTC) - parse_window(older_than)
+    if value is None or unit is None:
+        raise BadInput("value and unit go together, e.g. value=7&unit=day")
+    try:
+        return datetime.now(UTC) - timedelta(**{_UNIT[unit]: value})
+    except OverflowError:
+        raise BadInput("that window is too large") from None
+
+
+def registry_view(manager: TaskManager) -> dict[str, Any]:
+    tasks = []
+    for definition in sorted(manager.registry.definitions(), key=lambda d: d.name):
+        o = definition.options
+        tasks.append({
+            "name": definition.name, "executor": definition.executor, "retries": o.retries,
+            "delay": o.delay, "backoff": o.backoff, "max_delay": o.max_delay,
+            "timeout": o.timeout, "queue": o.queue or "default", "priority": o.priority,
+            "persist": o.persist, "eager": o.eager,
+            "requeue_on_interrupt": o.requeue_on_interrupt,
+        })
+    schedules = [
+        {"name": s.task.name, "every": s.every, "cron": s.cron, "timezone": s.timezone,
+         "run_on_startup": s.run_on_startup}
+        for s in _schedules(manager)
+    ]
+    return {"tasks": tasks, "schedules": schedules}
+
+
+def _schedules(manager: TaskManager) -> list[Any]:
+    found = getattr(manager.registry, "schedules", [])
+    return list(found() if callable(found) else found)

@@ -1,0 +1,153 @@
+"""``TaskAdmin``: mounts the task API, the live dashboard and its auth on a FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI
+
+from ..errors import ConfigurationError
+from ..fastapi_glue import add_lifespan
+from ..models import utcnow
+from .api import TaskApi
+from .audit import AuditLog
+from .auth import AdminAuth
+from .metrics import ThroughputSeries, dashboard_metrics
+from .pages import pages_router
+from .sse import StreamHub, stream_router
+
+if TYPE_CHECKING:
+    from ..manager import TaskManager
+
+logger = logging.getLogger("fastapi_taskflow.admin")
+
+PRUNE_EVERY = 3600.0
+
+
+class TaskAdmin:
+    """Mounts the task API and the dashboard under ``path`` and wires the manager's lifecycle.
+
+    All setup happens in the constructor, so keeping a reference is optional::
+
+        TaskAdmin(app, task_manager)
+        TaskAdmin(app, task_manager, auth=("admin", "secret"), secret_key=SETTINGS_SECRET)
+        TaskAdmin(app, task_manager, dependencies=[Depends(require_admin)], read_only=True)
+
+    ``auth``: a ``(username, password)`` pair, a list of pairs, or a ``TaskAuthBackend``.
+    ``dependencies``: FastAPI dependencies run on every admin route (your own auth).
+    ``api_tokens``: static bearer tokens for API clients (a list, or ``{name: token}``).
+    ``read_only``: every route that changes something answers 403.
+    ``retention_days``: finished tasks older than this are deleted every hour.
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        task_manager: TaskManager,
+        path: str = "/tasks",
+        display_func_args: bool = False,
+        auto_install: bool = False,
+        auth: Any = None,
+        token_expiry: int = 86400,
+        secret_key: str | bytes | None = None,
+        poll_interval: float = 30.0,
+        title: str = "Tasks",
+        retention_days: float | None = None,
+        dependencies: Sequence[Any] | None = None,
+        read_only: bool = False,
+        api_tokens: Sequence[str] | Mapping[str, str] | None = None,
+    ) -> None:
+        _check(path, token_expiry, poll_interval, retention_days, title)
+        self.app = app
+        self.manager = task_manager
+        self.path = path
+        self.read_only = read_only
+        self.retention_days = retention_days
+        self.auth = AdminAuth(auth=auth, secret_key=secret_key, token_expiry=token_expiry,
+                              api_tokens=api_tokens, path=path)
+        self.audit = AuditLog(task_manager)
+        self.series = ThroughputSeries()
+        self.hub = StreamHub(task_manager, metrics=self._metrics)
+        self._own_auth = bool(dependencies)
+        self._prune_task: asyncio.Task[None] | None = None
+        user_deps = list(dependencies or [])
+        guarded = [*user_deps, Depends(self.auth.guard)]
+        self.api = TaskApi(task_manager, self.audit, include_args=display_func_args,
+                           read_only=read_only, series=self.series)
+        config = {"title": title, "poll_interval": poll_interval, "read_only": read_only,
+                  "display_func_args": display_func_args, "path": path}
+        # Order matters: fixed paths before the /{task_id} catch-all.
+        app.include_router(pages_router(path=path, auth=self.auth, dependencies=user_deps,
+                                        config=config))
+        app.include_router(stream_router(self.hub, task_manager, path, guarded))
+        app.include_router(self.api.router(path, guarded))
+        add_lifespan(app, self, self._startup, self._shutdown)
+        if auto_install:
+            task_manager.install(app)
+        else:
+            task_manager.init_app(app)
+
+    def _metrics(self) -> dict[str, Any]:
+        return dashboard_metrics(self.manager, self.series)
+
+    async def _startup(self) -> None:
+        if not self.auth.enabled and not self._own_auth:
+            logger.warning(
+                "TaskAdmin at %s has no auth: anyone who can reach the app can read tasks and "
+                "retry, cancel or delete them. Pass auth=... or dependencies=[...].", self.path,
+            )
+        if self.retention_days is not None:
+            self._prune_task = asyncio.get_running_loop().create_task(self._prune_forever())
+
+    async def _shutdown(self) -> None:
+        await self.close_streams()
+        task, self._prune_task = self._prune_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close_streams(self) -> None:
+        """End every open SSE stream (servers wait for open responses before shutting down)."""
+        await self.hub.close()
+
+    async def prune(self) -> dict[str, int]:
+        """Delete finished tasks older than ``retention_days`` now."""
+        assert self.retention_days is not None
+        return await self.manager.clear_history(utcnow() - timedelta(days=self.retention_days))
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0 if not getattr(self.manager, "_started", False) else 0)
+            try:
+                await self.prune()
+            except Exception:
+                logger.error("pruning old task history failed", exc_info=True)
+            await asyncio.sleep(PRUNE_EVERY)
+
+
+def _check(
+    path: str, token_expiry: int, poll_interval: float, retention_days: float | None, title: str
+) -> None:
+    if not isinstance(path, str) or not path.startswith("/") or path.endswith("/"):
+        raise ConfigurationError(
+            f"TaskAdmin path={path!r}: must start with '/' and not end with '/', e.g. /tasks"
+        )
+    if isinstance(token_expiry, bool) or not isinstance(token_expiry, int) or token_expiry < 1:
+        raise ConfigurationError(f"TaskAdmin token_expiry={token_expiry!r}: seconds, an int >= 1")
+    if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) or not (
+        poll_interval > 0
+    ):
+        raise ConfigurationError(f"TaskAdmin poll_interval={poll_interval!r}: seconds, > 0")
+    if retention_days is not None and (
+        isinstance(retention_days, bool) or not isinstance(retention_days, int | float)
+        or not retention_days > 0
+    ):
+        raise ConfigurationError(f"TaskAdmin retention_days={retention_days!r}: > 0 or None")
+    if not isinstance(title, str) or not title.strip():
+        raise ConfigurationError("TaskAdmin title must be a non-empty string")

@@ -1,0 +1,113 @@
+"""Metrics views: the JSON the dashboard draws and the Prometheus text format.
+
+Everything comes from counters the store keeps as tasks change, never from a scan. The
+throughput series samples the success and failure counters at most every ``bucket`` seconds
+when someone asks (the API or a connected dashboard), so it costs nothing per task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..models import TaskStatus
+
+if TYPE_CHECKING:
+    from ..manager import TaskManager
+    from ..store import DurationHistogram
+
+PROMETHEUS_HINT = (
+    "the Prometheus endpoint needs prometheus-client: pip install 'fastapi-taskflow[metrics]'"
+)
+
+
+class ThroughputSeries:
+    """Samples of (unix time, succeeded so far, failed so far), newest last."""
+
+    def __init__(self, bucket: float = 5.0, points: int = 180) -> None:
+        self.bucket = bucket
+        self.samples: deque[tuple[float, int, int]] = deque(maxlen=points)
+
+    def sample(self, counts: dict[str, Any], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self.samples and now - self.samples[-1][0] < self.bucket:
+            return
+        self.samples.append((round(now, 3), int(counts["success"]), int(counts["failed"])))
+
+
+def histogram_buckets(histogram: DurationHistogram) -> list[list[float]]:
+    """Non-empty buckets as ``[upper bound in seconds, count]``."""
+    bounds = histogram._BOUNDS
+    out: list[list[float]] = []
+    for index, count in enumerate(histogram.counts):
+        if count:
+            upper = bounds[index] if index < len(bounds) else float("inf")
+            out.append([round(upper, 6) if upper != float("inf") else -1, count])
+    return out
+
+
+def dashboard_metrics(manager: TaskManager, series: ThroughputSeries) -> dict[str, Any]:
+    """``manager.metrics()`` plus the throughput samples and the duration histogram."""
+    data = manager.metrics()
+    series.sample(data)
+    data["throughput"] = [list(s) for s in series.samples]
+    data["duration_histogram"] = histogram_buckets(manager.store.durations)
+    return data
+
+
+def prometheus_text(manager: TaskManager, namespace: str = "taskflow") -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format and its content type; ImportError without the
+    optional dependency."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    class _Collector:
+        def collect(self) -> Any:
+            counts = manager.store.counts()
+            tasks = GaugeMetricFamily(
+                f"{namespace}_tasks", "Tasks known to this instance, by status", labels=["status"]
+            )
+            for status in TaskStatus:
+                tasks.add_metric([status.value], counts[status])
+            yield tasks
+            per_queue = GaugeMetricFamily(
+                f"{namespace}_queue_tasks", "Tasks by queue and status", labels=["queue", "status"]
+            )
+            running = GaugeMetricFamily(
+                f"{namespace}_queue_running", "Tasks running now, by queue", labels=["queue"]
+            )
+            waiting = GaugeMetricFamily(
+                f"{namespace}_queue_waiting", "Tasks waiting for a slot, by queue",
+                labels=["queue"],
+            )
+            for name, stats in manager.queue_stats().items():
+                for status, count in stats["counts"].items():
+                    per_queue.add_metric([name, status], count)
+                running.add_metric([name], stats["running"])
+                waiting.add_metric([name], stats["waiting"])
+            yield per_queue
+            yield running
+            yield waiting
+            yield _histogram(manager.store.durations, HistogramMetricFamily, namespace)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _histogram(histogram: DurationHistogram, family: Any, namespace: str) -> Any:
+    buckets: list[tuple[str, float]] = []
+    seen = 0
+    bounds = histogram._BOUNDS
+    # Every 4th log-scale bound keeps the exposition short (~20 buckets, 1 ms to ~27 h).
+    for index, count in enumerate(histogram.counts[: len(bounds)]):
+        seen += count
+        if index % 4 == 0:
+            buckets.append((repr(round(bounds[index], 6)), seen))
+    buckets.append(("+Inf", histogram.total))
+    return family(
+        f"{namespace}_task_duration_seconds", "Duration of finished tasks",
+        buckets=buckets, sum_value=histogram.sum,
+    )

@@ -1,0 +1,261 @@
+"""Live updates over Server-Sent Events, as deltas.
+
+One store listener for the whole admin. It only notes the id of a changed task in a set (under a
+lock: changes come from worker threads too); with no client connected it returns at once. While
+clients are connected, a ticker on the event loop swaps the set out every ``tick`` seconds and
+sends each dashboard the changed tasks' rows (serialized once, shared by every client) and the
+counters; a client following one task gets that task's status and progress. A client that falls
+behind gets a ``reset`` event and reloads its page instead of an ever-growing backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..models import TaskRecord
+
+if TYPE_CHECKING:
+    from ..manager import TaskManager
+
+ROW_ERROR_CHARS = 300
+MAX_ROWS_PER_TICK = 200
+FINAL_GRACE_TICKS = 1
+
+_SENTINEL = b""
+
+
+def row(record: TaskRecord) -> dict[str, Any]:
+    """What a table row needs: no arguments, logs or stack trace; the error cut short."""
+    error = record.error
+    if error is not None and len(error) > ROW_ERROR_CHARS:
+        error = error[:ROW_ERROR_CHARS] + "…"
+    return {
+        "task_id": record.task_id,
+        "func_name": record.func_name,
+        "status": record.status.value,
+        "queue": record.queue,
+        "executor": record.executor,
+        "created_at": _iso(record.created_at),
+        "start_time": _iso(record.start_time),
+        "end_time": _iso(record.end_time),
+        "duration": record.duration,
+        "retries_used": record.retries_used,
+        "progress": record.progress,
+        "progress_message": record.progress_message,
+        "tags": dict(record.tags),
+        "error": error,
+        "priority": record.priority,
+        "source": record.source,
+    }
+
+
+def progress_view(record: TaskRecord) -> dict[str, Any]:
+    """What ``/{id}/events`` tells an app's own front end (no error text, logs or args)."""
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "progress": record.progress,
+        "progress_message": record.progress_message,
+        "retries_used": record.retries_used,
+        "created_at": _iso(record.created_at),
+        "start_time": _iso(record.start_time),
+        "end_time": _iso(record.end_time),
+        "duration": record.duration,
+        "finished": record.status.finished,
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def event(name: str, data: Any) -> bytes:
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {name}\ndata: {body}\n\n".encode()
+
+
+class _Client:
+    __slots__ = ("queue", "task_id")
+
+    def __init__(self, task_id: str | None, size: int) -> None:
+        self.task_id = task_id
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+
+    def offer(self, payload: bytes) -> None:
+        try:
+            self.queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            # Behind by `size` ticks: drop the backlog, ask for a reload.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(event("reset", {"reason": "client too slow"}))
+
+
+class StreamHub:
+    """Fan-out of coalesced task changes to SSE clients."""
+
+    def __init__(
+        self,
+        manager: TaskManager,
+        *,
+        tick: float = 0.2,
+        heartbeat: float = 15.0,
+        metrics: Callable[[], dict[str, Any]] | None = None,
+        client_queue: int = 256,
+    ) -> None:
+        self.manager = manager
+        self.tick = tick
+        self.heartbeat = heartbeat
+        self.metrics = metrics or manager.metrics
+        self.client_queue = client_queue
+        self._changed: set[str] = set()
+        self._lock = threading.Lock()
+        self._clients: set[_Client] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.bytes_sent = 0
+        manager.store.add_listener(self._on_change)
+
+    # ---- the listener (any thread, every change) --------------------------------------------
+
+    def _on_change(self, record: TaskRecord) -> None:
+        if not self._clients:
+            return
+        with self._lock:
+            self._changed.add(record.task_id)
+
+    # ---- clients --------------------------------------------------------------------------
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def subscribe(self, task_id: str | None = None) -> _Client:
+        client = _Client(task_id, self.client_queue)
+        self._clients.add(client)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._run())
+        return client
+
+    def unsubscribe(self, client: _Client) -> None:
+        self._clients.discard(client)
+        if not self._clients:
+            with self._lock:
+                self._changed.clear()
+
+    async def close(self) -> None:
+        """End every stream (app shutdown)."""
+        self._closed = True
+        for client in list(self._clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(_SENTINEL)
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def stream(self, client: _Client, first: list[bytes]) -> AsyncIterator[bytes]:
+        """The body of one SSE response: ``first`` events, then deltas and heartbeats."""
+        try:
+            yield b"retry: 3000\n\n"
+            for payload in first:
+                self.bytes_sent += len(payload)
+                yield payload
+            while not self._closed:
+                try:
+                    payload = await asyncio.wait_for(client.queue.get(), self.heartbeat)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if not payload:
+                    return
+                self.bytes_sent += len(payload)
+                yield payload
+        finally:
+            self.unsubscribe(client)
+
+    # ---- the ticker -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        last_metrics = 0.0
+        while self._clients and not self._closed:
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            send_metrics = now - last_metrics >= 1.0
+            if self.flush(send_metrics):
+                last_metrics = now if send_metrics else last_metrics
+
+    def flush(self, with_metrics: bool = True) -> bool:
+        """Send what changed since the last flush; True when something was sent."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        if not changed or not self._clients:
+            return False
+        store = self.manager.store
+        records = [r for tid in changed if (r := store.get(tid)) is not None]
+        dashboards = [c for c in self._clients if c.task_id is None]
+        if dashboards:
+            records.sort(key=lambda r: r.created_at, reverse=True)
+            data: dict[str, Any] = {
+                "tasks": [row(r) for r in records[:MAX_ROWS_PER_TICK]],
+                "overflow": len(records) > MAX_ROWS_PER_TICK,
+            }
+            if with_metrics:
+                data["metrics"] = self.metrics()
+            payload = event("delta", data)
+            for client in dashboards:
+                client.offer(payload)
+        for client in self._clients:
+            if client.task_id is not None and client.task_id in changed:
+                record = store.get(client.task_id)
+                if record is not None:
+                    client.offer(event("task", progress_view(record)))
+                    if record.status.finished:
+                        client.offer(_SENTINEL)
+        return True
+
+
+def stream_router(
+    hub: StreamHub, manager: TaskManager, path: str, dependencies: list[Any]
+) -> Any:
+    """``GET {path}/dashboard/stream`` and ``GET {path}/{task_id}/events``."""
+    from fastapi import APIRouter, HTTPException
+    from fastapi.responses import StreamingResponse
+
+    router = APIRouter(prefix=path, tags=["tasks"], dependencies=dependencies)
+
+    def respond(body: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(body, media_type="text/event-stream", headers={
+            "Cache-Control": "no-store", "X-Accel-Buffering": "no",
+        })
+
+    @router.get("/dashboard/stream", summary="Live task changes for the dashboard (SSE)")
+    async def dashboard_stream() -> StreamingResponse:
+        client = hub.subscribe()
+        hello = event("hello", {"metrics": hub.metrics(), "tick": hub.tick})
+        return respond(hub.stream(client, [hello]))
+
+    @router.get("/{task_id}/events", summary="One task's status and progress (SSE)")
+    async def task_events(task_id: str) -> StreamingResponse:
+        record = await manager.get_record(task_id)
+        if record is None:
+            raise HTTPException(status_code=404, detail="Task not found")
+        first = event("task", progress_view(record))
+        if record.status.finished:
+            async def once() -> AsyncIterator[bytes]:
+                yield first
+
+            return respond(once())
+        client = hub.subscribe(task_id)
+        # It may have finished between the read above and subscribing: look once more.
+        hub._on_change(record)
+        return respond(hub.stream(client, [first]))
+
+    return router

@@ -1,0 +1,583 @@
+"""Schedules: periodic tasks (``every=`` seconds or ``cron=``) and one-off runs.
+
+Every firing goes through the manager's one enqueue path with ``source="scheduled"``.
+
+* Timers, not polling: each schedule has one asyncio timer, armed for its next slot.
+* Slots: ``every=`` slots are multiples of the interval since the Unix epoch (so instances agree
+  on them without talking); ``cron=`` slots come from croniter in the schedule's time zone.
+* With a shared backend, the instance that takes the lock ``schedule:{name}:{slot}`` fires the
+  slot; the others skip it. Exactly one firing per slot.
+* A failed firing (queue full, backend down) is logged and counted (``failures``); the schedule
+  goes on. A task that raises is its own FAILED record and never touches the scheduler.
+* ``catch_up=True``: at startup, the latest slot missed while the app was down fires once (the
+  last fired slot is kept in backend meta), never once per missed slot.
+* One-off runs (``schedule_once``) live in memory and, with a backend, in a small JSON index in
+  backend meta, so they survive restarts. See docs/task-control.md for the limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .dispatch.enqueue import check_call_options
+from .registry import ScheduleDefinition, TaskDefinition, TaskOptions
+from .serialization import decode_call, encode_call
+
+if TYPE_CHECKING:
+    from .backends.base import TaskBackend
+    from .crypto import ArgumentCipher
+    from .manager import TaskManager
+    from .registry import TaskRegistry
+
+logger = logging.getLogger("fastapi_taskflow.scheduling")
+
+F = TypeVar("F", bound=Callable[..., Any])
+CRON_INSTALL = "pip install 'fastapi-taskflow[scheduler]'"
+STARTUP_LOCK_TTL = 30.0  # instances starting within this window share one run_on_startup run
+ONCE_INDEX_KEY = "schedule:once"
+ONCE_LOCK_TTL = 86_400.0
+ONCE_RETRY = 5.0  # seconds before a one-off whose lock could not be taken is tried again
+
+
+# ---- declaring ---------------------------------------------------------------------------------
+
+
+def make_schedule_decorator(
+    registry: TaskRegistry,
+    every: float | None = None,
+    cron: str | None = None,
+    retries: int = 0,
+    delay: float = 0.0,
+    backoff: float = 1.0,
+    name: str | None = None,
+    run_on_startup: bool = False,
+    timezone: str = "UTC",
+    queue: str | None = None,
+    executor: str | None = None,
+    catch_up: bool = False,
+) -> Callable[[F], F]:
+    """``@schedule(...)``: register the function as a task plus a periodic schedule for it.
+
+    Everything is validated here, at decoration time, with a message naming the bad option.
+    """
+    _check_trigger(every, cron, timezone)
+    for flag, value in (("run_on_startup", run_on_startup), ("catch_up", catch_up)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    options = TaskOptions(
+        retries=retries, delay=delay, backoff=backoff, name=name, queue=queue, executor=executor
+    )
+
+    def decorate(func: F) -> F:
+        definition = registry.register(func, options)
+        registry.add_schedule(
+            ScheduleDefinition(
+                task=definition,
+                every=float(every) if every is not None else None,
+                cron=cron,
+                run_on_startup=run_on_startup,
+                timezone=timezone,
+                catch_up=catch_up,
+            )
+        )
+        return func
+
+    return decorate
+
+
+def _check_trigger(every: Any, cron: Any, timezone: Any) -> None:
+    if (every is None) == (cron is None):
+        raise ValueError("a schedule needs exactly one of every= (seconds) or cron=")
+    zone = load_zone(timezone)
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, int | float):
+            raise ValueError(f"every must be a number of seconds, got {every!r}")
+        if not math.isfinite(every) or every <= 0:
+            raise ValueError(f"every must be > 0 seconds, got {every!r}")
+    else:
+        CronTrigger(cron, zone)
+
+
+def load_zone(timezone: Any) -> ZoneInfo:
+    """The ``ZoneInfo`` for an IANA name; ``ValueError`` naming ``timezone`` otherwise."""
+    if not isinstance(timezone, str) or not timezone:
+        raise ValueError(f"timezone must be an IANA time zone name, got {timezone!r}")
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"timezone {timezone!r} is not a known IANA time zone (e.g. 'UTC', 'Europe/Paris')"
+        ) from None
+
+
+def _croniter() -> Any:
+    try:
+        from croniter import croniter
+    except ImportError:
+        raise ImportError(f"cron= schedules need croniter: {CRON_INSTALL}") from None
+    return croniter
+
+
+# ---- triggers: when slots fall -----------------------------------------------------------------
+
+
+class Trigger(Protocol):
+    def first_after(self, now: float) -> float: ...
+
+    def after(self, slot: float) -> float: ...
+
+    def latest(self, now: float) -> float: ...
+
+
+class EveryTrigger:
+    """Slots at whole multiples of ``interval`` seconds since the epoch."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def first_after(self, now: float) -> float:
+        slot = (math.floor(now / self.interval) + 1) * self.interval
+        return slot if slot > now else slot + self.interval
+
+    def after(self, slot: float) -> float:
+        # round(): a slot is k * interval; float division must not land on k - 1.
+        return (round(slot / self.interval) + 1) * self.interval
+
+    def latest(self, now: float) -> float:
+        return math.floor(now / self.interval) * self.interval
+
+
+class CronTrigger:
+    """Slots of a cron expression, evaluated in a time zone (DST handled by croniter)."""
+
+    def __init__(self, expression: Any, zone: ZoneInfo) -> None:
+        self._croniter = _croniter()
+        if not isinstance(expression, str) or not self._croniter.is_valid(expression):
+            raise ValueError(f"cron must be a valid cron expression, got {expression!r}")
+        self.expression = expression
+        self.zone = zone
+
+    def _at(self, when: float) -> Any:
+        return self._croniter(self.expression, datetime.fromtimestamp(when, self.zone))
+
+    def first_after(self, now: float) -> float:
+        return float(self._at(now).get_next(datetime).timestamp())
+
+    def after(self, slot: float) -> float:
+        return self.first_after(slot)
+
+    def latest(self, now: float) -> float:
+        return float(self._at(now).get_prev(datetime).timestamp())
+
+
+def make_trigger(schedule: ScheduleDefinition) -> Trigger:
+    if schedule.every is not None:
+        return EveryTrigger(schedule.every)
+    return CronTrigger(schedule.cron, load_zone(schedule.timezone))
+
+
+def slot_label(slot: float) -> str:
+    return datetime.fromtimestamp(slot, UTC).isoformat(timespec="microseconds")
+
+
+# ---- state -------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Periodic:
+    """One ``@schedule`` while the manager runs."""
+
+    schedule: ScheduleDefinition
+    trigger: Trigger
+    timer: asyncio.TimerHandle | None = None
+    fired: int = 0
+    failures: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.schedule.task.name
+
+    @property
+    def lock_ttl(self) -> float:
+        interval = self.schedule.every if self.schedule.every is not None else 3600.0
+        return max(60.0, min(2 * interval, 86_400.0))
+
+
+@dataclass(eq=False)
+class OnceRun:
+    """One ``schedule_once`` call waiting for its time."""
+
+    run_key: str
+    definition: TaskDefinition
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    run_at: float
+    tags: dict[str, str] = field(default_factory=dict)
+    priority: int | None = None
+    queue: str | None = None
+    idempotency_key: str | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def describe(self) -> dict[str, Any]:
+        fields = {"tags": self.tags, "priority": self.priority, "queue": self.queue,
+                  "idempotency_key": self.idempotency_key}
+        return _describe(self.run_key, self.definition.name, self.run_at, fields)
+
+    def to_json(self, cipher: ArgumentCipher | None) -> dict[str, Any]:
+        payload = encode_call(self.args, self.kwargs)
+        if cipher is not None:
+            payload = cipher.encrypt(payload)
+        return {
+            "func_name": self.definition.name,
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "encrypted": cipher is not None,
+            "run_at": self.run_at,
+            "tags": self.tags,
+            "priority": self.priority,
+            "queue": self.queue,
+            "idempotency_key": self.idempotency_key,
+        }
+
+    @classmethod
+    def from_json(
+        cls, run_key: str, data: dict[str, Any], definition: TaskDefinition,
+        cipher: ArgumentCipher | None,
+    ) -> OnceRun:
+        payload = base64.b64decode(data["payload"])
+        if data.get("encrypted"):
+            if cipher is None:
+                raise ValueError("its arguments are encrypted and no key is configured")
+            payload = cipher.decrypt(payload)
+        args, kwargs = decode_call(payload)
+        return cls(
+            run_key=run_key, definition=definition, args=args, kwargs=kwargs,
+            run_at=float(data["run_at"]), tags=dict(data.get("tags") or {}),
+            priority=data.get("priority"), queue=data.get("queue"),
+            idempotency_key=data.get("idempotency_key"),
+        )
+
+
+def _describe(run_key: str, func_name: str, run_at: float, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_key": run_key,
+        "func_name": func_name,
+        "run_at": datetime.fromtimestamp(run_at, UTC).isoformat(),
+        "tags": dict(data.get("tags") or {}),
+        "priority": data.get("priority"),
+        "queue": data.get("queue"),
+        "idempotency_key": data.get("idempotency_key"),
+    }
+
+
+def _timestamp(run_at: Any, clock: Callable[[], float]) -> float:
+    if isinstance(run_at, timedelta):
+        return clock() + run_at.total_seconds()
+    if isinstance(run_at, datetime):
+        # A naive datetime is taken as UTC (documented), never as the server's local time.
+        return (run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)).timestamp()
+    raise ValueError(f"run_at must be a datetime or a timedelta, got {run_at!r}")
+
+
+# ---- the scheduler -----------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Fires a manager's schedules and one-off runs; started and stopped by the manager.
+
+    ``clock`` (wall-clock seconds since the epoch) decides slots; replace it in tests.
+    """
+
+    def __init__(self, manager: TaskManager, clock: Callable[[], float] = time.time) -> None:
+        self.manager = manager
+        self.clock = clock
+        self.fired = 0
+        self.failures = 0
+        self._periodic: list[Periodic] = []
+        self._once: dict[str, OnceRun] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+
+    @property
+    def backend(self) -> TaskBackend | None:
+        return self.manager.backend if self._running else None
+
+    async def start(self) -> None:
+        """Fire startup and catch-up runs, arm every timer, load saved one-off runs."""
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._periodic = [Periodic(s, make_trigger(s)) for s in self.manager.registry.schedules]
+        for state in self._periodic:
+            await self._begin(state)
+        await self._load_once()
+
+    async def stop(self) -> None:
+        """Disarm every timer and let firings in flight finish (briefly)."""
+        self._running = False
+        for state in self._periodic:
+            if state.timer is not None:
+                state.timer.cancel()
+        for run in self._once.values():
+            if run.timer is not None:
+                run.timer.cancel()
+                run.timer = None
+        if self._inflight:
+            _, late = await asyncio.wait(self._inflight, timeout=5.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each periodic schedule with its counters (for the API and the dashboard)."""
+        return [
+            {"name": s.name, "every": s.schedule.every, "cron": s.schedule.cron,
+             "timezone": s.schedule.timezone, "fired": s.fired, "failures": s.failures}
+            for s in self._periodic
+        ]
+
+    # ---- periodic ------------------------------------------------------------------------------
+
+    async def _begin(self, state: Periodic) -> None:
+        now = self.clock()
+        if state.schedule.run_on_startup:
+            await self._fire(state, now, f"schedule:{state.name}:startup", STARTUP_LOCK_TTL)
+        elif state.schedule.catch_up:
+            missed = await self._missed(state, now)
+            if missed is not None:
+                await self._fire_slot(state, missed)
+        self._arm(state, state.trigger.first_after(now))
+
+    def _arm(self, state: Periodic, slot: float) -> None:
+        assert self._loop is not None
+        delay = max(0.0, slot - self.clock())
+        state.timer = self._loop.call_later(delay, self._due, state, slot)
+
+    def _due(self, state: Periodic, slot: float) -> None:
+        if not self._running:
+            return
+        self._spawn(self._fire_slot(state, slot))
+        following = state.trigger.after(slot)
+        now = self.clock()
+        if following <= now:  # the loop was blocked past a slot: skip ahead, never burst
+            following = state.trigger.first_after(now)
+        self._arm(state, following)
+
+    async def _fire_slot(self, state: Periodic, slot: float) -> None:
+        await self._fire(state, slot, f"schedule:{state.name}:{slot_label(slot)}", state.lock_ttl)
+
+    async def _fire(self, state: Periodic, slot: float, lock: str, ttl: float) -> None:
+        label = slot_label(slot)
+        try:
+            if not await self._acquire(lock, ttl):
+                return  # another instance fires this slot
+            self.manager.enqueue_definition(
+                state.schedule.task, (), {}, source="scheduled",
+                tags={"schedule": state.name, "slot": label},
+            )
+        except Exception:  # queue full, backend down, bad arguments: the schedule goes on
+            state.failures += 1
+            self._failed(f"schedule {state.name!r}, slot {label}")
+            return
+        state.fired += 1
+        self.fired += 1
+        if state.schedule.catch_up:
+            await self._remember(state, slot)
+
+    async def _missed(self, state: Periodic, now: float) -> float | None:
+        """The latest slot before ``now`` if it was never fired (needs a backend)."""
+        backend = self.backend
+        if backend is None:
+            logger.warning("schedule %r: catch_up needs a backend to remember fired slots",
+                           state.name)
+            return None
+        try:
+            last = await backend.get_meta(f"schedule:{state.name}:last")
+        except Exception:
+            self._failed(f"reading the last slot of schedule {state.name!r}")
+            return None
+        latest = state.trigger.latest(now)
+        if last is None or float(last) >= latest - 1e-6:
+            return None  # never ran before (nothing missed), or nothing missed
+        return latest
+
+    async def _remember(self, state: Periodic, slot: float) -> None:
+        if self.backend is None:
+            return
+        try:
+            await self.backend.set_meta(f"schedule:{state.name}:last", repr(slot))
+        except Exception:
+            self._failed(f"saving the last slot of schedule {state.name!r}")
+
+    # ---- one-off runs --------------------------------------------------------------------------
+
+    async def schedule_once(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+        run_at: datetime | timedelta, run_key: str | None, tags: dict[str, str] | None,
+        priority: int | None, queue: str | None, idempotency_key: str | None,
+    ) -> str:
+        """Keep a one-off run (and save it when a backend exists); returns its run key.
+
+        A run key that is already waiting is returned unchanged (scheduling is idempotent).
+        """
+        clean_tags = check_call_options(
+            idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
+        )
+        if run_key is not None and (not isinstance(run_key, str) or not run_key):
+            raise ValueError(f"run_key must be a non-empty string or None, got {run_key!r}")
+        when = _timestamp(run_at, self.clock)
+        key = run_key or uuid.uuid4().hex
+        if key in self._once:
+            return key
+        definition = self.manager.registry.definition_for(func)
+        run = OnceRun(key, definition, tuple(args), dict(kwargs), when, clean_tags, priority,
+                      queue, idempotency_key)
+        self._once[key] = run
+        if self._running:
+            self._arm_once(run, when)
+            await self._update_index(puts=[run])
+        return key
+
+    async def cancel_once(self, run_key: str) -> bool:
+        run = self._once.pop(run_key, None)
+        if run is not None and run.timer is not None:
+            run.timer.cancel()
+        saved = await self._read_index() if self.backend is not None else {}
+        if run_key in saved:
+            await self._update_index(removes=[run_key])
+        return run is not None or run_key in saved
+
+    async def list_once(self, before: datetime | None = None) -> list[dict[str, Any]]:
+        runs = {key: run.describe() for key, run in self._once.items()}
+        for key, data in (await self._read_index()).items():
+            if key not in runs:  # saved by another instance
+                runs[key] = _describe(key, str(data.get("func_name")),
+                                      float(data.get("run_at", 0)), data)
+        limit = _timestamp(before, self.clock) if before is not None else math.inf
+        found = [r for r in runs.values() if datetime.fromisoformat(r["run_at"]).timestamp()
+                 < limit]
+        return sorted(found, key=lambda r: str(r["run_at"]))
+
+    def _arm_once(self, run: OnceRun, when: float) -> None:
+        assert self._loop is not None
+        delay = max(0.0, when - self.clock())
+        run.timer = self._loop.call_later(delay, self._spawn_once, run)
+
+    def _spawn_once(self, run: OnceRun) -> None:
+        if self._running:
+            self._spawn(self._fire_once(run))
+
+    async def _fire_once(self, run: OnceRun) -> None:
+        key = run.run_key
+        if self._once.get(key) is not run:
+            return  # cancelled meanwhile
+        try:
+            mine = await self._still_saved(key) and await self._acquire(
+                f"schedule:once:{key}", ONCE_LOCK_TTL
+            )
+        except Exception:
+            self._failed(f"one-off run {key!r} (tried again in {ONCE_RETRY:g}s)")
+            self._arm_once(run, self.clock() + ONCE_RETRY)
+            return
+        del self._once[key]
+        if mine:
+            self._enqueue_once(run)
+        await self._update_index(removes=[key])
+
+    def _enqueue_once(self, run: OnceRun) -> None:
+        try:
+            self.manager.enqueue_definition(
+                run.definition, run.args, run.kwargs, source="scheduled", tags=run.tags,
+                priority=run.priority, queue=run.queue, idempotency_key=run.idempotency_key,
+            )
+            self.fired += 1
+        except Exception:  # e.g. QueueFullError: the REJECTED record says so too
+            self._failed(f"one-off run {run.run_key!r}")
+
+    async def _still_saved(self, key: str) -> bool:
+        """False when another instance cancelled (or already fired) a run loaded from the index."""
+        if self.backend is None:
+            return True
+        return key in await self._read_index(strict=True)
+
+    async def _load_once(self) -> None:
+        saved = await self._read_index()
+        for key, data in saved.items():
+            if key not in self._once:
+                run = self._restore(key, data)
+                if run is not None:
+                    self._once[key] = run
+        fresh = [run for key, run in self._once.items() if key not in saved]
+        for run in self._once.values():
+            self._arm_once(run, run.run_at)
+        if fresh:
+            await self._update_index(puts=fresh)
+
+    def _restore(self, key: str, data: Any) -> OnceRun | None:
+        try:
+            definition = self.manager.registry.get(str(data["func_name"]))
+            return OnceRun.from_json(key, data, definition, self.manager.cipher)
+        except Exception as exc:
+            logger.warning("saved one-off run %r cannot be restored: %s", key, exc)
+            return None
+
+    # ---- the one-off index in backend meta -----------------------------------------------------
+
+    async def _read_index(self, *, strict: bool = False) -> dict[str, Any]:
+        backend = self.backend
+        if backend is None:
+            return {}
+        try:
+            raw = await backend.get_meta(ONCE_INDEX_KEY)
+            data = json.loads(raw) if raw else {}
+        except Exception:
+            if strict:
+                raise
+            self._failed("reading the saved one-off runs")
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def _update_index(
+        self, *, puts: Sequence[OnceRun] = (), removes: Sequence[str] = ()
+    ) -> None:
+        backend = self.backend
+        if backend is None:
+            return
+        try:
+            index = await self._read_index(strict=True)
+            for run in puts:
+                index[run.run_key] = run.to_json(self.manager.cipher)
+            for key in removes:
+                index.pop(key, None)
+            await backend.set_meta(ONCE_INDEX_KEY, json.dumps(index, separators=(",", ":")))
+        except Exception:
+            self._failed("saving the one-off runs")
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    async def _acquire(self, lock: str, ttl: float) -> bool:
+        """Take a slot's lock when instances share the backend; alone, every slot is ours."""
+        backend = self.backend
+        if backend is None or not backend.shared:
+            return True
+        return await backend.acquire_lock(lock, self.manager.instance_id, ttl)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(work, name="taskflow-schedule")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _failed(self, what: str) -> None:
+        self.failures += 1
+        logger.warning("scheduled firing failed: %s; the schedule goes on", what, exc_info=True)

@@ -1,0 +1,118 @@
+"""Live updates: deltas coalesced per tick, per-task event streams, no cost without clients."""
+
+from __future__ import annotations
+
+import asyncio
+
+import admin_jobs as jobs
+
+from fastapi_taskflow.admin.sse import _Client
+
+
+async def test_dashboard_stream_sends_hello_then_new_tasks(env, open_sse):
+    """The stream greets with metrics, then sends a new task as a row delta."""
+    async with open_sse(env.asgi, "/tasks/dashboard/stream") as (status, stream):
+        assert status == 200
+        name, hello = await stream.next()
+        assert name == "hello"
+        assert "total" in hello["metrics"]
+        task_id = env.add(jobs.log_and_fail, "secret log line")
+        data = await stream.until(
+            lambda n, d: n == "delta"
+            and any(t["task_id"] == task_id and t["status"] == "failed" for t in d["tasks"])
+        )
+        row = next(t for t in data["tasks"] if t["task_id"] == task_id)
+        assert "logs" not in row
+        assert "args" not in row
+        assert "stacktrace" not in row
+
+
+async def test_changes_are_coalesced_per_tick(env, open_sse):
+    """A burst of tasks arrives in a few deltas, each task once per delta, not one per change."""
+    env.admin.hub.tick = 0.05
+    async with open_sse(env.asgi, "/tasks/dashboard/stream") as (_, stream):
+        await stream.next()
+        ids = {env.add(jobs.succeed, i) for i in range(100)}
+        await env.manager.join(timeout=5)
+        seen: set[str] = set()
+        deltas = 0
+        while seen != ids:
+            name, data = await stream.next()
+            if name == "delta":
+                deltas += 1
+                tasks = [t["task_id"] for t in data["tasks"]]
+                assert len(tasks) == len(set(tasks))
+                seen |= {t for t, s in ((t["task_id"], t["status"]) for t in data["tasks"])
+                         if s == "success"}
+        assert deltas < 100
+
+
+async def test_listener_is_idle_without_clients(env):
+    """With nobody connected, changes are not even collected."""
+    env.add(jobs.succeed)
+    await env.manager.join(timeout=5)
+    assert env.admin.hub._changed == set()
+    assert env.admin.hub.client_count == 0
+
+
+async def test_unknown_task_events_is_404(env, open_sse):
+    """/{id}/events for an unknown task is a JSON 404."""
+    async with open_sse(env.asgi, "/tasks/nope/events") as (status, stream):
+        assert status == 404
+        assert await stream.next() is None
+
+
+async def test_task_events_follow_progress_to_the_end(env, open_sse):
+    """/{id}/events reports status and progress, then ends when the task finishes."""
+    gate = asyncio.Event()
+    task_id = env.add(jobs.stepped, gate)
+    async with open_sse(env.asgi, f"/tasks/{task_id}/events") as (status, stream):
+        assert status == 200
+        first = await stream.until(lambda n, d: n == "task")
+        assert first["task_id"] == task_id
+        assert "error" not in first
+        assert "logs" not in first
+        await stream.until(lambda n, d: d["progress"] is not None and d["status"] == "running")
+        gate.set()
+        final = await stream.until(lambda n, d: d["finished"])
+        assert final["status"] == "success"
+        assert final["progress"] == 1.0
+        assert await stream.next() is None
+
+
+async def test_finished_task_events_send_once(env, open_sse):
+    """A finished task's event stream sends its final state and closes."""
+    task_id = env.add(jobs.succeed)
+    await env.manager.join(timeout=5)
+    async with open_sse(env.asgi, f"/tasks/{task_id}/events") as (_, stream):
+        name, data = await stream.next()
+        assert (name, data["status"]) == ("task", "success")
+        assert await stream.next() is None
+
+
+async def test_shutdown_closes_streams(env, open_sse):
+    """Closing the admin's streams ends open SSE responses."""
+    async with open_sse(env.asgi, "/tasks/dashboard/stream") as (_, stream):
+        await stream.next()
+        await env.admin.close_streams()
+        assert await stream.next() is None
+
+
+def test_slow_client_gets_a_reset():
+    """A client whose queue is full is told to reload instead of growing a backlog."""
+    client = _Client(None, size=2)
+    for _ in range(5):
+        client.offer(b"event: delta\ndata: {}\n\n")
+    assert client.queue.qsize() == 1
+    assert client.queue.get_nowait().startswith(b"event: reset")
+
+
+async def test_overflow_flag_for_huge_ticks(env, open_sse):
+    """More changed tasks than a tick carries sets overflow so the page reloads."""
+    async with open_sse(env.asgi, "/tasks/dashboard/stream") as (_, stream):
+        await stream.next()
+        for i in range(250):
+            env.add(jobs.succeed, i)
+        data = await stream.until(lambda n, d: n == "delta" and d["overflow"])
+        assert len(data["tasks"]) == 200
+        await env.manager.join(timeout=5)

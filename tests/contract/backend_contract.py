@@ -1,0 +1,480 @@
+"""The backend contract: every rule a backend keeps, as tests.
+
+Not collected by itself (no ``Test`` prefix): a subclass provides the ``backend`` fixture and
+pytest runs every test below on it. ``test_backend_contract.py`` does that for the built-in
+backends; to check your own, copy this file (it needs only pytest, pytest-asyncio and
+fastapi_taskflow) and subclass ``BackendContract``: see tests/contract/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+
+from fastapi_taskflow.backends.base import JournalEntry, RecordQuery, TaskBackend
+from fastapi_taskflow.models import TaskRecord, TaskStatus
+
+T = TypeVar("T")
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+GARBAGE = "{not json"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def make_record(task_id: str, created: float = 0.0, **fields: Any) -> TaskRecord:
+    """A record created ``created`` seconds after T0; finished ones get an end time."""
+    status = fields.pop("status", TaskStatus.SUCCESS)
+    if status.finished and "end_time" not in fields:
+        fields["end_time"] = at(created + 1)
+    return TaskRecord(
+        task_id=task_id,
+        func_name=fields.pop("func_name", "app.jobs:work"),
+        status=status,
+        created_at=at(created),
+        **fields,
+    )
+
+
+def make_entry(task_id: str, **fields: Any) -> JournalEntry:
+    return JournalEntry(task_id=task_id, func_name="app.jobs:work", payload=b"{}", **fields)
+
+
+async def eventually(check: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(0.02)
+
+
+async def all_pages(backend: TaskBackend, **filters: Any) -> list[str]:
+    """Every task id the query yields, following cursors to the end."""
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await backend.query_records(RecordQuery(cursor=cursor, **filters))
+        ids += [r.task_id for r in page.records]
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+class BackendContract:
+    """Every rule a backend keeps. Subclass it and provide the ``backend`` fixture."""
+
+    @pytest.fixture
+    async def backend(self) -> TaskBackend:
+        """An opened backend with no data, closed after the test. Override it (yield it)."""
+        raise NotImplementedError("provide a `backend` fixture in your BackendContract subclass")
+
+    @pytest.fixture
+    async def peer(self, backend: TaskBackend) -> TaskBackend:
+        """A second backend object on the same data (another connection). Default: the same."""
+        return backend
+
+    async def write_corrupt_record(
+        self, backend: TaskBackend, task_id: str, created_at: float
+    ) -> None:
+        """Store an unreadable record. Default: through the primitive; override to go lower."""
+        row = {
+            "task_id": task_id,
+            "func_name": "x",
+            "status": "success",
+            "queue": "default",
+            "created_at": created_at,
+            "end_time": None,
+            "error": None,
+            "data": GARBAGE,
+        }
+        await backend._write_rows([row])
+
+    # ---- records ---------------------------------------------------------------------------
+
+    async def test_round_trip_keeps_argument_types(self, backend: TaskBackend) -> None:
+        """A saved record comes back with the same argument types and every field intact."""
+        args = (at(0), (1, "two"), b"\x00\xff", Decimal("1.10"), uuid.UUID(int=7), {1: "a"})
+        kwargs = {"day": date(2025, 2, 3), "nested": {(1, 2): [Decimal("3")]}}
+        record = make_record(
+            "t1",
+            args=args,
+            kwargs=kwargs,
+            tags={"tenant": "acme"},
+            priority=3,
+            queue="mail",
+            error="boom",
+            logs=["a", "b"],
+            start_time=at(0.5),
+            retries_used=2,
+            progress=0.5,
+            progress_message="half",
+            idempotency_key="k1",
+            requeue_count=1,
+        )
+        await backend.save_records([record])
+        got = await backend.get_record("t1")
+        assert got is not None
+        assert got.args == args
+        assert [type(a) for a in got.args] == [type(a) for a in args]
+        assert got.kwargs == kwargs
+        assert type(next(iter(got.kwargs["nested"]))) is tuple
+        assert got.to_dict(include_args=True) == record.to_dict(include_args=True)
+        assert got.requeue_count == 1
+
+    async def test_encrypted_payload_round_trips(self, backend: TaskBackend) -> None:
+        """An encrypted record keeps its ciphertext and has no clear arguments."""
+        await backend.save_records([make_record("enc", encrypted_payload=b"gAAAA\x00cipher")])
+        got = await backend.get_record("enc")
+        assert got is not None
+        assert got.encrypted_payload == b"gAAAA\x00cipher"
+        assert (got.args, got.kwargs) == ((), {})
+
+    async def test_unknown_record_is_none(self, backend: TaskBackend) -> None:
+        """Getting a task id that was never saved returns None."""
+        assert await backend.get_record("nope") is None
+
+    async def test_save_replaces_by_task_id(self, backend: TaskBackend) -> None:
+        """Saving a task id again replaces the record, and every filter sees the new status."""
+        await backend.save_records([make_record("t1", status=TaskStatus.RUNNING)])
+        await backend.save_records([make_record("t1", status=TaskStatus.FAILED, error="x")])
+        got = await backend.get_record("t1")
+        assert got is not None
+        assert got.status is TaskStatus.FAILED
+        assert await all_pages(backend, status="running") == []
+        assert await all_pages(backend, status="failed") == ["t1"]
+        assert await all_pages(backend) == ["t1"]
+        assert await backend.count_by_status() == {"failed": 1}
+
+    async def test_pages_newest_first_without_gaps(self, backend: TaskBackend) -> None:
+        """Cursor paging yields every record once, newest first, ties ordered by task id."""
+        # Several records share a created_at, so the cursor must break ties by task id.
+        records = [make_record(f"t{i:02d}", created=float(i // 3)) for i in range(23)]
+        await backend.save_records(records)
+        expected = [
+            r.task_id
+            for r in sorted(records, key=lambda r: (r.created_at, r.task_id), reverse=True)
+        ]
+        for limit in (1, 2, 5, 50):
+            assert await all_pages(backend, limit=limit) == expected
+
+    async def test_last_page_has_no_cursor(self, backend: TaskBackend) -> None:
+        """A page that reaches the end has no next cursor; a full one before it has one."""
+        await backend.save_records([make_record(f"t{i}", created=i) for i in range(4)])
+        first = await backend.query_records(RecordQuery(limit=2))
+        assert [r.task_id for r in first.records] == ["t3", "t2"]
+        assert first.next_cursor is not None
+        second = await backend.query_records(RecordQuery(limit=2, cursor=first.next_cursor))
+        assert [r.task_id for r in second.records] == ["t1", "t0"]
+        last = await backend.query_records(RecordQuery(limit=5, cursor=first.next_cursor))
+        assert last.next_cursor is None
+
+    async def test_invalid_cursor_is_refused(self, backend: TaskBackend) -> None:
+        """A cursor this code did not make raises ValueError."""
+        with pytest.raises(ValueError, match="invalid cursor"):
+            await backend.query_records(RecordQuery(cursor="not-a-cursor"))
+
+    FILTER_CASES = [
+        pytest.param({"status": "failed"}, ["f2", "f1"], id="status"),
+        pytest.param({"func_name": "app.mail:send"}, ["f2", "m2", "m1"], id="func_name"),
+        pytest.param({"queue": "slow"}, ["q1"], id="queue"),
+        pytest.param({"tag": ("tenant", "acme")}, ["m2", "f1"], id="tag"),
+        pytest.param({"tag": ("tenant", "other")}, [], id="tag-no-match"),
+        pytest.param({"text": "MAIL:SE"}, ["f2", "m2", "m1"], id="text-func-name"),
+        pytest.param({"text": "smtp down"}, ["f2"], id="text-error"),
+        pytest.param({"text": "q1"}, ["q1"], id="text-task-id"),
+        # x1's error would match if % and _ were taken as LIKE wildcards.
+        pytest.param({"text": "100%_"}, ["p1"], id="text-wildcards-literal"),
+        pytest.param({"since": at(3)}, ["p1", "q1", "f2"], id="since-inclusive"),
+        pytest.param({"until": at(2)}, ["x1", "m1", "f1"], id="until-exclusive"),
+        pytest.param({"since": at(1), "until": at(4)}, ["f2", "m2", "x1", "m1"], id="range"),
+        pytest.param({"status": "failed", "func_name": "app.mail:send"}, ["f2"], id="combined"),
+        pytest.param({"queue": "slow", "text": "nothing"}, [], id="combined-empty"),
+    ]
+
+    @pytest.fixture
+    async def filter_data(self, backend: TaskBackend) -> TaskBackend:
+        await backend.save_records(
+            [
+                make_record(
+                    "f1", 0, status=TaskStatus.FAILED, error="KeyError", tags={"tenant": "acme"}
+                ),
+                make_record("m1", 1, func_name="app.mail:send"),
+                make_record("m2", 2, func_name="app.mail:send", tags={"tenant": "acme", "x": "1"}),
+                make_record(
+                    "f2", 3, status=TaskStatus.FAILED, func_name="app.mail:send", error="SMTP down"
+                ),
+                make_record("q1", 4, queue="slow", status=TaskStatus.PENDING),
+                make_record("p1", 5, error="disk 100%_ full"),
+                make_record("x1", 1.5, error="100 percent"),
+            ]
+        )
+        return backend
+
+    @pytest.mark.parametrize(("filters", "expected"), FILTER_CASES)
+    async def test_filter(
+        self, filter_data: TaskBackend, filters: dict[str, Any], expected: list[str]
+    ) -> None:
+        """Each filter returns exactly its matches, newest first, on every page size."""
+        assert await all_pages(filter_data, **filters) == expected
+        assert await all_pages(filter_data, limit=1, **filters) == expected
+
+    async def test_filter_pages_through_sparse_matches(self, backend: TaskBackend) -> None:
+        """A rare status among many records pages out completely, in order."""
+        records = [make_record(f"t{i:03d}", created=i) for i in range(300)]
+        for record in records[::50]:
+            record.status = TaskStatus.FAILED
+        await backend.save_records(records)
+        expected = [f"t{i:03d}" for i in range(250, -1, -50)]
+        assert await all_pages(backend, status="failed", limit=2) == expected
+        assert await all_pages(backend, status="failed", text="t1", limit=1) == ["t150", "t100"]
+
+    async def test_delete_before_removes_only_old_finished(self, backend: TaskBackend) -> None:
+        """Deleting before a date removes finished records that ended earlier, nothing else."""
+        await backend.save_records(
+            [
+                make_record("old", 0),
+                make_record("old-failed", 1, status=TaskStatus.FAILED),
+                make_record("new", 100),
+                make_record("old-running", 0, status=TaskStatus.RUNNING, start_time=at(0)),
+            ]
+        )
+        assert await backend.delete_records_before(at(50)) == 2
+        assert sorted(await all_pages(backend)) == ["new", "old-running"]
+        assert await backend.get_record("old") is None
+        assert await backend.count_by_status() == {"success": 1, "running": 1}
+
+    async def test_delete_by_id(self, backend: TaskBackend) -> None:
+        """Deleting by task id removes those records and counts only the ones that existed."""
+        await backend.save_records([make_record("a", 0), make_record("b", 1)])
+        assert await backend.delete_records(["a", "missing"]) == 1
+        assert await all_pages(backend) == ["b"]
+        assert await backend.delete_records([]) == 0
+
+    async def test_count_by_status(self, backend: TaskBackend) -> None:
+        """Counts per status cover every stored record; empty statuses are left out."""
+        assert await backend.count_by_status() == {}
+        statuses = [TaskStatus.SUCCESS] * 3 + [TaskStatus.FAILED, TaskStatus.PENDING]
+        await backend.save_records(
+            [make_record(f"t{i}", i, status=s) for i, s in enumerate(statuses)]
+        )
+        assert await backend.count_by_status() == {"success": 3, "failed": 1, "pending": 1}
+
+    async def test_corrupt_record_is_skipped_and_counted(
+        self, backend: TaskBackend, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unreadable row is skipped with a warning naming it, and counted; paging goes on."""
+        await backend.save_records([make_record(f"ok{i}", i * 2) for i in range(3)])
+        await self.write_corrupt_record(backend, "bad1", at(3).timestamp())
+        with caplog.at_level(logging.WARNING, logger="fastapi_taskflow.backends"):
+            assert await all_pages(backend, limit=1) == ["ok2", "ok1", "ok0"]
+            assert await backend.get_record("bad1") is None
+        assert backend.corrupt_rows >= 2
+        assert any("bad1" in message for message in caplog.messages)
+
+    # ---- journal and leases ------------------------------------------------------------------
+
+    async def test_journal_put_list_remove(self, backend: TaskBackend) -> None:
+        """Journal entries keep every field, are listed by owner and go when removed."""
+        entry = make_entry(
+            "j1",
+            tags={"t": "1"},
+            priority=5,
+            queue="mail",
+            idempotency_key="k",
+            requeue=True,
+            retries_used=2,
+            encrypted=True,
+        )
+        entry.payload = b"\x00binary\xff"
+        await backend.heartbeat("A", 30)
+        await backend.journal_put([entry, make_entry("j2")], "A")
+        owned = {e.task_id: e for e in await backend.journal_owned("A")}
+        assert set(owned) == {"j1", "j2"}
+        got = owned["j1"]
+        assert (got.payload, got.tags, got.priority, got.queue) == (
+            entry.payload,
+            {"t": "1"},
+            5,
+            "mail",
+        )
+        assert (got.idempotency_key, got.requeue, got.retries_used, got.encrypted) == (
+            "k",
+            True,
+            2,
+            True,
+        )
+        assert got.owner == "A"
+        assert got.created_at == entry.created_at
+        await backend.journal_remove(["j1"])
+        assert [e.task_id for e in await backend.journal_owned("A")] == ["j2"]
+
+    async def test_claim_takes_only_unowned_or_expired(self, backend: TaskBackend) -> None:
+        """A claim takes released entries and those of dead owners, never a live owner's."""
+        await backend.heartbeat("alive", 30)
+        await backend.heartbeat("leaving", 30)
+        await backend.heartbeat("claimer", 30)
+        await backend.journal_put([make_entry("a1")], "alive")
+        await backend.journal_put([make_entry("d1")], "dead")  # never heartbeated
+        await backend.journal_put([make_entry("r1")], "leaving")
+        assert await backend.journal_release("leaving") == 1
+        claimed = await backend.journal_claim("claimer")
+        assert sorted(e.task_id for e in claimed) == ["d1", "r1"]
+        assert all(e.owner == "claimer" for e in claimed)
+        assert await backend.journal_claim("claimer") == []
+        assert [e.task_id for e in await backend.journal_owned("alive")] == ["a1"]
+
+    async def test_claim_respects_limit(self, backend: TaskBackend) -> None:
+        """A claim takes at most ``limit`` entries; the next claim takes the rest."""
+        await backend.heartbeat("me", 30)
+        await backend.journal_put([make_entry(f"j{i}") for i in range(5)], "gone")
+        first = await backend.journal_claim("me", limit=3)
+        second = await backend.journal_claim("me", limit=3)
+        assert (len(first), len(second)) == (3, 2)
+        assert {e.task_id for e in first} | {e.task_id for e in second} == {
+            f"j{i}" for i in range(5)
+        }
+
+    async def test_concurrent_claimers_never_share(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Two claimers racing (also through two backend objects) never get the same entry."""
+        ids = {f"j{i:03d}" for i in range(60)}
+        await backend.journal_put([make_entry(t) for t in sorted(ids)], "gone")
+        await backend.heartbeat("x", 30)
+        await peer.heartbeat("y", 30)
+
+        async def drain(b: TaskBackend, owner: str) -> list[str]:
+            taken: list[str] = []
+            while batch := await b.journal_claim(owner, limit=4):
+                taken += [e.task_id for e in batch]
+            return taken
+
+        x, y = await asyncio.gather(drain(backend, "x"), drain(peer, "y"))
+        assert not set(x) & set(y)
+        assert sorted(x + y) == sorted(ids)
+
+    async def test_heartbeat_keeps_entries_from_claims(self, backend: TaskBackend) -> None:
+        """While its owner keeps heartbeating, an entry is never claimed, well past the ttl."""
+        await backend.heartbeat("owner", 0.2)
+        await backend.journal_put([make_entry("j1")], "owner")
+        await backend.heartbeat("thief", 30)
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            await backend.heartbeat("owner", 0.2)
+            assert await backend.journal_claim("thief") == []
+            await asyncio.sleep(0.05)
+
+    async def test_expired_lease_lets_entries_be_claimed(self, backend: TaskBackend) -> None:
+        """When an owner stops heartbeating, its entries become claimable after the ttl."""
+        await backend.heartbeat("owner", 0.2)
+        await backend.journal_put([make_entry("j1")], "owner")
+        await backend.heartbeat("rescuer", 30)
+        assert await backend.journal_claim("rescuer") == []
+        claimed = await eventually(lambda: backend.journal_claim("rescuer"))
+        assert [e.task_id for e in claimed] == ["j1"]
+        assert [e.task_id for e in await backend.journal_owned("rescuer")] == ["j1"]
+
+    async def test_drop_owner_makes_entries_claimable(self, backend: TaskBackend) -> None:
+        """Dropping an owner's lease lets others claim its entries at once."""
+        await backend.heartbeat("owner", 30)
+        await backend.heartbeat("other", 30)
+        await backend.journal_put([make_entry("j1")], "owner")
+        assert await backend.journal_claim("other") == []
+        await backend.drop_owner("owner")
+        assert [e.task_id for e in await backend.journal_claim("other")] == ["j1"]
+
+    async def test_corrupt_journal_entry_is_dropped(
+        self, backend: TaskBackend, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A claim skips and deletes an unreadable journal entry, counting it."""
+        await backend._journal_write([("bad", GARBAGE)], "gone")
+        await backend.journal_put([make_entry("good")], "gone")
+        await backend.heartbeat("me", 30)
+        with caplog.at_level(logging.WARNING, logger="fastapi_taskflow.backends"):
+            claimed = await backend.journal_claim("me")
+        assert [e.task_id for e in claimed] == ["good"]
+        assert backend.corrupt_rows == 1
+        assert any("bad" in message for message in caplog.messages)
+        await backend.drop_owner("me")
+        assert [e.task_id for e in await backend.journal_claim("next")] == ["good"]
+
+    # ---- idempotency keys, locks, metadata ------------------------------------------------
+
+    async def test_idempotency_key_reserve_and_release(self, backend: TaskBackend) -> None:
+        """A key belongs to one task until that task releases it; others get the holder."""
+        assert await backend.reserve_idempotency_key("k", "t1", None) is None
+        assert await backend.reserve_idempotency_key("k", "t2", None) == "t1"
+        assert await backend.reserve_idempotency_key("k", "t1", None) is None  # same holder
+        await backend.release_idempotency_key("k", "t2")  # not the holder: no effect
+        assert await backend.reserve_idempotency_key("k", "t2", None) == "t1"
+        await backend.release_idempotency_key("k", "t1")
+        assert await backend.reserve_idempotency_key("k", "t2", None) is None
+
+    async def test_idempotency_key_expires(self, backend: TaskBackend) -> None:
+        """A key reserved with a ttl is free again once the ttl passes."""
+        assert await backend.reserve_idempotency_key("k", "t1", 0.2) is None
+        assert await backend.reserve_idempotency_key("k", "t2", 0.2) == "t1"
+
+        async def free_for_t2() -> bool:
+            return await backend.reserve_idempotency_key("k", "t2", 30) is None
+
+        await eventually(free_for_t2)
+        assert await backend.reserve_idempotency_key("k", "t3", 30) == "t2"
+
+    async def test_concurrent_reservations_one_wins(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Of many tasks racing for one key (through two backend objects), exactly one wins."""
+        results = await asyncio.gather(
+            *(
+                (backend if i % 2 else peer).reserve_idempotency_key("k", f"t{i}", 30)
+                for i in range(10)
+            )
+        )
+        winners = [f"t{i}" for i, held in enumerate(results) if held is None]
+        assert len(winners) == 1
+        assert {held for held in results if held is not None} <= set(winners)
+
+    async def test_lock_is_exclusive_until_expiry(self, backend: TaskBackend) -> None:
+        """A lock refuses other owners until its ttl passes; its owner may renew it."""
+        assert await backend.acquire_lock("slot", "a", 0.2) is True
+        assert await backend.acquire_lock("slot", "b", 30) is False
+        assert await backend.acquire_lock("slot", "a", 0.2) is True
+        assert await backend.acquire_lock("other-slot", "b", 30) is True
+        await eventually(lambda: backend.acquire_lock("slot", "b", 30))
+        assert await backend.acquire_lock("slot", "a", 30) is False
+
+    async def test_concurrent_locks_one_wins(self, backend: TaskBackend, peer: TaskBackend) -> None:
+        """Of many owners racing for one lock (through two backend objects), exactly one wins."""
+        results = await asyncio.gather(
+            *((backend if i % 2 else peer).acquire_lock("slot", f"o{i}", 30) for i in range(10))
+        )
+        assert results.count(True) == 1
+
+    async def test_meta_round_trip(self, backend: TaskBackend) -> None:
+        """Metadata is stored by key and overwritten by a second set."""
+        assert await backend.get_meta("version") is None
+        await backend.set_meta("version", "1")
+        await backend.set_meta("version", "2")
+        await backend.set_meta("other", "x")
+        assert (await backend.get_meta("version"), await backend.get_meta("other")) == ("2", "x")
+
+    async def test_describe_and_double_close(self, backend: TaskBackend) -> None:
+        """describe() is a non-empty line; close() may be called twice."""
+        assert backend.describe()
+        assert "\n" not in backend.describe()
+        await backend.close()
+        await backend.close()
