@@ -65,9 +65,7 @@ def config_check(path: Path | None, output: str = "yaml") -> int:
 def build_app() -> "typer.Typer":
     import typer
 
-    root = typer.Typer(
-        name="taskflow", help="fastapi-taskflow command line.", no_args_is_help=True
-    )
+    root = typer.Typer(name="taskflow", help="fastapi-taskflow command line.", no_args_is_help=True)
     for register in COMMAND_GROUPS:
         register(root)
     return root

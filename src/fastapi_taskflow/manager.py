@@ -30,7 +30,7 @@ from .dispatch.events import EventHub
 from .dispatch.job import Job
 from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
-from .errors import ArgumentDecryptionError, UnknownTaskError
+from .errors import ArgumentDecryptionError, ConfigurationError, UnknownTaskError
 from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
@@ -40,10 +40,12 @@ from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
+from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .scheduling import Scheduler
 from .serialization import decode_call
 from .store import TaskStore
+from .tracing import build_tracing
 
 if TYPE_CHECKING:
     from .executors.process import ProcessPool
@@ -91,6 +93,9 @@ class TaskManager:
         thread_pool: ThreadPoolExecutor | None = None,
         process_pool: ProcessPool | None = None,
         close_backend: bool = True,
+        redact: RedactRule | None = None,
+        encrypt_errors: bool = False,
+        tracing: Any = False,
         **later: Any,
     ) -> None:
         for name in later:
@@ -164,6 +169,9 @@ class TaskManager:
             check_arguments=self.executors.check_arguments,
         )
         self.persister: Persister | None = None
+        self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
+        self.dispatcher.privacy = self.privacy
+        self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
         self.scheduler = Scheduler(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -172,6 +180,8 @@ class TaskManager:
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
         self.store.add_listener(self._wake_idle)
+        # Journal entries that could not run here (unknown task, unreadable arguments).
+        self.recovery_problems = 0
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -383,84 +393,108 @@ class TaskManager:
                 retention_days=s.retention_days,
                 max_requeues=s.max_requeues,
             ),
+            on_claim=self._recover_all,
         )
         self.enqueuer.persister = self.persister
+        self.store.add_listener(self.persister.on_change)
         if backend.shared:
             days = s.retention_days
             ttl = days * 86400.0 if days is not None else None
             self.dispatcher.key_guard = KeyGuard(backend, self.instance_id, ttl)
         await self.persister.start()
-        for entry in await self.persister.claim_orphans():
-            self._recover(entry)
+
+    def _recover_all(self, entries: list[JournalEntry]) -> None:
+        """Claimed journal entries (at startup, or from a dead instance while running)."""
+        for entry in entries:
+            try:
+                self._recover(entry)
+            except Exception:
+                self.recovery_problems += 1
+                logger.error("could not recover journaled task %s", entry.task_id, exc_info=True)
 
     def _recover(self, entry: JournalEntry) -> None:
         """A journaled task no live instance owns: run it again, or record why not."""
-        assert self.persister is not None
         definition = self.registry.find(entry.func_name)
-        record = TaskRecord(
-            task_id=entry.task_id,
-            func_name=entry.func_name,
-            created_at=entry.created_at,
-            tags=entry.tags,
-            priority=entry.priority,
-            queue=entry.queue,
-            idempotency_key=entry.idempotency_key,
-            source="requeue",
-            retries_used=entry.retries_used,
-            requeue_count=entry.requeue_count + 1,
-            executor=definition.executor if definition else "async",
-            encrypted_payload=entry.payload if entry.encrypted else None,
-        )
-        reason = None
-        if definition is None:
-            reason = f"unknown task {entry.func_name!r}: not registered in this app"
+        record = _recovered_record(entry, definition)
+        problem, args, kwargs = self._recovery_problem(entry, definition)
+        if problem is not None:
+            self.recovery_problems += 1
+            logger.warning("skipping journaled task %s (%s): %s", entry.task_id,
+                           entry.func_name, problem)
+            self._give_up(entry, record, TaskStatus.FAILED, problem)
         elif not entry.requeue:
-            reason = "interrupted: the app stopped before the task finished"
-        elif record.requeue_count > self.settings.max_requeues:
-            reason = f"requeued {self.settings.max_requeues} times without finishing; giving up"
-        args: tuple[Any, ...] | None = ()
-        kwargs: dict[str, Any] | None = {}
-        if reason is None and not entry.encrypted:
-            try:
+            self._give_up(entry, record, TaskStatus.INTERRUPTED,
+                          "interrupted: the app stopped before the task finished")
+        elif entry.requeue_count > self.settings.max_requeues:
+            self._give_up(entry, record, TaskStatus.FAILED,
+                          f"interrupted {entry.requeue_count} times while running "
+                          f"(max_requeues={self.settings.max_requeues}); giving up")
+        else:
+            assert definition is not None
+            self._resume(entry, record, definition, args, kwargs)
+
+    def _recovery_problem(
+        self, entry: JournalEntry, definition: TaskDefinition | None
+    ) -> tuple[str | None, tuple[Any, ...] | None, dict[str, Any] | None]:
+        """Why an entry cannot run here (unknown task, unreadable arguments), else its call."""
+        if definition is None:
+            return f"unknown task {entry.func_name!r}: not registered in this app", None, None
+        try:
+            if not entry.encrypted:
                 args, kwargs = decode_call(entry.payload)
-            except ValueError as exc:
-                reason = str(exc)
-        if reason is not None or definition is None:
-            status = TaskStatus.INTERRUPTED if not entry.requeue else TaskStatus.FAILED
-            record.status, record.error, record.end_time = status, reason, utcnow()
-            self.store.add(record)
-            self.persister.finished(record, journaled=True)
-            logger.warning("journaled task %s not requeued: %s", entry.task_id, reason)
-            return
-        record.args, record.kwargs = (args or (), kwargs or {}) if not entry.encrypted else ((), {})
-        job = Job(
-            record,
-            definition,
-            definition.options,
-            None if entry.encrypted else record.args,
-            None if entry.encrypted else record.kwargs,
-            journaled=True,
-        )
+                return None, args, kwargs
+            if self.cipher is None:
+                return "encrypted arguments but no encrypt_args_key configured", None, None
+            self.cipher.decrypt(entry.payload)  # fail now, not at every attempt
+        except (ValueError, ArgumentDecryptionError) as exc:
+            return f"unreadable arguments: {exc}", None, None
+        return None, None, None
+
+    def _give_up(
+        self, entry: JournalEntry, record: TaskRecord, status: TaskStatus, reason: str
+    ) -> None:
+        assert self.persister is not None
+        record.status, record.error, record.end_time = status, reason, utcnow()
         self.store.add(record)
-        self.persister.journal(
-            self.enqueuer.journal_entry(record, True, record.args, record.kwargs)
-        )
-        self.dispatcher.submit(job)
+        self.persister.adopt(entry)
+        self.persister.finished(record, journaled=True)
+        logger.warning("journaled task %s not run again: %s", entry.task_id, reason)
+
+    def _resume(
+        self,
+        entry: JournalEntry,
+        record: TaskRecord,
+        definition: TaskDefinition,
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+    ) -> None:
+        assert self.persister is not None
+        record.args, record.kwargs = args or (), kwargs or {}
+        key = entry.idempotency_key
+        if key is not None:
+            holder, created = self.store.add_with_key(key, lambda: record)
+            if not created:  # a live task took the key first: this copy must not run too
+                record.idempotency_key = None
+                self._give_up(entry, record, TaskStatus.CANCELLED,
+                              f"duplicate: idempotency key {key!r} is held by task "
+                              f"{holder.task_id}")
+                return
+        else:
+            self.store.add(record)
+        self.persister.adopt(entry)
+        job = Job(record, definition, definition.options, args, kwargs, journaled=True)
+        self.dispatcher.track(job)
+        if self._loop is not None:
+            self._submit_now(job)
 
     async def shutdown(self) -> None:
         """Settle every task (finished, kept for requeue, or INTERRUPTED), then close parts."""
         if self._loop is None:
             return
+        if self.persister is not None:
+            self.persister.stop_claiming()
         await self.scheduler.stop()
-        for job in self.dispatcher.waiting_jobs():
-            if job.journaled and self._requeues(job):
-                job.cancelled = True  # kept in the journal for the next start
-                if job.retry_timer is not None:
-                    job.retry_timer.cancel()
-            else:
-                self.dispatcher.finish_waiting(
-                    job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
-                )
+        self._settle_waiting()
         await self._drain_running()
         await self.hub.stop()
         if self.dispatcher.key_guard is not None:
@@ -468,12 +502,26 @@ class TaskManager:
             self.dispatcher.key_guard = None
         if self.persister is not None:
             await self.persister.stop()
+            self.store.remove_listener(self.persister.on_change)
         await self.executors.close()
         if self.backend is not None and self._close_backend:
             await self.backend.close()
         self._started = False
         self._loop = None
         self._wake_idle(None)
+
+    def _settle_waiting(self) -> None:
+        """Waiting tasks: kept in the journal (requeue) or recorded INTERRUPTED, never dropped."""
+        for job in self.dispatcher.waiting_jobs():
+            if job.journaled and self._requeues(job):
+                job.cancelled = True  # its entry stays in the journal for the next start
+                if job.retry_timer is not None:
+                    job.retry_timer.cancel()
+                    job.retry_timer = None
+            else:
+                self.dispatcher.finish_waiting(
+                    job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
+                )
 
     def _requeues(self, job: Job) -> bool:
         return self.settings.requeue_pending or job.options.requeue_on_interrupt
@@ -518,7 +566,7 @@ class TaskManager:
         if self.persister is not None:
             keep = job.stop_reason == "shutdown" and job.journaled and self._requeues(job)
             if keep:
-                self.persister.save_soon(record)
+                self.persister.keep(record)  # the record says INTERRUPTED; the entry stays
             else:
                 self.persister.finished(record, job.journaled)
         for waiter in self._waiters.pop(record.task_id, ()):
@@ -609,6 +657,29 @@ class TaskManager:
 
     # ---- reading -----------------------------------------------------------------------------
 
+    def record_dict(
+        self, record: TaskRecord, *, include_args: bool = False, reveal_errors: bool = False
+    ) -> dict[str, Any]:
+        """A record's JSON for people: arguments redacted; sealed errors opened if ``reveal``.
+
+        The task API calls this (``reveal_errors`` only for an authenticated user).
+        """
+        if self.privacy is None:
+            return record.to_dict(include_args=include_args)
+        definition = self.registry.find(record.func_name)
+        return self.privacy.view(
+            record,
+            definition.func if definition is not None else None,
+            include_args=include_args,
+            reveal=reveal_errors,
+        )
+
+    def reveal_error(self, record: TaskRecord) -> tuple[str | None, str | None]:
+        """(error, stack trace) in clear for a sealed error (``encrypt_errors``); else as stored."""
+        if self.privacy is None:
+            return record.error, record.stacktrace
+        return self.privacy.reveal(record)
+
     async def list_records(self, query: RecordQuery) -> RecordPage:
         """One page of tasks, newest first, from memory and the backend together."""
         backend = self.backend if self._started else None
@@ -618,7 +689,22 @@ class TaskManager:
         data = metrics_snapshot(self.store, self.dispatcher.queues)
         data["unknown_queue_fallbacks"] = self.dispatcher.queues.unknown_queue_fallbacks
         data["schedule_failures"] = self.scheduler.failures
+        data.update(self._durability_metrics())
         return data
+
+    def _durability_metrics(self) -> dict[str, Any]:
+        """Backend health: corrupt rows skipped, writes waiting or dropped, lease trouble."""
+        backend_corrupt = self.backend.corrupt_rows if self.backend is not None else 0
+        persister = self.persister
+        stats = persister.stats if persister is not None else None
+        return {
+            "corrupt_rows": backend_corrupt + self.recovery_problems,
+            "buffered_writes": persister.buffered() if persister is not None else 0,
+            "dropped_writes": stats.dropped_writes if stats else 0,
+            "backend_write_failures": stats.write_failures if stats else 0,
+            "lease_failures": stats.lease_failures if stats else 0,
+            "claimed_tasks": stats.claimed if stats else 0,
+        }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         return queue_snapshot(self.store, self.dispatcher.queues)
@@ -660,6 +746,25 @@ class TaskManager:
         return {"store": len(dropped), "backend": deleted}
 
 
+def _recovered_record(entry: JournalEntry, definition: TaskDefinition | None) -> TaskRecord:
+    """The record of a claimed journal entry, before it runs again (or is given up)."""
+    return TaskRecord(
+        task_id=entry.task_id,
+        func_name=entry.func_name,
+        created_at=entry.created_at,
+        tags=entry.tags,
+        priority=entry.priority,
+        queue=entry.queue,
+        idempotency_key=entry.idempotency_key,
+        source="requeue",
+        retries_used=entry.retries_used,
+        requeue_count=entry.requeue_count,
+        executor=definition.executor if definition else "async",
+        encrypted_payload=entry.payload if entry.encrypted else None,
+        trace_context=entry.trace_context,
+    )
+
+
 def _with_options(definition: TaskDefinition, options: TaskOptions | None) -> TaskDefinition:
     """``definition`` with per-call options (``task_options=``); its name never changes."""
     if options is None:
@@ -670,6 +775,17 @@ def _with_options(definition: TaskDefinition, options: TaskOptions | None) -> Ta
     if options.executor is not None and options.executor != executor:
         executor = resolve_executor(definition.func, options.executor)
     return replace(definition, options=options, executor=executor)
+
+
+def _error_policy(
+    redact: RedactRule | None, encrypt_errors: bool, cipher: ArgumentCipher | None
+) -> ErrorPolicy | None:
+    if encrypt_errors and cipher is None:
+        raise ConfigurationError("encrypt_errors=True needs encrypt_args_key (the key seals them)")
+    redactor = Redactor(redact) if redact else None
+    if redactor is None and not encrypt_errors:
+        return None
+    return ErrorPolicy(redactor, cipher if encrypt_errors else None)
 
 
 def _sqlite(path: str) -> TaskBackend:

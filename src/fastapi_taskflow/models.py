@@ -81,6 +81,10 @@ class TaskRecord:
     progress_message: str | None = None
     encrypted_payload: bytes | None = None
     requeue_count: int = 0
+    # W3C trace context captured at enqueue (tracing on), carried into the attempts' spans.
+    trace_context: dict[str, str] | None = None
+    # ``encrypt_errors``: the real error and stack trace, sealed; ``error`` is a placeholder.
+    encrypted_error: bytes | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -116,6 +120,7 @@ class TaskRecord:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "encrypted": self.encrypted,
+            "error_encrypted": self.encrypted_error is not None,
         }
         if include_args and not self.encrypted:
             data["args"] = [_display(a) for a in self.args]

@@ -1,12 +1,23 @@
 """Persister: everything between the in-memory store and a backend.
 
 * The journal: tasks that must survive the process are written at enqueue and removed when they
-  finish. Writes from one loop tick share one transaction (group commit).
+  finish. Every journal change made during one loop tick goes out in one batch (group commit):
+  the writer task wakes at the end of the tick. ``wait_written`` lets a caller (the response
+  barrier) wait until what it journaled is committed.
+* Start marks: when a requeueable task starts, its entry is rewritten with ``requeue_count + 1``
+  (in the same batch when it starts at once), so a crash mid-run counts one attempt and a
+  poison task stops after ``max_requeues`` instead of crashing every restart.
 * History: finished records are written in batches, at most ``snapshot_interval`` after they
   finish, and at shutdown (only what changed, so shutdown time does not grow with history).
-* The lease: this instance renews its owner lease by heartbeat; entries whose owner stopped
-  renewing are claimed by a live instance (see ``recover``).
-* Outages: a failed write is retried with backoff; what waits is bounded, counted and warned about.
+* The lease: this instance renews its owner lease every ``heartbeat_interval`` and then claims
+  journal entries whose owner's lease expired (a dead instance) or that were released (a clean
+  shutdown); ``on_claim`` runs them again or records why not.
+* Outages: a failed write is retried with backoff; what waits is kept in a bounded buffer
+  (``buffered_writes``; the oldest history writes are dropped past ``max_buffered``, with one
+  warning). When the backend answers again the buffer drains and the journal entries of active
+  tasks are written again (a Redis restarted without persistence lost them).
+* Nothing here is ever cancelled in the middle of a backend call: ``stop()`` signals the loops
+  and waits for them, so a SQLite transaction is never left open.
 """
 
 from __future__ import annotations
@@ -14,19 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
-from .models import TaskRecord
+from .models import TaskRecord, TaskStatus
 from .store import TaskStore
 
 logger = logging.getLogger("fastapi_taskflow.persistence")
 
+ClaimHandler = Callable[[list[JournalEntry]], None]
+CLAIM_BATCH = 500
+
 
 @dataclass(slots=True)
 class DurabilitySettings:
-    """Timings of the journal and history writes; defaults suit most apps."""
+    """Timings and bounds of the journal and history writes; defaults suit most apps."""
 
     snapshot_interval: float = 60.0
     heartbeat_interval: float = 10.0
@@ -34,6 +51,17 @@ class DurabilitySettings:
     max_buffered: int = 100_000
     retention_days: float | None = None
     max_requeues: int = 3
+    flush_timeout: float = 10.0
+
+
+@dataclass(slots=True)
+class PersistStats:
+    """Counters for ``manager.metrics()``."""
+
+    write_failures: int = 0
+    dropped_writes: int = 0
+    lease_failures: int = 0
+    claimed: int = 0
 
 
 @dataclass(slots=True)
@@ -45,173 +73,432 @@ class _Pending:
     def __bool__(self) -> bool:
         return bool(self.puts or self.removes or self.records)
 
+    def __len__(self) -> int:
+        return len(self.puts) + len(self.removes) + len(self.records)
+
 
 class Persister:
-    """Journal, history batches, lease heartbeat and retention for one manager."""
+    """Journal, history batches, lease heartbeat, periodic claims and retention."""
 
     def __init__(
-        self, backend: TaskBackend, store: TaskStore, owner: str, settings: DurabilitySettings
+        self,
+        backend: TaskBackend,
+        store: TaskStore,
+        owner: str,
+        settings: DurabilitySettings,
+        on_claim: ClaimHandler | None = None,
     ) -> None:
         self.backend = backend
         self.store = store
         self.owner = owner
         self.settings = settings
+        self.on_claim = on_claim
+        self.stats = PersistStats()
+        self._lock = threading.Lock()  # sync routes journal from worker threads
         self._urgent = _Pending()
+        self._active: dict[str, JournalEntry] = {}  # journaled tasks not finished yet
+        self._unmarked: set[str] = set()  # requeueable entries whose start is not marked
+        self._sent: set[str] = set()  # entries handed to the backend at least once
+        self._seq = 0  # journal changes requested
+        self._written = 0  # journal changes known committed
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
+        self._history_due: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
-        self.write_failures = 0
-        self.dropped = 0
+        self._claiming = True
+        self._healthy = True
+        self._full_warned = False
+        self._lease_until = 0.0
+        self._lease_failing = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()
+        """Take the lease, seed counters, claim orphans, then start the background loops."""
+        self._wake, self._history_due, self._stopping = (asyncio.Event() for _ in range(3))
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        sent = time.monotonic()
         await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
+        self._lease_until = sent + self.settings.lease_ttl
         self.store.seed_counts(await self.backend.count_by_status())
-        self._tasks = [
-            asyncio.create_task(self._writer(), name="taskflow-journal"),
-            asyncio.create_task(
-                self._every(self.settings.snapshot_interval, self.flush_history),
-                name="taskflow-history",
-            ),
-            asyncio.create_task(
-                self._every(self.settings.heartbeat_interval, self._heartbeat),
-                name="taskflow-heartbeat",
-            ),
+        await self._guarded("claim", self.claim)
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("journal", self._writer),
+            ("history", self._history_loop),
+            ("lease", self._lease_loop),
         ]
         if self.settings.retention_days is not None:
-            await self.prune()
-            self._tasks.append(
-                asyncio.create_task(self._every(3600.0, self.prune), name="taskflow-retention")
-            )
+            await self._guarded("retention", self.prune)
+            loops.append(("retention", self._retention_loop))
+        self._tasks = [asyncio.create_task(job(), name=f"taskflow-{n}") for n, job in loops]
+
+    def stop_claiming(self) -> None:
+        """No more claims (shutdown began); what a claim in flight takes stays in the journal."""
+        self._claiming = False
 
     async def stop(self) -> None:
-        """Write everything outstanding, then give up the lease so another start can claim."""
-        self._closing = True
-        for task in self._tasks:
-            task.cancel()
+        """Stop the loops (never mid-call), write what is outstanding, release the lease."""
+        self._claiming = False
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.flush_journal()
-        await self.flush_history()
+        await self._final_flush()
         try:
             await self.backend.journal_release(self.owner)
             await self.backend.drop_owner(self.owner)
         except Exception:
-            logger.error("could not release the journal lease of %s", self.owner, exc_info=True)
+            logger.error("could not release the journal lease of %s; its entries are claimable "
+                         "when the lease expires", self.owner, exc_info=True)
+
+    async def _final_flush(self) -> None:
+        """Retry the last writes for up to ``flush_timeout`` seconds, then say what is lost."""
+        deadline = time.monotonic() + self.settings.flush_timeout
+        backoff = 0.05
+        while True:
+            try:
+                await self.flush_journal()
+                await self.flush_history()
+                return
+            except Exception:
+                self._write_failed("final flush")
+            if time.monotonic() + backoff > deadline:
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+        logger.error(
+            "backend %s unavailable at shutdown: %d journal and %d history writes lost "
+            "(finished tasks may run again; unwritten new tasks are lost)",
+            self.backend.describe(), len(self._urgent), self.store.dirty_count,
+        )
 
     # ---- what the manager reports ----------------------------------------------------------
 
-    def journal(self, entry: JournalEntry) -> None:
-        self._urgent.removes.discard(entry.task_id)
-        self._urgent.puts[entry.task_id] = entry
+    def journal(self, entry: JournalEntry) -> int:
+        """A new task must survive the process; returns its write's sequence number."""
+        with self._lock:
+            task_id = entry.task_id
+            self._active[task_id] = entry
+            if entry.requeue:
+                self._unmarked.add(task_id)
+            self._urgent.removes.discard(task_id)
+            self._urgent.puts[task_id] = entry
+            self._seq += 1
+            seq = self._seq
+        self._kick()
+        return seq
+
+    def adopt(self, entry: JournalEntry) -> None:
+        """A claimed entry (already ours in the backend) now runs here."""
+        with self._lock:
+            self._active[entry.task_id] = entry
+            self._sent.add(entry.task_id)
+            if entry.requeue:
+                self._unmarked.add(entry.task_id)
+
+    def on_change(self, record: TaskRecord) -> None:
+        """Store listener: the first start of a requeueable task rewrites its entry (mark)."""
+        if record.status is not TaskStatus.RUNNING or record.task_id not in self._unmarked:
+            return
+        with self._lock:
+            entry = self._active.get(record.task_id)
+            if entry is None or record.task_id not in self._unmarked:
+                return
+            self._unmarked.discard(record.task_id)
+            # In place: a batch in flight serialized its entries before its first await.
+            entry.requeue_count = record.requeue_count + 1
+            entry.retries_used = record.retries_used
+            self._urgent.puts[record.task_id] = entry
+            self._seq += 1
         self._kick()
 
     def finished(self, record: TaskRecord, journaled: bool) -> None:
         """A task ended: journaled ones are settled at once, others join the next batch."""
-        if journaled:
-            self._urgent.puts.pop(record.task_id, None)
-            self._urgent.removes.add(record.task_id)
-            self._urgent.records[record.task_id] = record
-            self._kick()
-        else:
+        if not journaled:
             self.store.mark_dirty(record)
-
-    def save_soon(self, record: TaskRecord) -> None:
-        self._urgent.records[record.task_id] = record
+            if self.store.dirty_count >= self._history_batch and self._history_due is not None:
+                self._call_on_loop(self._history_due.set)
+            return
+        with self._lock:
+            task_id = record.task_id
+            self._active.pop(task_id, None)
+            self._unmarked.discard(task_id)
+            self._urgent.puts.pop(task_id, None)
+            if task_id in self._sent:  # never written: nothing to remove
+                self._sent.discard(task_id)
+                self._urgent.removes.add(task_id)
+            self._urgent.records[task_id] = record
         self._kick()
 
+    def keep(self, record: TaskRecord) -> None:
+        """Shutdown interrupted a requeueable task: save its record, keep its journal entry."""
+        with self._lock:
+            self._active.pop(record.task_id, None)
+            self._unmarked.discard(record.task_id)
+            self._urgent.records[record.task_id] = record
+        self._kick()
+
+    def save_soon(self, record: TaskRecord) -> None:
+        with self._lock:
+            self._urgent.records[record.task_id] = record
+        self._kick()
+
+    @property
+    def _history_batch(self) -> int:
+        return max(1000, self.settings.max_buffered // 4)
+
+    def buffered(self) -> int:
+        """Writes waiting for the backend (journal changes and finished records)."""
+        return len(self._urgent) + self.store.dirty_count
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
     def _kick(self) -> None:
+        if self._wake is not None:
+            self._call_on_loop(self._wake.set)
+
+    def _call_on_loop(self, callback: Callable[[], None]) -> None:
         # Sync routes enqueue from worker threads; an asyncio.Event is set on its own loop only.
-        if self._wake is None or self._loop is None:
-            return
         if threading.get_ident() == self._loop_thread:
-            self._wake.set()
-        else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            callback()
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback)
 
     # ---- writing ---------------------------------------------------------------------------
 
     async def flush_journal(self) -> None:
-        """Write the urgent buffer now (one batch per kind)."""
-        batch, self._urgent = self._urgent, _Pending()
-        if not batch:
-            return
+        """Write the urgent buffer now: entries, then records, then removals."""
+        with self._lock:
+            batch, self._urgent = self._urgent, _Pending()
+            seq = self._seq
+            self._sent.update(batch.puts)
+        if batch:
+            try:
+                await self.backend.journal_put(list(batch.puts.values()), self.owner)
+                await self.backend.save_records(list(batch.records.values()))
+                await self.backend.journal_remove(sorted(batch.removes))
+            except Exception:
+                self._put_back(batch)
+                raise
+        self._committed(seq)
+
+    def _committed(self, seq: int) -> None:
+        self._written = max(self._written, seq)
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for wanted, waiter in self._waiters:
+            if wanted <= self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append((wanted, waiter))
+        self._waiters = keep
+
+    async def wait_written(self, seq: int, timeout: float) -> bool:
+        """Wait until journal write ``seq`` is committed; False on timeout or outage."""
+        if seq <= self._written:
+            return True
+        if not self._healthy or self._loop is None:
+            return False
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((seq, waiter))
         try:
-            await self.backend.journal_put(list(batch.puts.values()), self.owner)
-            await self.backend.save_records(list(batch.records.values()))
-            await self.backend.journal_remove(sorted(batch.removes))
-        except Exception:
-            self._put_back(batch)
-            raise
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def flush_history(self) -> None:
+        """Write finished records that changed since the last batch."""
         records = self.store.take_dirty()
         if not records:
             return
         try:
             await self.backend.save_records(records)
         except Exception:
-            for record in records:
+            room = max(0, self.settings.max_buffered - len(self._urgent))
+            for record in records[-room:] if room else []:
                 self.store.mark_dirty(record)
-            self._warn_failure("history")
-            if self._closing:
-                return
+            self._dropped(len(records) - min(room, len(records)))
             raise
 
     def _put_back(self, batch: _Pending) -> None:
         """Merge a failed batch under newer changes so nothing is lost or reordered."""
-        newer = self._urgent
-        batch.puts.update(newer.puts)
-        for task_id in newer.removes:
-            batch.puts.pop(task_id, None)
-        batch.removes |= newer.removes
-        batch.records.update(newer.records)
-        self._urgent = batch
-        waiting = len(batch.puts) + len(batch.removes) + len(batch.records)
-        if waiting > self.settings.max_buffered:
+        with self._lock:
+            newer = self._urgent
+            for task_id, entry in newer.puts.items():
+                batch.puts[task_id] = entry
+            for task_id in newer.removes:
+                batch.puts.pop(task_id, None)
+            batch.removes |= newer.removes
+            batch.records.update(newer.records)
+            self._urgent = batch
+            excess = len(batch) + self.store.dirty_count - self.settings.max_buffered
+            dropped = 0
+            while excess > 0 and batch.records:  # the oldest history goes first
+                batch.records.pop(next(iter(batch.records)))
+                excess -= 1
+                dropped += 1
+        self._dropped(dropped)
+
+    def _dropped(self, count: int) -> None:
+        if count <= 0:
+            return
+        self.stats.dropped_writes += count
+        if not self._full_warned:
+            self._full_warned = True
             logger.warning(
-                "backend %s unavailable: %d writes buffered (limit %d)",
-                self.backend.describe(),
-                waiting,
-                self.settings.max_buffered,
+                "backend %s unavailable and the write buffer is full (max_buffered=%d): "
+                "dropping the oldest finished-record writes (journal changes are kept)",
+                self.backend.describe(), self.settings.max_buffered,
             )
+
+    def _write_failed(self, what: str) -> None:
+        self.stats.write_failures += 1
+        if self._healthy:
+            self._healthy = False
+            logger.warning("writing the %s to %s failed; buffering and retrying with backoff",
+                           what, self.backend.describe(), exc_info=True)
+
+    def _write_ok(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            self._full_warned = False
+            logger.warning("backend %s answers again; buffered writes drained",
+                           self.backend.describe())
+
+    # ---- background loops --------------------------------------------------------------------
 
     async def _writer(self) -> None:
         assert self._wake is not None
+        assert self._stopping is not None
         backoff = 0.05
-        while True:
+        while not self._stopping.is_set():
             await self._wake.wait()
             self._wake.clear()
-            # Let the rest of this loop tick enqueue too: one transaction for all of them.
-            await asyncio.sleep(0)
+            if self._stopping.is_set():
+                return
+            await asyncio.sleep(0)  # the rest of this tick joins the batch
             try:
                 await self.flush_journal()
-                backoff = 0.05
-            except asyncio.CancelledError:
-                raise
             except Exception:
-                self._warn_failure("journal")
-                await asyncio.sleep(backoff)
+                self._write_failed("journal")
+                if await self._pause(backoff):
+                    return
                 backoff = min(backoff * 2, 5.0)
                 self._wake.set()
+                continue
+            backoff = 0.05
+            self._write_ok()
 
-    def _warn_failure(self, what: str) -> None:
-        self.write_failures += 1
-        logger.warning(
-            "writing the %s to %s failed; will retry",
-            what,
-            self.backend.describe(),
-            exc_info=self.write_failures == 1,
-        )
+    async def _history_loop(self) -> None:
+        assert self._history_due is not None
+        interval = self.settings.snapshot_interval
+        wait = interval
+        while True:
+            if await self._pause(wait, self._history_due):
+                return
+            self._history_due.clear()
+            try:
+                await self.flush_history()
+            except Exception:
+                self._write_failed("history")
+                wait = min(max(wait * 2, 0.5), interval)
+                continue
+            wait = interval
 
-    async def _heartbeat(self) -> None:
-        await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
+    async def _lease_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            wait = interval if not self._lease_failing else min(interval, 1.0)
+            if await self._pause(wait):
+                return
+            if await self._renew() and self._claiming:
+                await self._guarded("claim", self.claim)
+
+    async def _retention_loop(self) -> None:
+        while not await self._pause(3600.0):
+            await self._guarded("retention", self.prune)
+
+    async def _pause(self, seconds: float, early: asyncio.Event | None = None) -> bool:
+        """Sleep ``seconds`` (less if ``early`` is set); True when the persister is stopping."""
+        assert self._stopping is not None
+        waits = [asyncio.ensure_future(self._stopping.wait())]
+        if early is not None:
+            waits.append(asyncio.ensure_future(early.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        return self._stopping.is_set()
+
+    async def _guarded(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception:
+            logger.warning("periodic %s against %s failed", what, self.backend.describe(),
+                           exc_info=True)
+
+    # ---- the lease and claims ----------------------------------------------------------------
+
+    async def _renew(self) -> bool:
+        """Heartbeat; on failure say so, and say loudly when the lease may have expired."""
+        sent = time.monotonic()
+        try:
+            await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
+        except Exception:
+            self.stats.lease_failures += 1
+            if not self._lease_failing:
+                self._lease_failing = True
+                logger.warning("lease heartbeat of %s to %s failed; retrying", self.owner,
+                               self.backend.describe(), exc_info=True)
+            if time.monotonic() >= self._lease_until and self._lease_until:
+                self._lease_until = 0.0  # warn once per outage
+                logger.error(
+                    "the lease of instance %s may have expired: another instance may claim its "
+                    "%d journaled tasks and run them again (at-least-once)",
+                    self.owner, len(self._active),
+                )
+            return False
+        self._lease_until = sent + self.settings.lease_ttl
+        if self._lease_failing:
+            self._lease_failing = False
+            logger.warning("lease heartbeat of %s works again; rewriting %d journal entries",
+                           self.owner, len(self._active))
+            self._rejournal()
+        return True
+
+    def _rejournal(self) -> None:
+        """Write the entries of active tasks again (the backend may have lost them)."""
+        with self._lock:
+            for task_id, entry in self._active.items():
+                if task_id not in self._urgent.removes:
+                    self._urgent.puts[task_id] = entry
+            self._seq += 1
+        self._kick()
+
+    async def claim(self) -> None:
+        """Take entries no live instance owns and hand them to ``on_claim``, batch by batch."""
+        while self._claiming:
+            entries = await self.backend.journal_claim(self.owner, CLAIM_BATCH)
+            if entries and self._claiming and self.on_claim is not None:
+                self.stats.claimed += len(entries)
+                logger.info("instance %s claimed %d journaled tasks", self.owner, len(entries))
+                self.on_claim(entries)
+            if len(entries) < CLAIM_BATCH:
+                return
+
+    async def claim_orphans(self) -> list[JournalEntry]:
+        """Journal entries no live instance owns (crashed, or released at a clean shutdown)."""
+        return await self.backend.journal_claim(self.owner)
 
     async def prune(self) -> None:
         """Delete finished records older than ``retention_days`` from memory and backend."""
@@ -223,17 +510,3 @@ class Persister:
         deleted = await self.backend.delete_records_before(cutoff)
         if deleted:
             logger.info("retention: deleted %d records finished before %s", deleted, cutoff)
-
-    async def _every(self, interval: float, job: object) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await job()  # type: ignore[operator]
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("periodic %s failed", getattr(job, "__name__", job), exc_info=True)
-
-    async def claim_orphans(self) -> list[JournalEntry]:
-        """Journal entries no live instance owns (crashed, or released at a clean shutdown)."""
-        return await self.backend.journal_claim(self.owner)

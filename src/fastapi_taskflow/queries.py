@@ -17,15 +17,11 @@ def _key(record: TaskRecord) -> tuple[float, str]:
 def memory_page(store: TaskStore, query: RecordQuery, limit: int) -> list[TaskRecord]:
     """Up to ``limit`` matching records from memory, newest first, after the cursor."""
     after = decode_cursor(query.cursor) if query.cursor else None
-    found: list[TaskRecord] = []
-    for record in store.newest_first():
-        if after is not None and _key(record) >= after:
-            continue
-        if query.matches(record):
-            found.append(record)
-            if len(found) >= limit:
-                break
-    return found
+
+    def accept(record: TaskRecord) -> bool:
+        return (after is None or _key(record) < after) and query.matches(record)
+
+    return store.first_newest(limit, accept)
 
 
 async def merged_page(

@@ -7,6 +7,8 @@ the ``name=`` given, never by bare ``__name__``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -98,12 +100,20 @@ def qualified_name(func: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+# What asyncio marks coroutine functions with on 3.11 (AsyncMock, pytest-mock spies of async
+# functions carry it; inspect.iscoroutinefunction learns about them only in 3.12).
+_COROUTINE_MARKER = getattr(asyncio.coroutines, "_is_coroutine", object())
+
+
 def is_async_callable(func: Callable[..., Any]) -> bool:
-    while hasattr(func, "func") and not inspect.isfunction(func):  # functools.partial
+    while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-        getattr(func, "__call__", None)  # noqa: B004 - async __call__ on an object
-    )
+    if inspect.iscoroutinefunction(func):
+        return True
+    if getattr(func, "_is_coroutine", None) is _COROUTINE_MARKER:
+        return True
+    call = getattr(type(func), "__call__", None)  # an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def resolve_executor(func: Callable[..., Any], requested: str | None) -> str:
@@ -134,6 +144,17 @@ def _check_importable(func: Callable[..., Any]) -> None:
             f"executor='process' needs a module-level function; {qualified_name(func)} is a "
             "lambda or a nested function, which a worker process cannot import"
         )
+
+
+def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The function behind ``functools.wraps`` chains and pytest-mock spies."""
+    spied = getattr(func, "side_effect", None)
+    if callable(spied) and hasattr(spied, "__wrapped__"):
+        func = spied
+    try:
+        return inspect.unwrap(func)
+    except ValueError:  # a cycle of __wrapped__
+        return func
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +279,14 @@ class TaskRegistry:
         """The registered definition of ``func``, or default options for a plain function."""
         definition = self._by_func.get(func) or self._unregistered.get(func)
         if definition is not None:
+            return definition
+        registered = self._by_func.get(_unwrap(func))
+        if registered is not None:
+            # A wrapper of a registered task (a test spy, a decorator using functools.wraps):
+            # call the wrapper so it sees the call, with the task's own name and options.
+            definition = replace(registered, func=func)
+            with self._lock:
+                self._unregistered[func] = definition
             return definition
         definition = TaskDefinition(
             func=func,

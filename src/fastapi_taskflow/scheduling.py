@@ -144,7 +144,7 @@ class EveryTrigger:
     """Slots at whole multiples of ``interval`` seconds since the epoch."""
 
     def __init__(self, interval: float) -> None:
-        self.interval = interval
+        self.interval = float(interval)
 
     def first_after(self, now: float) -> float:
         slot = (math.floor(now / self.interval) + 1) * self.interval

@@ -91,6 +91,18 @@ class TaskStore:
             snapshot = list(reversed(self._records.values()))
         return iter(snapshot)
 
+    def first_newest(self, limit: int, accept: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
+        """Up to ``limit`` records that ``accept`` takes, newest first. Walks the records in
+        place under the lock and stops at ``limit``: a first page costs O(page), not O(store)."""
+        found: list[TaskRecord] = []
+        with self._lock:
+            for record in reversed(self._records.values()):
+                if accept(record):
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
+        return found
+
     def counts(self) -> dict[TaskStatus, int]:
         return dict(self._counts)
 

@@ -13,14 +13,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import admin_jobs as jobs
 import pytest
 from fastapi import FastAPI
 
-import admin_jobs as jobs
 from conftest import register
 from fastapi_taskflow import TaskAdmin, TaskManager
 
@@ -63,6 +64,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
 def _serve(**admin_options: Any) -> Iterator[Server]:
     import uvicorn
 
@@ -106,7 +108,8 @@ def browser() -> Iterator[Any]:
 def server() -> Iterator[Server]:
     """An open admin showing task arguments."""
     _need_chromium()
-    yield from _serve(display_func_args=True)
+    with _serve(display_func_args=True) as running:
+        yield running
 
 
 @pytest.fixture
@@ -252,10 +255,10 @@ def test_login_required_and_stream_refused(browser):
     from playwright.sync_api import expect
 
     _need_chromium()
-    for server in _serve(auth=("admin", "s3cret"), secret_key="k" * 32):
+    errors: list[str] = []
+    with _serve(auth=("admin", "s3cret"), secret_key="k" * 32) as server:
         context = browser.new_context()
         page = context.new_page()
-        errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         anonymous = page.request.get(f"{server.url}/dashboard/stream")
         assert anonymous.status == 401

@@ -98,3 +98,46 @@ async def test_unknown_signup_task_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/signups/does-not-exist")
     assert response.status_code == 404
     assert response.json()["detail"]["error"] == "task_not_found"
+
+
+async def test_injected_task_survives_a_restart(container: AppContainer, mocker: Any) -> None:
+    """A welcome mail still pending at shutdown runs after a restart, with the new mailer."""
+    import asyncio
+
+    from di_app.tasks import send_welcome
+
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def block() -> None:
+        started.set()
+        await gate.wait()
+
+    container.config.taskflow.from_dict({"max_concurrent_tasks": 1, "drain_timeout": 0.05})
+    async with _started(container) as manager:
+        manager.add_task(block)
+        await started.wait()  # the one slot is taken: the welcome mail waits in the queue
+        pending = manager.add_task(send_welcome, "later@x.io")
+    restarted = build_container()
+    mailer = mocker.AsyncMock(spec=Mailer)
+    try:
+        with restarted.mailer.override(mailer):
+            async with _started(restarted) as manager:
+                await manager.join()
+                record = (await manager.get_task(pending.task_id)).record  # type: ignore[union-attr]
+    finally:
+        restarted.unwire()
+    assert record.status.value == "success"
+    mailer.send.assert_awaited_once_with("later@x.io", "Welcome aboard!")
+
+
+def _started(container: AppContainer) -> Any:
+    from contextlib import asynccontextmanager
+
+    from fastapi_taskflow.di import running
+
+    @asynccontextmanager
+    async def run() -> AsyncIterator[Any]:
+        async with running(container):
+            yield await container.taskflow.task_manager()
+
+    return run()

@@ -76,5 +76,5 @@ async def drain(gate: Gate, total: int) -> None:
     while len(gate.started) < total:
         before = len(gate.started)
         gate.release_all()
-        await wait_until(lambda: len(gate.started) > before)
+        await wait_until(lambda before=before: len(gate.started) > before)
     gate.release_all()

@@ -160,7 +160,8 @@ async def test_handle_is_the_id_and_wait_times_out() -> None:
     gate = Gate()
     async with running() as tm:
         handle = tm.add_task(gate.work, "x")
-        assert handle == handle.task_id and isinstance(handle, str)
+        assert handle == handle.task_id
+        assert isinstance(handle, str)
         with pytest.raises(TimeoutError):
             await handle.wait(timeout=0.01)
         gate.release("x")

@@ -50,7 +50,8 @@ async def test_live_and_succeeded_keys_return_the_existing_handle() -> None:
         gate.release(1)
         await first.wait(timeout=5)
         again = tm.add_task(gate.work, 4, idempotency_key="k")  # succeeded
-        assert again == first and again.status is TaskStatus.SUCCESS
+        assert again == first
+        assert again.status is TaskStatus.SUCCESS
     assert gate.started == [1]
 
 
@@ -111,7 +112,7 @@ async def test_key_is_free_after_interruption() -> None:
 
 
 async def test_key_reserved_across_instances_sharing_a_backend() -> None:
-    """With a shared backend a second instance's duplicate ends without running, naming the holder."""
+    """With a shared backend, another instance's duplicate ends unrun, naming the holder."""
     backend = SharedMemoryBackend()
     gate = Gate()
     async with (

@@ -57,7 +57,8 @@ async def test_full_queue_raises_and_records_rejected() -> None:
         with pytest.raises(QueueFullError) as info:
             tm.add_task(gate.work, 3, queue="q")
         rejected = tm.store.get(info.value.task_id or "")
-        assert rejected is not None and rejected.status is TaskStatus.REJECTED
+        assert rejected is not None
+        assert rejected.status is TaskStatus.REJECTED
         assert "full" in (rejected.error or "")
         assert tm.queue_stats()["q"]["counts"]["rejected"] == 1
         for key in (0, 1, 2):

@@ -56,9 +56,12 @@ async def test_retry_on_limits_which_errors_retry() -> None:
         tm.task(retries=3, retry_on=ValueError)(picky)
         key_error = await tm.add_task(picky, "key").wait(timeout=5)
         value_error = await tm.add_task(picky, "value").wait(timeout=5)
-    assert key_error.status is TaskStatus.FAILED and key_error.retries_used == 0
-    assert value_error.status is TaskStatus.FAILED and value_error.retries_used == 3
-    assert calls.count("key") == 1 and calls.count("value") == 4
+    assert key_error.status is TaskStatus.FAILED
+    assert key_error.retries_used == 0
+    assert value_error.status is TaskStatus.FAILED
+    assert value_error.retries_used == 3
+    assert calls.count("key") == 1
+    assert calls.count("value") == 4
 
 
 def test_backoff_grows_and_max_delay_caps_it() -> None:

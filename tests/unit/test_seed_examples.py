@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -55,19 +55,33 @@ def enqueue_route(app: FastAPI, task_manager: TaskManager, func: Any) -> None:
 
     @app.post("/run")
     async def run(
-        value: str, tasks: ManagedBackgroundTasks = Depends(task_manager.get_tasks)
+        value: str, tasks: Annotated[ManagedBackgroundTasks, Depends(task_manager.get_tasks)]
     ) -> dict[str, str]:
         return {"task_id": tasks.add_task(func, value)}
 
 
-def file_bytes(path: Path) -> bytes:
+def file_bytes(name: str) -> bytes:
     """A SQLite file together with its WAL and shared-memory companions."""
+    path = Path(name)
     parts = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
     return b"".join(p.read_bytes() for p in parts if p.exists())
 
 
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def json_lines(name: str) -> list[dict[str, Any]]:
+    """The JSON objects of a log file, one per line."""
+    return [json.loads(line) for line in Path(name).read_text().splitlines() if line.strip()]
+
+
+def is_file(name: str) -> bool:
+    return Path(name).is_file()
+
+
+def files_here() -> list[str]:
+    return sorted(p.name for p in Path().iterdir())
+
+
+def read_text(name: str) -> str:
+    return Path(name).read_text()
 
 
 # ---- Minimal setup ---------------------------------------------------------------------------
@@ -92,7 +106,7 @@ async def test_minimal_setup_tracks_tasks_in_memory() -> None:
         assert record is not None
         assert record.status is TaskStatus.SUCCESS
     assert seen == ["ada"]
-    assert list(Path().iterdir()) == []
+    assert files_here() == []
 
 
 # ---- Adding persistence ----------------------------------------------------------------------
@@ -117,7 +131,7 @@ async def test_snapshot_db_keeps_history_across_a_restart() -> None:
     async with serving(app) as client:
         task_id = (await client.post("/run", params={"value": "invoice-7"})).json()["task_id"]
         await task_manager.join()
-    assert Path("tasks.db").is_file()
+    assert is_file("tasks.db")
 
     restarted, app2 = build()
     restarted.task()(archive)
@@ -158,8 +172,8 @@ async def test_requeue_pending_runs_a_waiting_task_again_after_restart() -> None
     task_manager, app, charge = build()
     async with serving(app):
         handle = task_manager.add_task(charge, "order-1")
-        while handle.record.retries_used == 0:  # first attempt failed: waits an hour to retry
-            await asyncio.wait_for(_next_change(task_manager), timeout=10)
+        # The first attempt fails; the retry waits an hour: the task is PENDING at shutdown.
+        await wait_until(task_manager, lambda: handle.record.retries_used == 1)
         assert handle.status is TaskStatus.PENDING
 
     gate["fail"] = False
@@ -215,8 +229,8 @@ async def test_requeue_pending_runs_a_queued_task_again_after_restart() -> None:
     assert ran == ["blocker", "queued"]
 
 
-async def _next_change(task_manager: TaskManager) -> None:
-    """Wait for the store's next change notification."""
+async def wait_until(task_manager: TaskManager, condition: Any, timeout: float = 10) -> None:
+    """Wait, without polling, until ``condition()`` holds after some change in the store."""
     changed = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -225,7 +239,10 @@ async def _next_change(task_manager: TaskManager) -> None:
 
     task_manager.store.add_listener(listener)
     try:
-        await changed.wait()
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await changed.wait()
+                changed.clear()
     finally:
         task_manager.store.remove_listener(listener)
 
@@ -248,12 +265,10 @@ async def test_log_file_writes_json_task_and_lifecycle_lines() -> None:
 
     enqueue_route(app, task_manager, send_email)
     async with serving(app) as client:
-        task_id = (await client.post("/run", params={"value": "ada@example.com"})).json()[
-            "task_id"
-        ]
+        task_id = (await client.post("/run", params={"value": "ada@example.com"})).json()["task_id"]
         await task_manager.join()
 
-    lines = [line for line in json_lines(Path("tasks.log")) if line["task_id"] == task_id]
+    lines = [line for line in json_lines("tasks.log") if line["task_id"] == task_id]
     messages = [line["message"] for line in lines if line["event"] == "log"]
     statuses = [line["status"] for line in lines if line["event"] == "lifecycle"]
     assert messages == ["sending"]
@@ -273,7 +288,7 @@ async def test_log_file_without_lifecycle_writes_only_task_logs() -> None:
     task_manager.add_task(work)
     await task_manager.join()
     await task_manager.shutdown()
-    assert [line["event"] for line in json_lines(Path("tasks.log"))] == ["log"]
+    assert [line["event"] for line in json_lines("tasks.log")] == ["log"]
 
 
 async def test_stdout_and_file_loggers_both_receive_events(
@@ -304,7 +319,7 @@ async def test_stdout_and_file_loggers_both_receive_events(
 
     stdout = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["message"] for line in stdout] == ["resized cat.png"]  # info and up, no lifecycle
-    in_file = json_lines(Path("tasks.log"))
+    in_file = json_lines("tasks.log")
     assert [line["message"] for line in in_file if line["event"] == "log"] == ["resized cat.png"]
     assert [line["status"] for line in in_file if line["event"] == "lifecycle"] == [
         "running",
@@ -386,7 +401,8 @@ async def test_max_sync_threads_runs_sync_tasks_in_their_own_pool() -> None:
         await task_manager.shutdown()
     assert ten_running.is_set()
     assert state["peak"] == 10
-    assert names and all(name.startswith("taskflow-sync") for name in names)
+    assert names
+    assert all(name.startswith("taskflow-sync") for name in names)
     assert task_manager.metrics()["success"] == 30
 
 
@@ -448,3 +464,280 @@ async def test_process_executor_runs_in_another_process() -> None:
     pids = [int(line.rsplit(" ", 1)[1]) for line in record.logs if "rendered in pid" in line]
     assert len(pids) == 1
     assert pids[0] != os.getpid()
+
+
+# ---- Adding argument encryption --------------------------------------------------------------
+
+
+async def test_encrypted_arguments_reach_the_task_but_nothing_else() -> None:
+    """encrypt_args_key=key: the task gets its arguments; store, file, logs and API hold none."""
+    from fastapi_taskflow import TaskAdmin, TaskManager
+
+    key = Fernet.generate_key()
+    task_manager = TaskManager(
+        encrypt_args_key=key, snapshot_db="tasks.db", log_file="tasks.log", log_lifecycle=True
+    )
+    app = FastAPI()
+    TaskAdmin(app, task_manager, display_func_args=True)
+    received: list[tuple[str, str]] = []
+
+    @task_manager.task(persist=True)
+    async def store_token(user: str, token: str) -> None:
+        received.append((user, token))
+        task_log("token stored")
+
+    async with serving(app) as client:
+        handle = task_manager.add_task(store_token, "ada", token=SECRET)
+        assert SECRET not in repr(handle.record.args) + repr(handle.record.kwargs)
+        record = await handle.wait(timeout=10)
+        assert record.status is TaskStatus.SUCCESS
+        api = (await client.get(f"/tasks/{handle}")).text
+        listing = (await client.get("/tasks")).text
+        await task_manager.join()
+    assert received == [("ada", SECRET)]
+    assert (record.args, record.kwargs) == ((), {})
+    assert SECRET not in json.dumps(record.to_dict(include_args=True))
+    assert handle.task_id in api
+    assert SECRET not in api
+    assert SECRET not in listing
+    assert SECRET.encode() not in file_bytes("tasks.db")
+    assert SECRET not in read_text("tasks.log")
+
+
+async def test_wrong_key_fails_the_task_with_a_clear_error() -> None:
+    """A task whose arguments no configured key decrypts fails at once; it never stays PENDING."""
+    gate = {"fail": True}
+
+    def build(key: bytes) -> tuple[TaskManager, Any]:
+        task_manager = TaskManager(
+            encrypt_args_key=key, snapshot_db="tasks.db", requeue_pending=True
+        )
+
+        @task_manager.task(retries=1, delay=3600, name="accounts.sync")
+        async def sync(token: str) -> None:
+            if gate["fail"]:
+                raise ConnectionError("upstream down")
+
+        return task_manager, sync
+
+    task_manager, sync = build(Fernet.generate_key())
+    await task_manager.startup()
+    handle = task_manager.add_task(sync, SECRET)
+    await wait_until(task_manager, lambda: handle.record.retries_used == 1)
+    await task_manager.shutdown()  # still waiting for its retry: kept for the next start
+
+    gate["fail"] = False
+    restarted, _ = build(Fernet.generate_key())  # a different key: the payload is unreadable
+    await restarted.startup()
+    try:
+        await restarted.join(timeout=10)
+        record = await restarted.get_record(handle.task_id)
+    finally:
+        await restarted.shutdown()
+    assert record is not None
+    assert record.status is TaskStatus.FAILED
+    assert record.error is not None
+    assert "decrypt" in record.error
+    assert SECRET not in (record.error or "") + (record.stacktrace or "")
+
+
+# ---- Full example ----------------------------------------------------------------------------
+
+
+async def test_full_example_configuration_runs_every_kind_of_task() -> None:
+    """The page's combined configuration starts, runs async and sync tasks, and stops cleanly."""
+    import os
+
+    from fastapi_taskflow import TaskManager
+
+    task_manager = TaskManager(
+        snapshot_db="tasks.db",
+        requeue_pending=True,
+        log_file="tasks.log",
+        log_lifecycle=True,
+        max_concurrent_tasks=50,
+        max_sync_threads=10,
+        max_process_workers=os.cpu_count(),
+        process_shutdown_timeout=60.0,
+    )
+    app = FastAPI()
+    task_manager.init_app(app)
+    threads: list[str] = []
+
+    @task_manager.task(retries=2)
+    async def notify(user: str) -> None:
+        task_log(f"notified {user}")
+
+    @task_manager.task()
+    def thumbnail(image: str) -> None:
+        threads.append(threading.current_thread().name)
+
+    async with serving(app):
+        handles = [task_manager.add_task(notify, "ada"), task_manager.add_task(thumbnail, "a.png")]
+        await task_manager.join(timeout=10)
+        assert [h.status for h in handles] == [TaskStatus.SUCCESS, TaskStatus.SUCCESS]
+    assert threads[0].startswith("taskflow-sync")
+    assert is_file("tasks.db")
+    events = [line["event"] for line in json_lines("tasks.log")]
+    assert events.count("lifecycle") == 4
+    assert events.count("log") == 1
+
+
+# ---- Wiring up the lifecycle -----------------------------------------------------------------
+
+
+async def test_option_1_task_admin_mounts_the_api_and_runs_the_lifecycle() -> None:
+    """TaskAdmin(app, task_manager) serves /tasks, /tasks/{id}, /tasks/metrics and the dashboard."""
+    from fastapi import FastAPI
+
+    from fastapi_taskflow import TaskAdmin, TaskManager
+
+    task_manager = TaskManager(snapshot_db="tasks.db")
+    app = FastAPI()
+    TaskAdmin(app, task_manager)
+
+    @task_manager.task()
+    async def ping() -> None:
+        task_log("pong")
+
+    async with serving(app) as client:
+        handle = task_manager.add_task(ping)
+        await task_manager.join(timeout=10)
+        listing = await client.get("/tasks")
+        one = await client.get(f"/tasks/{handle}")
+        metrics = await client.get("/tasks/metrics")
+        dashboard = await client.get("/tasks/dashboard")
+    assert listing.status_code == 200
+    assert [task["task_id"] for task in listing.json()] == [handle]
+    assert one.json()["status"] == "success"
+    assert metrics.json()["success"] == 1
+    assert dashboard.status_code == 200
+    assert "text/html" in dashboard.headers["content-type"]
+    assert is_file("tasks.db")
+
+
+async def test_option_2_init_app_is_idempotent() -> None:
+    """init_app(app) twice wires the lifecycle once: one startup, one shutdown, tasks run once."""
+    from fastapi import FastAPI
+
+    from fastapi_taskflow import TaskManager
+
+    observer = InMemoryLogger(log_lifecycle=True)
+    task_manager = TaskManager(snapshot_db="tasks.db", loggers=[observer])
+    app = FastAPI()
+    task_manager.init_app(app)
+    wired = app.router.lifespan_context
+    task_manager.init_app(app)
+    assert app.router.lifespan_context is wired
+
+    @task_manager.task()
+    async def ping() -> None:
+        pass
+
+    async with serving(app):
+        task_manager.add_task(ping)
+        await task_manager.join(timeout=10)
+    assert [event.status for event in observer.lifecycle_events] == ["running", "success"]
+    assert is_file("tasks.db")
+
+
+async def test_init_app_with_an_app_that_has_its_own_lifespan() -> None:
+    """init_app on FastAPI(lifespan=...) runs both: the manager around the app's own lifespan."""
+    task_manager = TaskManager(snapshot_db="tasks.db")
+    order: list[str] = []
+
+    @task_manager.task()
+    async def warm_cache() -> None:
+        order.append("task ran")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        order.append("app startup")
+        task_manager.add_task(warm_cache)
+        yield
+        order.append("app shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+    task_manager.init_app(app)
+    async with serving(app):
+        await task_manager.join(timeout=10)
+        assert is_file("tasks.db")  # the manager started: its backend is open
+    assert order == ["app startup", "task ran", "app shutdown"]
+    restarted = TaskManager(snapshot_db="tasks.db")
+    await restarted.startup()
+    try:
+        assert restarted.metrics()["success"] == 1  # flushed at shutdown
+    finally:
+        await restarted.shutdown()
+
+
+async def test_task_admin_with_an_app_that_has_its_own_lifespan() -> None:
+    """TaskAdmin on FastAPI(lifespan=...) still starts the manager (the reference never did)."""
+    from fastapi_taskflow import TaskAdmin
+
+    task_manager = TaskManager(snapshot_db="tasks.db")
+    started: list[bool] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started.append(True)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    TaskAdmin(app, task_manager)
+
+    @task_manager.task()
+    async def ping() -> None:
+        pass
+
+    async with serving(app) as client:
+        handle = task_manager.add_task(ping)
+        await handle.wait(timeout=10)
+        response = await client.get(f"/tasks/{handle}")
+    assert started == [True]
+    assert response.json()["status"] == "success"
+    assert is_file("tasks.db")
+
+
+async def test_option_3_manual_lifespan_handler() -> None:
+    """startup()/shutdown() in the app's own lifespan load and flush the snapshot file."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from fastapi_taskflow import TaskManager
+
+    task_manager = TaskManager(snapshot_db="tasks.db")
+
+    @asynccontextmanager
+    async def lifespan(app):  # type: ignore[no-untyped-def]
+        await task_manager.startup()
+        yield
+        await task_manager.shutdown()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @task_manager.task()
+    async def ping(value: str) -> None:
+        task_log(value)
+
+    enqueue_route(app, task_manager, ping)
+    async with serving(app) as client:
+        task_id = (await client.post("/run", params={"value": "x"})).json()["task_id"]
+        await task_manager.join(timeout=10)
+
+    db = sqlite3.connect("tasks.db")
+    try:
+        rows = db.execute("SELECT task_id, status FROM tf_records").fetchall()
+    finally:
+        db.close()
+    assert rows == [(task_id, "success")]
+
+
+async def test_startup_and_shutdown_are_safe_on_a_bare_manager() -> None:
+    """A bare TaskManager() can be started and stopped (twice, even) with nothing configured."""
+    task_manager = TaskManager()
+    await task_manager.startup()
+    await task_manager.startup()
+    await task_manager.shutdown()
+    await task_manager.shutdown()

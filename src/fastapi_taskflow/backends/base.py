@@ -110,6 +110,8 @@ class JournalEntry:
     requeue_count: int = 0
     requeue: bool = False
     owner: str | None = None
+    # W3C trace context from the enqueue (tracing on): a requeued task stays in its trace.
+    trace_context: dict[str, str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -127,6 +129,7 @@ class JournalEntry:
                 "retries_used": self.retries_used,
                 "requeue_count": self.requeue_count,
                 "requeue": self.requeue,
+                "trace": self.trace_context,
             },
             separators=(",", ":"),
         )
@@ -149,6 +152,7 @@ class JournalEntry:
             requeue_count=int(raw.get("requeue_count") or 0),
             requeue=bool(raw.get("requeue")),
             owner=owner,
+            trace_context=raw.get("trace") or None,
         )
 
 
@@ -189,6 +193,8 @@ def record_to_row(record: TaskRecord) -> Row:
         "requeue_count": record.requeue_count,
         **payload,
     }
+    if record.encrypted_error is not None:
+        document["encrypted_error"] = base64.b64encode(record.encrypted_error).decode("ascii")
     return {
         "task_id": record.task_id,
         "func_name": record.func_name,
@@ -236,6 +242,9 @@ def row_to_record(data: str | bytes) -> TaskRecord:
             progress_message=doc.get("progress_message"),
             encrypted_payload=encrypted,
             requeue_count=int(doc.get("requeue_count") or 0),
+            encrypted_error=(
+                base64.b64decode(doc["encrypted_error"]) if doc.get("encrypted_error") else None
+            ),
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"corrupt task record: {exc}") from exc

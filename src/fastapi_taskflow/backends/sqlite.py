@@ -9,6 +9,7 @@ or a reservation decides on the latest data, and two processes wait for each oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -230,7 +231,14 @@ class SqliteBackend(TaskBackend):
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
         async with self._lock, self._errors():
             db = self._conn()
-            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # aiosqlite runs the BEGIN in its thread anyway: end that transaction (queued
+                # after it) or every later one fails with "transaction within a transaction".
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
             try:
                 yield db
             except BaseException:

@@ -73,8 +73,14 @@ def make_backend(kind: str, **options: Any) -> TaskBackend:
     return backend
 
 
-async def open_backend(backend: TaskBackend) -> AsyncIterator[TaskBackend]:
-    """The backend's lifetime: opened at startup, closed after everything that uses it."""
+async def open_backend(
+    settings: TaskflowSettings, backend: TaskBackend
+) -> AsyncIterator[TaskBackend]:
+    """The backend's lifetime: opened at startup, closed after everything that uses it.
+
+    ``settings`` comes first so the configuration is validated before any backend is built,
+    even when ``backend_factory`` is overridden.
+    """
     await backend.open()  # BackendError names the server, never a password
     logger.debug("backend %s opened", backend.describe())
     try:
@@ -215,7 +221,7 @@ class TaskflowContainer(containers.DeclarativeContainer):
             socket_timeout=settings.provided.backend.redis.socket_timeout,
         ),
     )
-    backend = providers.Resource(open_backend, backend_factory)
+    backend = providers.Resource(open_backend, settings, backend_factory)
 
     store = providers.Singleton(TaskStore, max_history=settings.provided.max_history)
     loggers = providers.Callable(build_observers, settings.provided.loggers)

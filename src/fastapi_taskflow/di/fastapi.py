@@ -193,4 +193,3 @@ async def get_task_handle(
 TaskManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
 TasksDep = Annotated[ManagedBackgroundTasks, Depends(get_tasks)]
 TaskHandleDep = Annotated[TaskHandle, Depends(get_task_handle)]
-

@@ -13,7 +13,7 @@ import logging
 import random
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context import current_sink
 from ..crypto import ArgumentCipher
@@ -22,10 +22,15 @@ from ..executors import ExecutorSet
 from ..models import QueueConfig, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
+from ..tracing import NO_SPAN
 from .events import AttemptSink, EventHub
 from .job import Job
 from .keys import KeyGuard
 from .queues import QueueSet, QueueState
+
+if TYPE_CHECKING:
+    from ..redaction import ErrorPolicy
+    from ..tracing import Tracing
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -57,6 +62,9 @@ class Dispatcher:
         self._on_finished = on_finished
         # Set by the manager when the backend is shared (see dispatch/keys.py).
         self.key_guard: KeyGuard | None = None
+        # Set by the manager when on: one span per attempt; redaction and sealed errors.
+        self.tracing: Tracing | None = None
+        self.privacy: ErrorPolicy | None = None
         # Jitter source, (low, high) -> seconds; replaceable in tests.
         self.jitter: Callable[[float, float], float] = random.uniform
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,8 +105,7 @@ class Dispatcher:
         elif (exc := task.exception()) is not None:
             logger.error("task %s: internal error in the attempt loop", job.task_id,
                          exc_info=exc)
-            self._finish(job, TaskStatus.FAILED, job.record.retries_used + 1,
-                         error=_describe(exc), stacktrace=_trace(exc))
+            self._fail(job, job.record.retries_used + 1, exc)
 
     def _never_started(self, job: Job) -> None:
         status = TaskStatus.CANCELLED if job.stop_reason == "cancel" else TaskStatus.INTERRUPTED
@@ -112,18 +119,23 @@ class Dispatcher:
             return
         attempt = record.retries_used + 1
         sink = AttemptSink(self.hub, record, attempt)
+        span = self.tracing.start_attempt(job, attempt) if self.tracing is not None else NO_SPAN
         token = current_sink.set(sink)
         try:
-            args, kwargs = self._arguments(job)
-            timeout = job.options.timeout or self.default_timeout
-            await self.executors.run(
-                job.definition.executor,
-                job.definition.func,
-                args,
-                kwargs,
-                sink=sink,
-                timeout=timeout,
-            )
+            with span:
+                args, kwargs = self._arguments(job)
+                if self.privacy is not None:
+                    self._protect(job, sink, args, kwargs)
+                kind = job.definition.executor
+                await self.executors.run(
+                    kind,
+                    job.definition.func,
+                    args,
+                    kwargs,
+                    sink=sink,
+                    timeout=job.options.timeout or self.default_timeout,
+                    trace_carrier=span.carrier() if kind == "process" else None,
+                )
         except asyncio.CancelledError:
             self._stopped(job, attempt)
         except ArgumentDecryptionError as exc:
@@ -145,6 +157,21 @@ class Dispatcher:
             self._finish(job, TaskStatus.SUCCESS, attempt, error=None, stacktrace=None)
         finally:
             current_sink.reset(token)
+            span.end(record)
+
+    def _protect(
+        self, job: Job, sink: AttemptSink, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Learn the values to scrub from this attempt's errors and logs."""
+        assert self.privacy is not None
+        job.secrets = self.privacy.secrets(job.definition.func, args, kwargs)
+        sink.redact = functools.partial(self.privacy.log_fields, job.secrets)
+
+    def _error_fields(self, job: Job, exc: BaseException) -> tuple[str, str | None, bytes | None]:
+        """(error, stack trace, sealed error) as stored: redacted, and sealed if configured."""
+        if self.privacy is None:
+            return _describe(exc), _trace(exc), None
+        return self.privacy.error_fields(job.secrets, exc, _describe(exc), _trace(exc))
 
     async def _reserve(self, job: Job) -> bool:
         """Cross-instance idempotency, once per task: False when another instance holds the key."""
@@ -179,12 +206,14 @@ class Dispatcher:
     def _retry_later(self, job: Job, attempt: int, exc: Exception) -> None:
         """Back to PENDING; resubmitted after the backoff, holding no slot meanwhile."""
         record = job.record
+        error, stacktrace, sealed = self._error_fields(job, exc)
         self.store.transition(
             record,
             TaskStatus.PENDING,
             retries_used=record.retries_used + 1,
-            error=_describe(exc),
-            stacktrace=_trace(exc),
+            error=error,
+            stacktrace=stacktrace,
+            encrypted_error=sealed,
         )
         self.hub.lifecycle(record, TaskStatus.FAILED, attempt, retrying=True)
         delay = job.options.retry_delay(record.retries_used)
@@ -194,7 +223,10 @@ class Dispatcher:
         job.retry_timer = self._loop.call_later(delay, self.submit, job)
 
     def _fail(self, job: Job, attempt: int, exc: BaseException) -> None:
-        self._finish(job, TaskStatus.FAILED, attempt, error=_describe(exc), stacktrace=_trace(exc))
+        error, stacktrace, sealed = self._error_fields(job, exc)
+        self._finish(
+            job, TaskStatus.FAILED, attempt, error=error, stacktrace=stacktrace, sealed=sealed
+        )
 
     def _stopped(self, job: Job, attempt: int) -> None:
         reason = job.stop_reason
@@ -217,10 +249,12 @@ class Dispatcher:
         *,
         error: str | None = None,
         stacktrace: str | None = None,
+        sealed: bytes | None = None,
     ) -> None:
         record = job.record
         if record.status.finished:
             return
+        record.encrypted_error = sealed
         self.store.mark_finished(record, status, utcnow(), error, stacktrace)
         self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)

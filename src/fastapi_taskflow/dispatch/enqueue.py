@@ -22,6 +22,7 @@ from .job import Job
 
 if TYPE_CHECKING:
     from ..persistence import Persister
+    from ..tracing import Tracing
 
 Submit = Callable[[Job], None]
 
@@ -86,6 +87,8 @@ class Enqueuer:
         self.requeue_pending = requeue_pending
         self.check_arguments = check_arguments
         self.persister: Persister | None = None
+        # Set by the manager when tracing is on (see tracing.py).
+        self.tracing: Tracing | None = None
 
     def enqueue(
         self,
@@ -167,6 +170,12 @@ class Enqueuer:
             executor=definition.executor,
             queue=queue,
             encrypted_payload=encrypted,
+            # A scheduled firing starts its own trace, whatever context the scheduler runs in.
+            trace_context=(
+                self.tracing.capture()
+                if self.tracing is not None and source != "scheduled"
+                else None
+            ),
         )
 
     def _admit(self, record: TaskRecord, queue: str, max_size: int | None) -> None:
@@ -228,4 +237,5 @@ class Enqueuer:
             retries_used=record.retries_used,
             requeue_count=record.requeue_count,
             requeue=requeue,
+            trace_context=record.trace_context,
         )

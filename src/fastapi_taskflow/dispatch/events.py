@@ -152,7 +152,7 @@ class EventHub:
 class AttemptSink:
     """The TaskSink of one attempt: what ``task_log``/``set_progress`` call inside the task."""
 
-    __slots__ = ("_context", "_last", "attempt", "hub", "record")
+    __slots__ = ("_context", "_last", "attempt", "hub", "record", "redact")
 
     def __init__(self, hub: EventHub, record: TaskRecord, attempt: int) -> None:
         self.hub = hub
@@ -160,6 +160,8 @@ class AttemptSink:
         self.attempt = attempt
         self._context: TaskContext | None = None
         self._last = [0.0]
+        # (message, extra) -> redacted (message, extra); set when redaction is on.
+        self.redact: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
 
     @property
     def context(self) -> TaskContext:
@@ -170,6 +172,8 @@ class AttemptSink:
         return self._context
 
     def log(self, message: str, level: str, extra: dict[str, Any]) -> None:
+        if self.redact is not None:
+            message, extra = self.redact(message, extra)
         self.hub.log(self.record, self.context, message, level, extra)
 
     def progress(self, fraction: float, message: str | None) -> None:

@@ -28,6 +28,8 @@ class Job:
     retry_timer: asyncio.TimerHandle | None = None
     # The cross-instance idempotency reservation was made (or was not needed).
     reserved: bool = False
+    # Values of redacted arguments, scrubbed from errors and logs (redaction on only).
+    secrets: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:

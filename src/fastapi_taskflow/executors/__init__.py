@@ -67,6 +67,7 @@ class ExecutorSet:
         *,
         sink: TaskSink,
         timeout: float | None,
+        trace_carrier: dict[str, str] | None = None,
     ) -> Any:
         if kind == "process":
             # The pool enforces the timeout itself: it must terminate the worker.
@@ -78,6 +79,7 @@ class ExecutorSet:
                 on_log=sink.log,
                 on_progress=sink.progress,
                 timeout=timeout,
+                trace_carrier=trace_carrier,
             )
         if timeout is None:  # the common case skips the timeout machinery entirely
             if kind == "async":

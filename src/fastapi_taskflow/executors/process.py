@@ -32,6 +32,7 @@ from typing import Any
 from ..context import current_sink
 from ..errors import TaskArgumentError, TaskTimeoutError, WorkerCrashedError
 from ..models import TaskContext
+from ..tracing import attached
 
 try:
     import cloudpickle as _cloudpickle
@@ -203,14 +204,15 @@ def _result_frame(func: Callable[..., Any], result: Any) -> tuple[bytes, bytes]:
 
 def _run_job(channel: _Channel, payload: bytes) -> None:
     try:
-        func, args, kwargs, context = pickle.loads(payload)
+        func, args, kwargs, context, carrier = pickle.loads(payload)
     except Exception as exc:  # e.g. the task's module cannot be imported in the worker
         channel.send(_ERROR, _error_body(exc))
         return
     sink = _WorkerSink(channel, context)
     token = current_sink.set(sink)
     try:
-        result = func(*args, **kwargs)
+        with attached(carrier):
+            result = func(*args, **kwargs)
     except Exception as exc:
         # Only Exception is sent back: SystemExit and KeyboardInterrupt end the worker, as they
         # would end a program, and the parent reports the exit code.
@@ -566,9 +568,10 @@ class ProcessPool:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         context: TaskContext,
+        carrier: dict[str, str] | None = None,
     ) -> bytes:
         try:
-            return _dumps((func, args, kwargs, context))
+            return _dumps((func, args, kwargs, context, carrier))
         except Exception as exc:
             self.check_arguments(func, args, kwargs)  # names the culprit when it can
             raise TaskArgumentError(
@@ -588,13 +591,14 @@ class ProcessPool:
         on_log: LogCallback,
         on_progress: ProgressCallback,
         timeout: float | None = None,
+        trace_carrier: dict[str, str] | None = None,
     ) -> Any:
         """Run ``func(*args, **kwargs)`` in a worker and return its result (or raise its error).
 
         ``timeout`` counts from the moment a ready worker receives the job, so neither waiting for
         a free worker nor starting a fresh one uses it up.
         """
-        payload = self._encode_job(func, args, kwargs, context)
+        payload = self._encode_job(func, args, kwargs, context, trace_carrier)
         worker = await self._acquire()
         self._running += 1
         self._quiet.clear()

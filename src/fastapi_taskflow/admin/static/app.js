@@ -554,7 +554,7 @@
       else if (data.metrics) { state.metrics = data.metrics; updateQueueNumbers(data.metrics.queues || {}); }
       if (data.overflow && state.view === "tasks" && state.cursors.length === 1) loadTasks();
       else applyDelta(data.tasks);
-      if (state.detailId && data.tasks.some((t) => t.task_id === state.detailId)) refreshDetailSoon();
+      if (state.detailId && (data.overflow || data.tasks.some((t) => t.task_id === state.detailId))) refreshDetailSoon();
     });
     source.addEventListener("reset", () => { if (state.view === "tasks") loadTasks(); });
     source.onerror = () => {
