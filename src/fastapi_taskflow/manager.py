@@ -419,16 +419,25 @@ class TaskManager:
         problem, args, kwargs = self._recovery_problem(entry, definition)
         if problem is not None:
             self.recovery_problems += 1
-            logger.warning("skipping journaled task %s (%s): %s", entry.task_id,
-                           entry.func_name, problem)
+            logger.warning(
+                "skipping journaled task %s (%s): %s", entry.task_id, entry.func_name, problem
+            )
             self._give_up(entry, record, TaskStatus.FAILED, problem)
         elif not entry.requeue:
-            self._give_up(entry, record, TaskStatus.INTERRUPTED,
-                          "interrupted: the app stopped before the task finished")
+            self._give_up(
+                entry,
+                record,
+                TaskStatus.INTERRUPTED,
+                "interrupted: the app stopped before the task finished",
+            )
         elif entry.requeue_count > self.settings.max_requeues:
-            self._give_up(entry, record, TaskStatus.FAILED,
-                          f"interrupted {entry.requeue_count} times while running "
-                          f"(max_requeues={self.settings.max_requeues}); giving up")
+            self._give_up(
+                entry,
+                record,
+                TaskStatus.FAILED,
+                f"interrupted {entry.requeue_count} times while running "
+                f"(max_requeues={self.settings.max_requeues}); giving up",
+            )
         else:
             assert definition is not None
             self._resume(entry, record, definition, args, kwargs)
@@ -475,9 +484,12 @@ class TaskManager:
             holder, created = self.store.add_with_key(key, lambda: record)
             if not created:  # a live task took the key first: this copy must not run too
                 record.idempotency_key = None
-                self._give_up(entry, record, TaskStatus.CANCELLED,
-                              f"duplicate: idempotency key {key!r} is held by task "
-                              f"{holder.task_id}")
+                self._give_up(
+                    entry,
+                    record,
+                    TaskStatus.CANCELLED,
+                    f"duplicate: idempotency key {key!r} is held by task {holder.task_id}",
+                )
                 return
         else:
             self.store.add(record)
@@ -613,8 +625,13 @@ class TaskManager:
         definition = self.registry.get(record.func_name)
         args, kwargs = self._clear_arguments(record)
         handle = self.enqueue_definition(
-            definition, args, kwargs, source=source, tags=record.tags,
-            priority=record.priority, queue=record.queue,
+            definition,
+            args,
+            kwargs,
+            source=source,
+            tags=record.tags,
+            priority=record.priority,
+            queue=record.queue,
         )
         if self.settings.retry_replaces_original:
             self.store.remove(task_id)

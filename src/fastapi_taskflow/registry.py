@@ -152,9 +152,10 @@ def _unwrap(func: Callable[..., Any]) -> Callable[..., Any]:
     if callable(spied) and hasattr(spied, "__wrapped__"):
         func = spied
     try:
-        return inspect.unwrap(func)
+        unwrapped: Callable[..., Any] = inspect.unwrap(func)
     except ValueError:  # a cycle of __wrapped__
         return func
+    return unwrapped
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,8 +230,12 @@ class OnceRun:
     timer: asyncio.TimerHandle | None = None
 
     def describe(self) -> dict[str, Any]:
-        fields = {"tags": self.tags, "priority": self.priority, "queue": self.queue,
-                  "idempotency_key": self.idempotency_key}
+        fields = {
+            "tags": self.tags,
+            "priority": self.priority,
+            "queue": self.queue,
+            "idempotency_key": self.idempotency_key,
+        }
         return _describe(self.run_key, self.definition.name, self.run_at, fields)
 
     def to_json(self, cipher: ArgumentCipher | None) -> dict[str, Any]:
@@ -251,7 +255,10 @@ class OnceRun:
 
     @classmethod
     def from_json(
-        cls, run_key: str, data: dict[str, Any], definition: TaskDefinition,
+        cls,
+        run_key: str,
+        data: dict[str, Any],
+        definition: TaskDefinition,
         cipher: ArgumentCipher | None,
     ) -> OnceRun:
         payload = base64.b64decode(data["payload"])
@@ -261,9 +268,14 @@ class OnceRun:
             payload = cipher.decrypt(payload)
         args, kwargs = decode_call(payload)
         return cls(
-            run_key=run_key, definition=definition, args=args, kwargs=kwargs,
-            run_at=float(data["run_at"]), tags=dict(data.get("tags") or {}),
-            priority=data.get("priority"), queue=data.get("queue"),
+            run_key=run_key,
+            definition=definition,
+            args=args,
+            kwargs=kwargs,
+            run_at=float(data["run_at"]),
+            tags=dict(data.get("tags") or {}),
+            priority=data.get("priority"),
+            queue=data.get("queue"),
             idempotency_key=data.get("idempotency_key"),
         )
 
@@ -341,8 +353,14 @@ class Scheduler:
     def stats(self) -> list[dict[str, Any]]:
         """Each periodic schedule with its counters (for the API and the dashboard)."""
         return [
-            {"name": s.name, "every": s.schedule.every, "cron": s.schedule.cron,
-             "timezone": s.schedule.timezone, "fired": s.fired, "failures": s.failures}
+            {
+                "name": s.name,
+                "every": s.schedule.every,
+                "cron": s.schedule.cron,
+                "timezone": s.schedule.timezone,
+                "fired": s.fired,
+                "failures": s.failures,
+            }
             for s in self._periodic
         ]
 
@@ -382,7 +400,10 @@ class Scheduler:
             if not await self._acquire(lock, ttl):
                 return  # another instance fires this slot
             self.manager.enqueue_definition(
-                state.schedule.task, (), {}, source="scheduled",
+                state.schedule.task,
+                (),
+                {},
+                source="scheduled",
                 tags={"schedule": state.name, "slot": label},
             )
         except Exception:  # queue full, backend down, bad arguments: the schedule goes on
@@ -398,8 +419,9 @@ class Scheduler:
         """The latest slot before ``now`` if it was never fired (needs a backend)."""
         backend = self.backend
         if backend is None:
-            logger.warning("schedule %r: catch_up needs a backend to remember fired slots",
-                           state.name)
+            logger.warning(
+                "schedule %r: catch_up needs a backend to remember fired slots", state.name
+            )
             return None
         try:
             last = await backend.get_meta(f"schedule:{state.name}:last")
@@ -422,9 +444,17 @@ class Scheduler:
     # ---- one-off runs --------------------------------------------------------------------------
 
     async def schedule_once(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-        run_at: datetime | timedelta, run_key: str | None, tags: dict[str, str] | None,
-        priority: int | None, queue: str | None, idempotency_key: str | None,
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        run_at: datetime | timedelta,
+        run_key: str | None,
+        tags: dict[str, str] | None,
+        priority: int | None,
+        queue: str | None,
+        idempotency_key: str | None,
     ) -> str:
         """Keep a one-off run (and save it when a backend exists); returns its run key.
 
@@ -440,8 +470,17 @@ class Scheduler:
         if key in self._once:
             return key
         definition = self.manager.registry.definition_for(func)
-        run = OnceRun(key, definition, tuple(args), dict(kwargs), when, clean_tags, priority,
-                      queue, idempotency_key)
+        run = OnceRun(
+            key,
+            definition,
+            tuple(args),
+            dict(kwargs),
+            when,
+            clean_tags,
+            priority,
+            queue,
+            idempotency_key,
+        )
         self._once[key] = run
         if self._running:
             self._arm_once(run, when)
@@ -461,11 +500,13 @@ class Scheduler:
         runs = {key: run.describe() for key, run in self._once.items()}
         for key, data in (await self._read_index()).items():
             if key not in runs:  # saved by another instance
-                runs[key] = _describe(key, str(data.get("func_name")),
-                                      float(data.get("run_at", 0)), data)
+                runs[key] = _describe(
+                    key, str(data.get("func_name")), float(data.get("run_at", 0)), data
+                )
         limit = _timestamp(before, self.clock) if before is not None else math.inf
-        found = [r for r in runs.values() if datetime.fromisoformat(r["run_at"]).timestamp()
-                 < limit]
+        found = [
+            r for r in runs.values() if datetime.fromisoformat(r["run_at"]).timestamp() < limit
+        ]
         return sorted(found, key=lambda r: str(r["run_at"]))
 
     def _arm_once(self, run: OnceRun, when: float) -> None:
@@ -497,8 +538,14 @@ class Scheduler:
     def _enqueue_once(self, run: OnceRun) -> None:
         try:
             self.manager.enqueue_definition(
-                run.definition, run.args, run.kwargs, source="scheduled", tags=run.tags,
-                priority=run.priority, queue=run.queue, idempotency_key=run.idempotency_key,
+                run.definition,
+                run.args,
+                run.kwargs,
+                source="scheduled",
+                tags=run.tags,
+                priority=run.priority,
+                queue=run.queue,
+                idempotency_key=run.idempotency_key,
             )
             self.fired += 1
         except Exception:  # e.g. QueueFullError: the REJECTED record says so too

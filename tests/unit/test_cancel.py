@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from control_helpers import Gate, running, wait_until
@@ -166,3 +169,31 @@ async def test_handle_is_the_id_and_wait_times_out() -> None:
             await handle.wait(timeout=0.01)
         gate.release("x")
         assert (await handle.wait(timeout=5)).status is TaskStatus.SUCCESS
+
+
+def sleepy_process_task(marker: str) -> None:
+    """Module level, so a worker process can import it: says its pid, then sleeps."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def test_cancel_running_process_task_terminates_its_worker(tmp_path: Path) -> None:
+    """A running process task, cancelled, ends CANCELLED and its worker process is terminated."""
+    marker = tmp_path / "pid"
+    async with running(max_process_workers=1) as tm:
+        tm.task(executor="process")(sleepy_process_task)
+        handle = tm.add_task(sleepy_process_task, str(marker))
+        await wait_until(lambda: marker.exists() and marker.read_text() != "", timeout=30)
+        pid = int(marker.read_text())
+        assert handle.cancel() is True
+        record = await handle.wait(timeout=10)
+        assert record.status is TaskStatus.CANCELLED
+        await wait_until(lambda: not _alive(pid), timeout=10)

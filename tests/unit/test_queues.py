@@ -21,8 +21,15 @@ async def test_priority_higher_first_fifo_among_equals() -> None:
     async with running(queues={"q": QueueConfig(concurrency=1)}) as tm:
         tm.add_task(gate.work, "blocker", queue="q")
         await wait_until(lambda: gate.running == 1)
-        for label, priority in [("a0", 0), ("b5", 5), ("c1", 1), ("d5", 5), ("eN", None),
-                                ("f10", 10), ("g-1", -1)]:
+        for label, priority in [
+            ("a0", 0),
+            ("b5", 5),
+            ("c1", 1),
+            ("d5", 5),
+            ("eN", None),
+            ("f10", 10),
+            ("g-1", -1),
+        ]:
             tm.add_task(record, label, queue="q", priority=priority)
         gate.release("blocker")
         await tm.join(timeout=5)
@@ -139,8 +146,13 @@ async def test_invalid_queue_config_raises_and_changes_nothing() -> None:
         return None
 
     async with running(queues={"q": QueueConfig(concurrency=2, max_size=5)}) as tm:
-        for bad in ({"concurrency": 0}, {"concurrency": "3"}, {"max_size": -1},
-                    {"concurrency": True}, {"max_size": 2.5}):
+        for bad in (
+            {"concurrency": 0},
+            {"concurrency": "3"},
+            {"max_size": -1},
+            {"concurrency": True},
+            {"max_size": 2.5},
+        ):
             with pytest.raises(ValueError, match=next(iter(bad))):
                 tm.update_queue_config("q", **bad)
         assert tm.queue_stats()["q"]["concurrency"] == 2

@@ -171,8 +171,9 @@ def test_cron_slots_follow_the_time_zone_and_dst() -> None:
         ({"every": 5, "retries": -1}, "retries"),
     ],
 )
-def test_schedule_options_are_validated_at_decoration(options: dict[str, object],
-                                                      named: str) -> None:
+def test_schedule_options_are_validated_at_decoration(
+    options: dict[str, object], named: str
+) -> None:
     """@schedule(...) refuses bad options at once, naming them."""
     with pytest.raises(ValueError, match=named):
         TaskRegistry().schedule(**options)
@@ -195,8 +196,9 @@ async def test_schedule_once_runs_once_and_is_listed_until_then() -> None:
         done.set()
 
     async with running() as tm:
-        key = await tm.schedule_once(send, 3, to="ops", run_at=timedelta(seconds=0.05),
-                                     tags={"kind": "reminder"})
+        key = await tm.schedule_once(
+            send, 3, to="ops", run_at=timedelta(seconds=0.05), tags={"kind": "reminder"}
+        )
         listed = await tm.list_scheduled()
         assert [r["run_key"] for r in listed] == [key]
         assert listed[0]["tags"] == {"kind": "reminder"}
@@ -265,9 +267,11 @@ async def test_schedule_once_validates_its_options() -> None:
         return None
 
     async with running() as tm:
-        for bad, named in [({"run_at": "tomorrow"}, "run_at"),
-                           ({"run_at": timedelta(1), "run_key": ""}, "run_key"),
-                           ({"run_at": timedelta(1), "priority": "high"}, "priority"),
-                           ({"run_at": timedelta(1), "tags": {"a": 1}}, "tags")]:
+        for bad, named in [
+            ({"run_at": "tomorrow"}, "run_at"),
+            ({"run_at": timedelta(1), "run_key": ""}, "run_key"),
+            ({"run_at": timedelta(1), "priority": "high"}, "priority"),
+            ({"run_at": timedelta(1), "tags": {"a": 1}}, "tags"),
+        ]:
             with pytest.raises(ValueError, match=named):
                 await tm.schedule_once(job, **bad)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -55,7 +55,8 @@ def enqueue_route(app: FastAPI, task_manager: TaskManager, func: Any) -> None:
 
     @app.post("/run")
     async def run(
-        value: str, tasks: Annotated[ManagedBackgroundTasks, Depends(task_manager.get_tasks)]
+        value: str,
+        tasks: ManagedBackgroundTasks = Depends(task_manager.get_tasks),  # noqa: B008
     ) -> dict[str, str]:
         return {"task_id": tasks.add_task(func, value)}
 

@@ -15,14 +15,37 @@ async def test_task_kwargs_passes_names_add_task_would_take() -> None:
     """A task's own priority/queue/tags/task_kwargs parameters arrive through task_kwargs."""
     got: dict[str, Any] = {}
 
-    async def collide(*, priority: str, queue: str, tags: list[str], task_kwargs: int,
-                      eager: str, idempotency_key: str, task_options: str, other: int) -> None:
-        got.update(priority=priority, queue=queue, tags=tags, task_kwargs=task_kwargs,
-                   eager=eager, idempotency_key=idempotency_key, task_options=task_options,
-                   other=other)
+    async def collide(
+        *,
+        priority: str,
+        queue: str,
+        tags: list[str],
+        task_kwargs: int,
+        eager: str,
+        idempotency_key: str,
+        task_options: str,
+        other: int,
+    ) -> None:
+        got.update(
+            priority=priority,
+            queue=queue,
+            tags=tags,
+            task_kwargs=task_kwargs,
+            eager=eager,
+            idempotency_key=idempotency_key,
+            task_options=task_options,
+            other=other,
+        )
 
-    mine = {"priority": "high", "queue": "inbox", "tags": ["a"], "task_kwargs": 7,
-            "eager": "yes", "idempotency_key": "x", "task_options": "y"}
+    mine = {
+        "priority": "high",
+        "queue": "inbox",
+        "tags": ["a"],
+        "task_kwargs": 7,
+        "eager": "yes",
+        "idempotency_key": "x",
+        "task_options": "y",
+    }
     async with running() as tm:
         handle = tm.add_task(collide, priority=5, task_kwargs=mine, other=1)
         record = await handle.wait(timeout=5)
@@ -63,8 +86,16 @@ async def test_task_options_override_registered_options_for_one_call() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("priority", "high"), ("priority", True), ("queue", ""), ("queue", 3), ("eager", "yes"),
-     ("tags", {"a": 1}), ("tags", ["a"]), ("idempotency_key", "")],
+    [
+        ("priority", "high"),
+        ("priority", True),
+        ("queue", ""),
+        ("queue", 3),
+        ("eager", "yes"),
+        ("tags", {"a": 1}),
+        ("tags", ["a"]),
+        ("idempotency_key", ""),
+    ],
 )
 async def test_add_task_validates_each_option_by_name(option: str, value: Any) -> None:
     """add_task refuses a bad per-call option with a message naming it; nothing is enqueued."""

@@ -103,8 +103,7 @@ class Dispatcher:
             if not job.record.status.finished and job.retry_timer is None:
                 self._never_started(job)
         elif (exc := task.exception()) is not None:
-            logger.error("task %s: internal error in the attempt loop", job.task_id,
-                         exc_info=exc)
+            logger.error("task %s: internal error in the attempt loop", job.task_id, exc_info=exc)
             self._fail(job, job.record.retries_used + 1, exc)
 
     def _never_started(self, job: Job) -> None:
@@ -181,9 +180,13 @@ class Dispatcher:
         job.reserved = True
         if holder is None:
             return True
-        self._finish(job, TaskStatus.CANCELLED, 0,
-                     error=f"duplicate: idempotency key {job.record.idempotency_key!r} is held "
-                           f"by task {holder} on another instance")
+        self._finish(
+            job,
+            TaskStatus.CANCELLED,
+            0,
+            error=f"duplicate: idempotency key {job.record.idempotency_key!r} is held "
+            f"by task {holder} on another instance",
+        )
         return False
 
     def _arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -293,8 +296,9 @@ class Dispatcher:
         return [j for j in list(self.jobs.values()) if j.running]
 
     def waiting_jobs(self) -> list[Job]:
-        return [j for j in list(self.jobs.values())
-                if not j.running and not j.record.status.finished]
+        return [
+            j for j in list(self.jobs.values()) if not j.running and not j.record.status.finished
+        ]
 
 
 def _describe(exc: BaseException) -> str:

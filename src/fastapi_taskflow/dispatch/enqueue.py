@@ -64,8 +64,9 @@ def merge_task_kwargs(kwargs: dict[str, Any], task_kwargs: Any) -> dict[str, Any
         raise ValueError(f"task_kwargs must be a dict with str keys, got {task_kwargs!r}")
     both = sorted(set(kwargs) & set(task_kwargs))
     if both:
-        raise TypeError(f"keyword argument(s) {', '.join(both)} given both directly and in "
-                        "task_kwargs")
+        raise TypeError(
+            f"keyword argument(s) {', '.join(both)} given both directly and in task_kwargs"
+        )
     return {**kwargs, **task_kwargs}
 
 

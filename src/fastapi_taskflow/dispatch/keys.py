@@ -41,8 +41,13 @@ class KeyGuard:
             holder = await self.backend.reserve_idempotency_key(key, record.task_id, self.ttl)
         except Exception:
             self.failures += 1
-            logger.warning("could not reserve idempotency key %r in %s; running task %s anyway",
-                           key, self.backend.describe(), record.task_id, exc_info=True)
+            logger.warning(
+                "could not reserve idempotency key %r in %s; running task %s anyway",
+                key,
+                self.backend.describe(),
+                record.task_id,
+                exc_info=True,
+            )
             return None
         return holder if holder not in (None, record.task_id) else None
 
@@ -60,8 +65,11 @@ class KeyGuard:
             await self.backend.release_idempotency_key(record.idempotency_key, record.task_id)
         except Exception:
             self.failures += 1
-            logger.warning("could not release idempotency key %r (it expires with its ttl)",
-                           record.idempotency_key, exc_info=True)
+            logger.warning(
+                "could not release idempotency key %r (it expires with its ttl)",
+                record.idempotency_key,
+                exc_info=True,
+            )
 
     async def drain(self) -> None:
         """Wait for releases still in flight (before the backend closes; tests)."""
