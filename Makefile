@@ -15,7 +15,7 @@ help:
 	@echo "make run    serve examples/app.py on http://localhost:$(PORT) (dashboard: /tasks/dashboard)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff check, ruff format --check, mypy"
-	@echo "make bench  run the benchmarks (bench/README.md)"
+	@echo "make bench  run the core benchmark (BENCH=admin|di|task_control for the others)"
 	@echo "make docs   build the documentation site into site/"
 
 $(BIN)/python:
@@ -49,8 +49,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# make bench runs bench/bench_core.py; BENCH=admin runs bench/bench_admin.py, and so on.
+BENCH ?= core
 bench: $(STAMP)
-	$(BIN)/python bench/bench_core.py $(ARGS)
+	$(BIN)/python bench/bench_$(BENCH).py $(ARGS)
 
 docs: $(STAMP)
 	$(BIN)/pip install --quiet mkdocs

@@ -50,12 +50,19 @@ def make_records(count: int) -> list[TaskRecord]:
     records = []
     for i in range(count):
         created = start + timedelta(seconds=i)
-        records.append(TaskRecord(
-            task_id=f"{i:012d}-bench", func_name="bench:job",
-            status=TaskStatus.FAILED if i % 10 == 0 else TaskStatus.SUCCESS,
-            created_at=created, start_time=created, end_time=created + timedelta(milliseconds=3),
-            kwargs=_NO_KWARGS, tags=_NO_TAGS, error="boom" if i % 10 == 0 else None,
-        ))
+        records.append(
+            TaskRecord(
+                task_id=f"{i:012d}-bench",
+                func_name="bench:job",
+                status=TaskStatus.FAILED if i % 10 == 0 else TaskStatus.SUCCESS,
+                created_at=created,
+                start_time=created,
+                end_time=created + timedelta(milliseconds=3),
+                kwargs=_NO_KWARGS,
+                tags=_NO_TAGS,
+                error="boom" if i % 10 == 0 else None,
+            )
+        )
     return records
 
 
@@ -86,7 +93,7 @@ async def bench_reads(count: int, repeat: int, backend: str) -> dict[str, float]
             if backend == "sqlite":
                 assert manager.backend is not None
                 for i in range(0, count, 20_000):
-                    await manager.backend.save_records(records[i:i + 20_000])
+                    await manager.backend.save_records(records[i : i + 20_000])
                 fill(manager, records[-10_000:])
                 manager.store.seed_counts({"success": 0})
             else:
@@ -197,25 +204,33 @@ def main() -> None:
     options = parser.parse_args()
     logging.getLogger("fastapi_taskflow.admin").setLevel(logging.ERROR)  # the open-API warning
     sizes = [50_000] if options.quick else [50_000, 1_000_000]
-    print(f"# bench_admin  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  "
-          f"python {platform.python_version()}  {platform.machine()}  cpus={os.cpu_count()}")
+    print(
+        f"# bench_admin  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  "
+        f"python {platform.python_version()}  {platform.machine()}  cpus={os.cpu_count()}"
+    )
     # First: the million-record heaps of the read benchmarks slow a later run through GC.
     live = asyncio.run(bench_live(5_000 if options.quick else 20_000, 3))
-    print(f"per task: {live['task_us_without']:.1f} us without a dashboard, "
-          f"{live['task_us_with_dashboard']:.1f} us with one connected "
-          f"(ratio {live['ratio']:.2f}x, target <= 1.2x)")
-    print(f"SSE: {live['row_bytes']:.0f} bytes per changed task (+{live['metrics_bytes']:.0f} "
-          f"bytes of counters, at most once a second); in a burst "
-          f"{live['burst_bytes_per_task']:.1f} bytes per task (coalesced, overflow mode)")
+    print(
+        f"per task: {live['task_us_without']:.1f} us without a dashboard, "
+        f"{live['task_us_with_dashboard']:.1f} us with one connected "
+        f"(ratio {live['ratio']:.2f}x, target <= 1.2x)"
+    )
+    print(
+        f"SSE: {live['row_bytes']:.0f} bytes per changed task (+{live['metrics_bytes']:.0f} "
+        f"bytes of counters, at most once a second); in a burst "
+        f"{live['burst_bytes_per_task']:.1f} bytes per task (coalesced, overflow mode)"
+    )
     for backend in ("memory", "sqlite"):
         for size in sizes:
             figures = asyncio.run(bench_reads(size, 50 if options.quick else 200, backend))
-            print(f"{backend:>6} {size:>9,} records: "
-                  f"GET /tasks {figures['page_http_us'] / 1000:6.2f} ms http "
-                  f"({figures['page_direct_us'] / 1000:5.2f} ms in-process), "
-                  f"?status=failed {figures['failed_page_http_us'] / 1000:6.2f} ms; "
-                  f"GET /tasks/metrics {figures['metrics_http_us'] / 1000:5.3f} ms http "
-                  f"({figures['metrics_direct_us'] / 1000:5.3f} ms in-process)")
+            print(
+                f"{backend:>6} {size:>9,} records: "
+                f"GET /tasks {figures['page_http_us'] / 1000:6.2f} ms http "
+                f"({figures['page_direct_us'] / 1000:5.2f} ms in-process), "
+                f"?status=failed {figures['failed_page_http_us'] / 1000:6.2f} ms; "
+                f"GET /tasks/metrics {figures['metrics_http_us'] / 1000:5.3f} ms http "
+                f"({figures['metrics_direct_us'] / 1000:5.3f} ms in-process)"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -29,7 +30,12 @@ class ArgumentCipher:
                     "url-safe base64-encoded bytes, e.g. from Fernet.generate_key())"
                 ) from None
         self._cipher = MultiFernet(fernets)
+        self._first = fernets[0]
         self.key_count = len(fernets)
+        first = key_list[0]
+        raw = first.encode() if isinstance(first, str) else first
+        # Names the encrypting key (key rotation's resume check) without revealing it.
+        self.key_id = hashlib.sha256(raw).hexdigest()[:12]
 
     def encrypt(self, data: bytes) -> bytes:
         return self._cipher.encrypt(data)
@@ -42,6 +48,14 @@ class ArgumentCipher:
                 "the task's encrypted arguments cannot be decrypted with any configured key "
                 "(wrong or rotated-out key)"
             ) from None
+
+    def is_current(self, token: bytes) -> bool:
+        """True when ``token`` is already encrypted with the first key."""
+        try:
+            self._first.decrypt(token)
+        except InvalidToken:
+            return False
+        return True
 
     def rotate(self, token: bytes) -> bytes:
         """Re-encrypt ``token`` with the first key; raises ``ArgumentDecryptionError``."""

@@ -361,7 +361,18 @@ class TaskManager:
                 route_background_params(app, self.get_tasks)  # routes added after install()
             await self.startup()
 
-        add_lifespan(app, self, start, self.shutdown)
+        if add_lifespan(app, self, start, self.shutdown) and self.backend is not None:
+            self._add_journal_barrier(app)
+
+    def _add_journal_barrier(self, app: FastAPI) -> None:
+        """Responses wait for their request's journal writes (see barrier.py)."""
+        from .barrier import JournalBarrier
+
+        try:
+            app.add_middleware(JournalBarrier, manager=self)
+        except RuntimeError:  # the app already started: its middleware stack is fixed
+            logger.warning("init_app() after the app started: responses will not wait for "
+                           "their tasks' journal writes (see docs/durability.md)")
 
     # ---- lifecycle -------------------------------------------------------------------------
 

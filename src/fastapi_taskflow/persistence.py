@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
+from .barrier import note_journal_write
 from .models import TaskRecord, TaskStatus
 from .store import TaskStore
 
@@ -101,7 +102,8 @@ class Persister:
         self._sent: set[str] = set()  # entries handed to the backend at least once
         self._seq = 0  # journal changes requested
         self._written = 0  # journal changes known committed
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self._flush_lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._history_due: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
@@ -163,8 +165,7 @@ class Persister:
         backoff = 0.05
         while True:
             try:
-                await self.flush_journal()
-                await self.flush_history()
+                await self.drain()
                 return
             except Exception:
                 self._write_failed("final flush")
@@ -191,6 +192,7 @@ class Persister:
             self._urgent.puts[task_id] = entry
             self._seq += 1
             seq = self._seq
+        note_journal_write(seq)
         self._kick()
         return seq
 
@@ -274,8 +276,17 @@ class Persister:
 
     # ---- writing ---------------------------------------------------------------------------
 
+    async def drain(self) -> None:
+        """Write everything outstanding now (journal changes and history); raises on failure."""
+        await self.flush_journal()
+        await self.flush_history()
+
     async def flush_journal(self) -> None:
         """Write the urgent buffer now: entries, then records, then removals."""
+        async with self._flush_lock:  # one batch at a time keeps puts before their removals
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
         with self._lock:
             batch, self._urgent = self._urgent, _Pending()
             seq = self._seq
@@ -287,33 +298,35 @@ class Persister:
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
                 self._put_back(batch)
+                self._committed(None)
                 raise
         self._committed(seq)
 
-    def _committed(self, seq: int) -> None:
-        self._written = max(self._written, seq)
-        keep: list[tuple[int, asyncio.Future[None]]] = []
+    def _committed(self, seq: int | None) -> None:
+        """Resolve waiters up to ``seq`` with True; None (a failed write): all with False."""
+        if seq is not None:
+            self._written = max(self._written, seq)
+        keep: list[tuple[int, asyncio.Future[bool]]] = []
         for wanted, waiter in self._waiters:
-            if wanted <= self._written:
+            if seq is None or wanted <= self._written:
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(seq is not None)
             else:
                 keep.append((wanted, waiter))
         self._waiters = keep
 
     async def wait_written(self, seq: int, timeout: float) -> bool:
-        """Wait until journal write ``seq`` is committed; False on timeout or outage."""
+        """Wait until journal write ``seq`` is committed; False on timeout or a failed write."""
         if seq <= self._written:
             return True
         if not self._healthy or self._loop is None:
             return False
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiter: asyncio.Future[bool] = self._loop.create_future()
         self._waiters.append((seq, waiter))
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             return False
-        return True
 
     async def flush_history(self) -> None:
         """Write finished records that changed since the last batch."""

@@ -112,8 +112,8 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
         return True
     if getattr(func, "_is_coroutine", None) is _COROUTINE_MARKER:
         return True
-    call = getattr(type(func), "__call__", None)  # an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
+    # An object whose class defines ``async def __call__``.
+    return callable(func) and inspect.iscoroutinefunction(type(func).__call__)
 
 
 def resolve_executor(func: Callable[..., Any], requested: str | None) -> str:

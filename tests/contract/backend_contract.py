@@ -464,6 +464,50 @@ class BackendContract:
         )
         assert results.count(True) == 1
 
+    # ---- maintenance (key rotation) ----------------------------------------------------------
+
+    async def test_journal_pages_every_owner_in_id_order(self, backend: TaskBackend) -> None:
+        """journal_page walks entries of all owners by task id, with a cursor to the end."""
+        await backend.journal_put([make_entry("j3"), make_entry("j1")], "A")
+        await backend.journal_put([make_entry("j2"), make_entry("j4")], "B")
+        first, cursor = await backend.journal_page(limit=3)
+        assert [e.task_id for e in first] == ["j1", "j2", "j3"]
+        assert cursor == "j3"
+        rest, end = await backend.journal_page(after=cursor, limit=3)
+        assert ([e.task_id for e in rest], end) == (["j4"], None)
+        assert [e.owner for e in first] == ["A", "B", "A"]
+        await backend.journal_release("A")
+        released, _ = await backend.journal_page()
+        assert [e.owner for e in released] == [None, "B", None, "B"]
+
+    async def test_journal_update_keeps_owner_and_skips_removed(
+        self, backend: TaskBackend
+    ) -> None:
+        """journal_update rewrites existing entries only and leaves their owner as it was."""
+        await backend.heartbeat("A", 30)
+        await backend.journal_put([make_entry("u1"), make_entry("u2")], "A")
+        await backend.journal_remove(["u2"])
+        changed = [make_entry("u1", trace_context={"traceparent": "x"}), make_entry("u2")]
+        changed[0].payload = b"new"
+        assert await backend.journal_update(changed) == 1
+        (owned,) = await backend.journal_owned("A")
+        assert (owned.task_id, owned.payload, owned.trace_context) == (
+            "u1", b"new", {"traceparent": "x"}
+        )
+        entries, _ = await backend.journal_page()
+        assert [e.task_id for e in entries] == ["u1"]
+
+    async def test_update_records_rewrites_only_existing(self, backend: TaskBackend) -> None:
+        """update_records changes stored records in place and never resurrects a deleted one."""
+        await backend.save_records([make_record("r1", encrypted_payload=b"old"), make_record("r2")])
+        await backend.delete_records(["r2"])
+        new = [make_record("r1", encrypted_payload=b"new"), make_record("r2")]
+        assert await backend.update_records(new) == 1
+        got = await backend.get_record("r1")
+        assert got is not None and got.encrypted_payload == b"new"
+        assert await backend.get_record("r2") is None
+        assert await all_pages(backend) == ["r1"]
+
     async def test_meta_round_trip(self, backend: TaskBackend) -> None:
         """Metadata is stored by key and overwritten by a second set."""
         assert await backend.get_meta("version") is None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import BackendError
 from ..models import TaskRecord, TaskStatus
 from ..serialization import decode_call, encode_call
 
@@ -355,6 +356,43 @@ class TaskBackend(ABC):
         """Entries currently owned by ``owner`` (diagnostics and tests)."""
         return [JournalEntry.from_json(d, owner=owner) for _, d in await self._journal_list(owner)]
 
+    # ---- maintenance: walking every stored payload (key rotation) --------------------------
+
+    async def journal_page(
+        self, after: str | None = None, limit: int = 500
+    ) -> tuple[list[JournalEntry], str | None]:
+        """Entries of every owner (``owner`` set) in task-id order after ``after``; next cursor.
+
+        The cursor is None at the end. Corrupt entries are skipped (and counted), not removed.
+        """
+        rows = await self._journal_page(after, limit)
+        entries = []
+        for task_id, owner, data in rows:
+            try:
+                entries.append(JournalEntry.from_json(data, owner=owner))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.corrupt_rows += 1
+                logger.warning("skipping corrupt journal entry %s: %s", task_id, exc)
+        return entries, (rows[-1][0] if len(rows) >= limit else None)
+
+    async def journal_update(self, entries: Sequence[JournalEntry]) -> int:
+        """Rewrite entries that still exist, keeping their owner; returns how many.
+
+        An entry removed meanwhile (its task finished) stays removed.
+        """
+        if not entries:
+            return 0
+        return await self._journal_update([(e.task_id, e.to_json()) for e in entries])
+
+    async def update_records(self, records: Sequence[TaskRecord]) -> int:
+        """Rewrite records that still exist (same task id and columns); returns how many.
+
+        A record deleted meanwhile (retention, a replaced retry) stays deleted.
+        """
+        if not records:
+            return 0
+        return await self._update_rows([(r.task_id, record_to_row(r)["data"]) for r in records])
+
     # ---- idempotency, locks, metadata --------------------------------------------------------
 
     async def reserve_idempotency_key(
@@ -436,3 +474,20 @@ class TaskBackend(ABC):
 
     @abstractmethod
     async def _set_meta(self, key: str, value: str) -> None: ...
+
+    # Maintenance primitives: not abstract, so a backend written before them still works for
+    # tasks; only ``taskflow keys rotate`` needs them.
+
+    async def _journal_page(
+        self, after: str | None, limit: int
+    ) -> list[tuple[str, str | None, str]]:
+        """(task_id, owner, data) of entries with task_id > ``after``, ascending, ``limit``."""
+        raise BackendError(f"{self.describe()} cannot list its journal (needed by key rotation)")
+
+    async def _journal_update(self, items: list[tuple[str, str]]) -> int:
+        """Replace the data of existing entries only, owner untouched; returns how many."""
+        raise BackendError(f"{self.describe()} cannot update its journal (needed by key rotation)")
+
+    async def _update_rows(self, items: list[tuple[str, str]]) -> int:
+        """Replace the ``data`` of existing records only; returns how many."""
+        raise BackendError(f"{self.describe()} cannot update records (needed by key rotation)")

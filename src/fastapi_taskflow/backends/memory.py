@@ -202,6 +202,32 @@ class MemoryBackend(TaskBackend):
         with self._mutex:
             return [(tid, data) for tid, (holder, data) in self._journal.items() if holder == owner]
 
+    async def _journal_page(
+        self, after: str | None, limit: int
+    ) -> list[tuple[str, str | None, str]]:
+        with self._mutex:
+            ids = sorted(t for t in self._journal if after is None or t > after)[:limit]
+            return [(t, *self._journal[t]) for t in ids]
+
+    async def _journal_update(self, items: list[tuple[str, str]]) -> int:
+        with self._mutex:
+            updated = 0
+            for task_id, data in items:
+                if task_id in self._journal:
+                    self._journal[task_id] = (self._journal[task_id][0], data)
+                    updated += 1
+            return updated
+
+    async def _update_rows(self, items: list[tuple[str, str]]) -> int:
+        with self._mutex:
+            updated = 0
+            for task_id, data in items:
+                stored = self._rows.get(task_id)
+                if stored is not None:
+                    stored.row["data"] = data
+                    updated += 1
+            return updated
+
     async def _heartbeat(self, owner: str, ttl: float) -> None:
         with self._mutex:
             self._leases[owner] = time.time() + ttl

@@ -193,6 +193,18 @@ end
 return false
 """
 
+# KEYS: journal. ARGV: task_id, data, task_id, data... Replaces only fields that exist.
+_UPDATE_EXISTING = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS: the key. ARGV: holder. Compare-and-delete.
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -297,6 +309,7 @@ class RedisBackend(TaskBackend):
                 ("release", _RELEASE),
                 ("reserve", _RESERVE),
                 ("compare_delete", _COMPARE_DELETE),
+                ("update_existing", _UPDATE_EXISTING),
             )
         }
         self._client = client
@@ -475,6 +488,35 @@ class RedisBackend(TaskBackend):
                 return []
             datas = await self._call(client.hmget(self.key("journal"), mine))
         return [(tid, data) for tid, data in zip(mine, datas, strict=True) if data is not None]
+
+    async def _journal_page(
+        self, after: str | None, limit: int
+    ) -> list[tuple[str, str | None, str]]:
+        # Journals hold unfinished tasks only, so listing the ids and sorting them is cheap.
+        async with self._errors() as client:
+            ids = await self._call(client.hkeys(self.key("journal")))
+            page = sorted(t for t in ids if after is None or t > after)[:limit]
+            if not page:
+                return []
+            datas = await self._call(client.hmget(self.key("journal"), page))
+            owners = await self._call(client.hmget(self.key("journal", "owner"), page))
+        return [
+            (tid, owner, data)
+            for tid, owner, data in zip(page, owners, datas, strict=True)
+            if data is not None
+        ]
+
+    async def _journal_update(self, items: list[tuple[str, str]]) -> int:
+        args = [value for item in items for value in item]
+        return int(await self._script("update_existing", [self.key("journal")], args))
+
+    async def _update_rows(self, items: list[tuple[str, str]]) -> int:
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=False)
+            for task_id, data in items:
+                pipe.set(self.key("rec", task_id), data, xx=True, keepttl=True)
+            done = await pipe.execute()
+        return sum(1 for ok in done if ok)
 
     async def _heartbeat(self, owner: str, ttl: float) -> None:
         async with self._errors() as client:

@@ -327,6 +327,31 @@ class SqliteBackend(TaskBackend):
         )
         return [(row[0], row[1]) for row in rows]
 
+    async def _journal_page(
+        self, after: str | None, limit: int
+    ) -> list[tuple[str, str | None, str]]:
+        rows = await self._fetch(
+            "SELECT task_id, owner, data FROM tf_journal WHERE task_id > ?"
+            " ORDER BY task_id LIMIT ?",
+            (after or "", limit),
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def _journal_update(self, items: list[tuple[str, str]]) -> int:
+        return await self._update_each("UPDATE tf_journal SET data = ? WHERE task_id = ?", items)
+
+    async def _update_rows(self, items: list[tuple[str, str]]) -> int:
+        return await self._update_each("UPDATE tf_records SET data = ? WHERE task_id = ?", items)
+
+    async def _update_each(self, sql: str, items: list[tuple[str, str]]) -> int:
+        async with self._transaction() as db:
+            updated = 0
+            for task_id, data in items:
+                cursor = await db.execute(sql, (data, task_id))
+                updated += cursor.rowcount
+                await cursor.close()
+            return updated
+
     async def _heartbeat(self, owner: str, ttl: float) -> None:
         await self._run(
             "INSERT INTO tf_owners (owner, expires_at) VALUES (?, ?)"

@@ -1,0 +1,486 @@
+"""The core rules of the foundation: handles, dependencies, install, bad input, store, names."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import BackgroundTasks, Depends, FastAPI
+
+from fastapi_taskflow import (
+    InMemoryLogger,
+    ManagedBackgroundTasks,
+    TaskHandle,
+    TaskManager,
+    TaskObserver,
+    TaskStatus,
+    task_log,
+)
+from fastapi_taskflow.loggers import FileLogger
+
+
+@asynccontextmanager
+async def started(**options: Any) -> AsyncIterator[TaskManager]:
+    """A started manager, shut down at the end."""
+    manager = TaskManager(**options)
+    await manager.startup()
+    try:
+        yield manager
+    finally:
+        await manager.shutdown()
+
+
+@asynccontextmanager
+async def client_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan running, and a client talking to it in process."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client
+
+
+# ---- TaskHandle ------------------------------------------------------------------------------
+
+
+async def test_handle_is_the_task_id_string_with_status_record_wait_and_cancel() -> None:
+    """add_task returns a TaskHandle: a str equal to the id, with status, record, wait, cancel."""
+    release = asyncio.Event()
+    async with started() as manager:
+
+        @manager.task()
+        async def slow() -> None:
+            await release.wait()
+
+        handle = manager.add_task(slow)
+        assert isinstance(handle, TaskHandle)
+        assert isinstance(handle, str)
+        assert handle == handle.task_id == handle.record.task_id
+        assert str(handle) == handle.task_id
+        assert {handle: 1}[handle.task_id] == 1
+        assert handle.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
+        other = manager.add_task(slow)
+        await asyncio.sleep(0)  # both attempts start
+        assert handle.status is TaskStatus.RUNNING
+        try:
+            assert other.cancel() is True
+        finally:
+            release.set()
+        record = await handle.wait(timeout=5)
+        assert record.status is TaskStatus.SUCCESS
+        assert (await other.wait(timeout=5)).status is TaskStatus.CANCELLED
+        assert handle.cancel() is False  # already finished
+
+
+# ---- FastAPI dependencies and install() ------------------------------------------------------
+
+
+def test_get_tasks_is_an_async_dependency_and_background_tasks_is_its_alias() -> None:
+    """get_tasks is async (no threadpool hop per request); background_tasks is the same."""
+    manager = TaskManager()
+    assert inspect.iscoroutinefunction(manager.get_tasks)
+    assert manager.background_tasks == manager.get_tasks
+
+
+async def test_depends_background_tasks_alias_enqueues_managed_tasks() -> None:
+    """Depends(task_manager.background_tasks) gives a ManagedBackgroundTasks like get_tasks."""
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    ran: list[str] = []
+
+    @manager.task()
+    async def work(name: str) -> None:
+        ran.append(name)
+
+    @app.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.background_tasks),  # noqa: B008
+    ) -> dict[str, str]:
+        assert isinstance(tasks, ManagedBackgroundTasks)
+        return {"id": tasks.add_task(work, "a")}
+
+    async with client_for(app) as client:
+        task_id = (await client.post("/go")).json()["id"]
+        await manager.join(timeout=5)
+    assert ran == ["a"]
+    assert manager.store.get(task_id) is not None
+
+
+async def test_install_gives_plain_background_tasks_params_managed_ones_for_that_app_only() -> None:
+    """install(app) rewires BackgroundTasks params of that app; another app keeps FastAPI's."""
+    manager = TaskManager()
+
+    async def route(background_tasks: BackgroundTasks) -> dict[str, Any]:
+        result = background_tasks.add_task(noop)
+        return {"type": type(background_tasks).__name__, "result": result}
+
+    managed_app, plain_app = FastAPI(), FastAPI()
+    managed_app.post("/go")(route)
+    plain_app.post("/go")(route)
+    manager.install(managed_app)
+
+    async with client_for(managed_app) as client:
+        body = (await client.post("/go")).json()
+        await manager.join(timeout=5)
+    assert body["type"] == "ManagedBackgroundTasks"
+    assert manager.store.get(body["result"]) is not None
+
+    async with client_for(plain_app) as client:
+        body = (await client.post("/go")).json()
+    assert body == {"type": "BackgroundTasks", "result": None}
+    assert BackgroundTasks.add_task is not ManagedBackgroundTasks.add_task
+
+
+async def noop() -> None:
+    """A task that does nothing."""
+
+
+async def test_tasks_added_in_a_request_start_after_the_response_is_sent() -> None:
+    """A task added in a route starts only once the response body has been sent."""
+    manager = TaskManager()
+    events: list[str] = []
+    inner = FastAPI()
+    manager.init_app(inner)
+
+    @manager.task()
+    async def record_start() -> None:
+        events.append("task started")
+
+    @inner.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> dict[str, str]:
+        tasks.add_task(record_start)
+        events.append("handler returned")
+        return {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def watching_send(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                events.append("response sent")
+
+        await inner(scope, receive, watching_send)
+
+    async with LifespanManager(inner):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            await client.post("/go")
+        await manager.join(timeout=5)
+    assert events == ["handler returned", "response sent", "task started"]
+
+
+async def test_join_returns_when_nothing_is_pending_or_running() -> None:
+    """join() waits for every task, including retries, and returns at once when idle."""
+    async with started() as manager:
+        await manager.join(timeout=1)
+        attempts: list[int] = []
+
+        @manager.task(retries=2)
+        async def flaky() -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise RuntimeError("not yet")
+
+        handle = manager.add_task(flaky)
+        await manager.join(timeout=5)
+        assert handle.status is TaskStatus.SUCCESS
+        assert len(attempts) == 3
+        assert manager.store.active == 0
+
+
+# ---- Bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"retries": -1}, "retries"),
+        ({"delay": -0.5}, "delay"),
+        ({"backoff": 0.5}, "backoff"),
+        ({"executor": "gpu"}, "executor"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
+def test_bad_task_options_raise_at_decoration(options: dict[str, Any], words: str) -> None:
+    """A wrong decorator option raises ValueError naming the option."""
+    manager = TaskManager()
+    with pytest.raises(ValueError, match=words):
+        manager.task(**options)
+
+
+def test_a_lambda_cannot_be_a_process_task() -> None:
+    """executor='process' on a lambda or nested function says a worker could not import it."""
+    manager = TaskManager()
+    with pytest.raises(ValueError, match="module-level"):
+        manager.task(executor="process")(lambda: None)
+
+    def nested() -> None:
+        pass
+
+    with pytest.raises(ValueError, match="module-level"):
+        manager.task(executor="process")(nested)
+
+
+def test_async_function_cannot_use_a_thread_or_process_executor() -> None:
+    """An impossible executor/function combination raises at decoration."""
+    manager = TaskManager()
+    with pytest.raises(ValueError, match="plain 'def'"):
+        manager.task(executor="thread")(noop)
+
+
+def test_a_malformed_key_is_refused_without_echoing_it() -> None:
+    """encrypt_args_key must be a Fernet key; the error explains the shape and hides the key."""
+    with pytest.raises(ValueError, match="not a valid Fernet key") as caught:
+        TaskManager(encrypt_args_key="hunter2-not-a-key")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"max_concurrent_tasks": 0}, "max_concurrent_tasks"),
+        ({"max_sync_threads": -3}, "max_sync_threads"),
+        ({"max_process_workers": 1.5}, "max_process_workers"),
+        ({"snapshot_interval": 0}, "snapshot_interval"),
+        ({"max_history": -1}, "max_history"),
+        ({"loggers": ["not an observer"]}, "TaskObserver"),
+    ],
+)
+def test_bad_manager_settings_raise_at_construction(options: dict[str, Any], words: str) -> None:
+    """A wrong TaskManager setting raises at construction with the setting's name."""
+    with pytest.raises((ValueError, TypeError), match=words):
+        TaskManager(**options)
+
+
+@pytest.mark.parametrize("name", ["instance_url", "registry_ttl"])
+def test_later_phase_parameters_are_refused_naming_the_feature(name: str) -> None:
+    """A parameter of a later phase raises TypeError naming the feature, never silently ignored."""
+    with pytest.raises(TypeError, match="multi-instance registry"):
+        TaskManager(**{name: "http://localhost:8000"})
+
+
+def test_an_unknown_parameter_is_a_type_error() -> None:
+    """A misspelt parameter fails like any Python call."""
+    with pytest.raises(TypeError, match="snapshot_dbb"):
+        TaskManager(snapshot_dbb="tasks.db")  # type: ignore[call-arg]
+
+
+async def test_unknown_task_id_is_a_404_with_a_json_body() -> None:
+    """GET /tasks/{unknown id} answers 404 with a JSON body."""
+    from fastapi_taskflow import TaskAdmin
+
+    manager = TaskManager()
+    app = FastAPI()
+    TaskAdmin(app, manager)
+    async with client_for(app) as client:
+        response = await client.get(f"/tasks/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()
+
+
+# ---- The store ---------------------------------------------------------------------------------
+
+
+async def test_counters_follow_every_transition() -> None:
+    """Metrics come from kept counters: pending, running, success and failed add up."""
+    release = asyncio.Event()
+    async with started() as manager:
+
+        @manager.task()
+        async def held() -> None:
+            await release.wait()
+
+        @manager.task()
+        async def broken() -> None:
+            raise ValueError("nope")
+
+        manager.add_task(held)
+        manager.add_task(broken)
+        await asyncio.sleep(0)
+        metrics = manager.metrics()
+        assert (metrics["total"], metrics["running"]) == (2, 1)
+        release.set()
+        await manager.join(timeout=5)
+        metrics = manager.metrics()
+        assert (metrics["success"], metrics["failed"], metrics["running"]) == (1, 1, 0)
+        assert (metrics["pending"], metrics["total"]) == (0, 2)
+        assert metrics["success_rate"] == 0.5
+
+
+async def test_max_history_bounds_finished_records_in_memory() -> None:
+    """max_history keeps the newest finished records in memory; counters still count them all."""
+    async with started(max_history=5) as manager:
+        handles = [manager.add_task(noop) for _ in range(12)]
+        await manager.join(timeout=5)
+        kept = [h for h in handles if manager.store.get(h.task_id) is not None]
+        assert kept == handles[-5:]
+        assert len(manager.store) == 5
+        assert manager.metrics()["success"] == 12
+
+
+async def test_unregistered_functions_run_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain function can be enqueued; the 'not registered' notice is logged once per function."""
+
+    async def plain(n: int) -> None:
+        pass
+
+    caplog.set_level(logging.INFO, logger="fastapi_taskflow")
+    async with started() as manager:
+        for n in range(3):
+            manager.add_task(plain, n)
+        await manager.join(timeout=5)
+        assert manager.metrics()["success"] == 3
+    notices = [r for r in caplog.records if "not registered" in r.getMessage()]
+    assert len(notices) == 1
+
+
+# ---- Task names ------------------------------------------------------------------------------
+
+
+def _write_module(directory: Path, name: str, greeting: str) -> None:
+    (directory / f"{name}.py").write_text(
+        f"async def send_email(to, sent):\n    sent.append(({greeting!r}, to))\n"
+    )
+
+
+async def test_same_function_name_in_two_modules_does_not_collide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two modules' send_email register under their qualified names and each runs its own."""
+    suffix = uuid.uuid4().hex[:8]
+    names = [f"billing_{suffix}", f"marketing_{suffix}"]
+    _write_module(tmp_path, names[0], "invoice")
+    _write_module(tmp_path, names[1], "newsletter")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = [importlib.import_module(name) for name in names]
+    try:
+        manager = TaskManager()
+        for module in modules:
+            manager.task()(module.send_email)
+        assert f"{names[0]}:send_email" in manager.registry
+        assert f"{names[1]}:send_email" in manager.registry
+        sent: list[tuple[str, str]] = []
+        await manager.startup()
+        first = manager.add_task(modules[0].send_email, "a@x", sent)
+        second = manager.add_task(modules[1].send_email, "b@x", sent)
+        await manager.join(timeout=5)
+        await manager.shutdown()
+        assert first.record.func_name == f"{names[0]}:send_email"
+        assert second.record.func_name == f"{names[1]}:send_email"
+        assert sorted(sent) == [("invoice", "a@x"), ("newsletter", "b@x")]
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+async def test_name_option_is_used_for_retry_lookups() -> None:
+    """A task declared with name= can be retried by id later (the reference lost it: defect 5)."""
+    outcomes = ["fail", "ok"]
+    async with started() as manager:
+
+        @manager.task(name="emails.welcome")
+        async def welcome(to: str) -> None:
+            if outcomes.pop(0) == "fail":
+                raise ConnectionError("smtp down")
+
+        first = manager.add_task(welcome, "ada@example.com")
+        assert (await first.wait(timeout=5)).status is TaskStatus.FAILED
+        assert first.record.func_name == "emails.welcome"
+        again = await manager.retry(first.task_id)
+        record = await again.wait(timeout=5)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.func_name == "emails.welcome"
+    assert outcomes == []
+
+
+# ---- Observers ---------------------------------------------------------------------------------
+
+
+class ExplodingObserver(TaskObserver):
+    """An observer whose every hook raises."""
+
+    log_lifecycle = True
+
+    async def on_log(self, event: Any) -> None:
+        raise RuntimeError("observer broke")
+
+    async def on_lifecycle(self, event: Any) -> None:
+        raise RuntimeError("observer broke")
+
+
+async def test_a_failing_observer_affects_neither_the_task_nor_other_observers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A raising observer is logged; the task succeeds and the next observer gets every event."""
+    caplog.set_level(logging.ERROR)
+    memory = InMemoryLogger(log_lifecycle=True)
+    async with started(loggers=[ExplodingObserver(), memory]) as manager:
+
+        @manager.task()
+        async def chatty() -> None:
+            task_log("one")
+            task_log("two")
+
+        handle = manager.add_task(chatty)
+        await manager.join(timeout=5)
+        assert handle.status is TaskStatus.SUCCESS
+    assert [e.message for e in memory.log_events] == ["one", "two"]
+    assert [e.status for e in memory.lifecycle_events] == ["running", "success"]
+    assert any("observer broke" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_file_lines_are_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log file is written by another thread: the event loop never touches the disk."""
+    from fastapi_taskflow.loggers import file as file_module
+
+    writers: set[int] = set()
+    original: Callable[..., Any] = file_module._RaisingRotatingHandler.emit
+
+    def spying_emit(self: Any, record: logging.LogRecord) -> None:
+        writers.add(threading.get_ident())
+        original(self, record)
+
+    monkeypatch.setattr(file_module._RaisingRotatingHandler, "emit", spying_emit)
+    log_path = tmp_path / "tasks.log"
+    async with started(loggers=[FileLogger(log_path, log_lifecycle=True)]) as manager:
+        manager.add_task(noop)
+        await manager.join(timeout=5)
+    assert writers
+    assert threading.get_ident() not in writers
+    assert len(log_path.read_text().splitlines()) == 2
+
+
+async def test_add_task_from_a_worker_thread_is_safe() -> None:
+    """A sync route's thread may add tasks: they start on the loop and finish normally."""
+    async with started() as manager:
+        ran: list[str] = []
+
+        @manager.task()
+        async def work(name: str) -> None:
+            ran.append(name)
+
+        def from_thread() -> list[TaskHandle]:
+            return [manager.add_task(work, f"t{n}") for n in range(20)]
+
+        handles: list[TaskHandle] = await asyncio.to_thread(from_thread)
+        await manager.join(timeout=5)
+    assert sorted(ran) == sorted(f"t{n}" for n in range(20))
+    assert all(h.status is TaskStatus.SUCCESS for h in handles)
