@@ -30,7 +30,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	@mkdir -p var
-	$(BIN)/uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT)
+	$(BIN)/python -m uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT)
 
 # Chromium for the browser tests comes from the system (apt in .ci/run); what pip cannot
 # install for the tests is set up here. Extra pytest arguments: make test ARGS="-k sqlite".
@@ -56,7 +56,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/pip install --quiet mkdocs
-	$(BIN)/mkdocs build --strict
+	$(BIN)/mkdocs build
 
 clean:
 	rm -rf site build dist .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from fastapi_taskflow import (
     ManagedBackgroundTasks,
+    TaskAdmin,
     TaskManager,
     set_progress,
     task_log,
@@ -150,14 +151,5 @@ async def index() -> str:
     return INDEX_PAGE
 
 
-def _mount_admin() -> None:
-    # TaskAdmin mounts /tasks (API + dashboard) and wires the lifecycle via init_app.
-    try:
-        from fastapi_taskflow import TaskAdmin
-    except ImportError:  # admin package not built yet: keep the lifecycle wired
-        task_manager.init_app(app)
-        return
-    TaskAdmin(app, task_manager)
-
-
-_mount_admin()
+# The task API and dashboard under /tasks; it also runs the manager's startup and shutdown.
+TaskAdmin(app, task_manager)

@@ -38,8 +38,7 @@ def build_tracing(option: Any) -> Tracing | None:
         import opentelemetry.trace  # noqa: F401
     except ModuleNotFoundError:
         raise ConfigurationError(
-            "tracing is on but OpenTelemetry is not installed: "
-            "pip install 'fastapi-taskflow[otel]'"
+            "tracing is on but OpenTelemetry is not installed: pip install 'fastapi-taskflow[otel]'"
         ) from None
     return Tracing(None if option is True else option)
 

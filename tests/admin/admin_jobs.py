@@ -35,3 +35,7 @@ async def stepped(gate: asyncio.Event, steps: int = 2) -> str:
     await gate.wait()
     set_progress(1.0, "done")
     return "ok"
+
+
+async def charge(card_number: str, amount: int) -> None:
+    raise RuntimeError(f"card {card_number} declined for {amount}")

@@ -2,7 +2,7 @@
 
 MemoryBackend; SqliteBackend on a real file (a second backend object on the same file plays
 the other process); RedisBackend on a real ``redis-server`` the session starts (a fresh key
-prefix per test). The tests themselves live in ``backend_contract.py``.
+prefix per test). The tests themselves live in ``fastapi_taskflow.testing_contract``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from backend_contract import GARBAGE, BackendContract
 
 from fastapi_taskflow.backends.base import TaskBackend
 from fastapi_taskflow.backends.memory import MemoryBackend
 from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
+from fastapi_taskflow.testing_contract import GARBAGE, BackendContract
 
 
 async def _open(backend: TaskBackend) -> TaskBackend:

@@ -25,15 +25,24 @@ def sealed(key: bytes, *args: Any) -> bytes:
 
 async def seed(backend: TaskBackend, count: int, key: bytes = OLD) -> None:
     """``count`` finished records and ``count`` journal entries encrypted with ``key``."""
-    await backend.save_records([
-        TaskRecord(task_id=f"r{i}", func_name="f", status=TaskStatus.SUCCESS,
-                   encrypted_payload=sealed(key, i))
-        for i in range(count)
-    ])
-    await backend.journal_put([
-        JournalEntry(task_id=f"j{i}", func_name="f", payload=sealed(key, i), encrypted=True)
-        for i in range(count)
-    ], "owner")
+    await backend.save_records(
+        [
+            TaskRecord(
+                task_id=f"r{i}",
+                func_name="f",
+                status=TaskStatus.SUCCESS,
+                encrypted_payload=sealed(key, i),
+            )
+            for i in range(count)
+        ]
+    )
+    await backend.journal_put(
+        [
+            JournalEntry(task_id=f"j{i}", func_name="f", payload=sealed(key, i), encrypted=True)
+            for i in range(count)
+        ],
+        "owner",
+    )
 
 
 async def test_rotation_moves_journal_and_history_to_the_first_key() -> None:
@@ -43,8 +52,7 @@ async def test_rotation_moves_journal_and_history_to_the_first_key() -> None:
     cipher = ArgumentCipher([NEW, OLD])
     seen: list[tuple[str, int, int | None]] = []
 
-    report = await rotate_keys(backend, cipher, batch_size=2,
-                               progress=lambda *p: seen.append(p))
+    report = await rotate_keys(backend, cipher, batch_size=2, progress=lambda *p: seen.append(p))
 
     assert (report.rotated, report.total, report.skipped_undecryptable) == (10, 10, 0)
     new_only = ArgumentCipher(NEW)
@@ -52,7 +60,8 @@ async def test_rotation_moves_journal_and_history_to_the_first_key() -> None:
     assert all(new_only.is_current(e.payload) for e in entries)
     for i in range(5):
         record = await backend.get_record(f"r{i}")
-        assert record is not None and record.encrypted_payload is not None
+        assert record is not None
+        assert record.encrypted_payload is not None
         assert new_only.decrypt(record.encrypted_payload) == encode_call((i,), {})
     assert seen[-1] == ("history", 5, 5)
     assert any(phase == "journal" for phase, _, _ in seen)
@@ -66,16 +75,24 @@ async def test_undecryptable_payloads_are_counted_listed_and_left_alone() -> Non
     """A payload no configured key opens is reported, not changed."""
     backend = MemoryBackend()
     await seed(backend, 2)
-    await backend.save_records([TaskRecord(task_id="lost", func_name="f",
-                                           status=TaskStatus.FAILED,
-                                           encrypted_payload=sealed(LOST, 1))])
+    await backend.save_records(
+        [
+            TaskRecord(
+                task_id="lost",
+                func_name="f",
+                status=TaskStatus.FAILED,
+                encrypted_payload=sealed(LOST, 1),
+            )
+        ]
+    )
 
     report = await rotate_keys(backend, ArgumentCipher([NEW, OLD]))
 
     assert (report.rotated, report.skipped_undecryptable, report.total) == (4, 1, 5)
     assert report.undecryptable_ids == ["lost"]
     stored = await backend.get_record("lost")
-    assert stored is not None and Fernet(LOST).decrypt(stored.encrypted_payload or b"")
+    assert stored is not None
+    assert Fernet(LOST).decrypt(stored.encrypted_payload or b"")
 
 
 async def test_an_interrupted_rotation_resumes_from_its_cursor(
@@ -105,7 +122,8 @@ async def test_an_interrupted_rotation_resumes_from_its_cursor(
     new_only = ArgumentCipher(NEW)
     for i in range(4):
         record = await backend.get_record(f"r{i}")
-        assert record is not None and new_only.is_current(record.encrypted_payload or b"")
+        assert record is not None
+        assert new_only.is_current(record.encrypted_payload or b"")
 
 
 async def test_a_cursor_for_another_key_is_ignored() -> None:
@@ -113,8 +131,10 @@ async def test_a_cursor_for_another_key_is_ignored() -> None:
     backend = MemoryBackend()
     await seed(backend, 2)
     other = ArgumentCipher([LOST, OLD])
-    await backend.set_meta(CURSOR_KEY, f'{{"key": "{other.key_id}", "phase": "records", '
-                                       '"after": "zzz", "counts": {}}')
+    await backend.set_meta(
+        CURSOR_KEY,
+        f'{{"key": "{other.key_id}", "phase": "records", "after": "zzz", "counts": {{}}}}',
+    )
     report = await rotate_keys(backend, ArgumentCipher([NEW, OLD]))
     assert not report.resumed
     assert report.rotated == 4
@@ -123,14 +143,22 @@ async def test_a_cursor_for_another_key_is_ignored() -> None:
 async def test_sealed_errors_are_rotated_too() -> None:
     """A record's sealed error (encrypt_errors) moves to the first key with its arguments."""
     backend = MemoryBackend()
-    await backend.save_records([TaskRecord(
-        task_id="e1", func_name="f", status=TaskStatus.FAILED,
-        encrypted_payload=sealed(OLD, 1), encrypted_error=Fernet(OLD).encrypt(b"{}"),
-    )])
+    await backend.save_records(
+        [
+            TaskRecord(
+                task_id="e1",
+                func_name="f",
+                status=TaskStatus.FAILED,
+                encrypted_payload=sealed(OLD, 1),
+                encrypted_error=Fernet(OLD).encrypt(b"{}"),
+            )
+        ]
+    )
     report = await rotate_keys(backend, ArgumentCipher([NEW, OLD]))
     assert report.rotated == 1
     record = await backend.get_record("e1")
-    assert record is not None and ArgumentCipher(NEW).is_current(record.encrypted_error or b"")
+    assert record is not None
+    assert ArgumentCipher(NEW).is_current(record.encrypted_error or b"")
 
 
 async def test_rotate_with_tasks_pending_across_a_restart(tmp_path: Path) -> None:
@@ -141,8 +169,11 @@ async def test_rotate_with_tasks_pending_across_a_restart(tmp_path: Path) -> Non
 
     def build(key: Any) -> tuple[TaskManager, Any, Any]:
         manager = TaskManager(
-            snapshot_backend=SqliteBackend(db), encrypt_args_key=key, requeue_pending=True,
-            queues={"one": QueueConfig(concurrency=1)}, drain_timeout=0,
+            snapshot_backend=SqliteBackend(db),
+            encrypt_args_key=key,
+            requeue_pending=True,
+            queues={"one": QueueConfig(concurrency=1)},
+            drain_timeout=0,
         )
 
         @manager.task(queue="one", name="block")

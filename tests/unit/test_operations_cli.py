@@ -35,14 +35,25 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
 
 def record(task_id: str, status: TaskStatus, age: timedelta = timedelta(0), **f: Any) -> TaskRecord:
     created = NOW - age
-    return TaskRecord(task_id=task_id, func_name=f.pop("func_name", "billing.charge"),
-                      status=status, created_at=created, start_time=created,
-                      end_time=created + timedelta(seconds=1), **f)
+    return TaskRecord(
+        task_id=task_id,
+        func_name=f.pop("func_name", "billing.charge"),
+        status=status,
+        created_at=created,
+        start_time=created,
+        end_time=created + timedelta(seconds=1),
+        **f,
+    )
 
 
 def entry(task_id: str, **f: Any) -> JournalEntry:
-    return JournalEntry(task_id=task_id, func_name="billing.charge",
-                        payload=encode_call(("order-9",), {}), requeue=True, **f)
+    return JournalEntry(
+        task_id=task_id,
+        func_name="billing.charge",
+        payload=encode_call(("order-9",), {}),
+        requeue=True,
+        **f,
+    )
 
 
 def seed(
@@ -82,12 +93,19 @@ def read(path: Path) -> tuple[dict[str, TaskRecord], list[JournalEntry]]:
 def db(tmp_path: Path) -> Path:
     """A SQLite file with one failed, one successful and one old failed task."""
     path = tmp_path / "tasks.db"
-    seed(path, [
-        record(FAILED_ID, TaskStatus.FAILED, args=("order-1",),
-               error="ConnectionError: payment gateway down"),
-        record("ok-1", TaskStatus.SUCCESS, func_name="mail.send"),
-        record("old-1", TaskStatus.FAILED, age=timedelta(days=3), error="old"),
-    ])
+    seed(
+        path,
+        [
+            record(
+                FAILED_ID,
+                TaskStatus.FAILED,
+                args=("order-1",),
+                error="ConnectionError: payment gateway down",
+            ),
+            record("ok-1", TaskStatus.SUCCESS, func_name="mail.send"),
+            record("old-1", TaskStatus.FAILED, age=timedelta(days=3), error="old"),
+        ],
+    )
     return path
 
 
@@ -108,29 +126,57 @@ def test_tasks_list_table_and_json(runner: CliRunner, db: Path) -> None:
     """A table for people; --json with full ids and filters for scripts."""
     table = invoke(runner, "tasks", "list", "--db", str(db))
     assert table.exit_code == 0, table.output
-    assert "billing.charge" in table.stdout and "failed" in table.stdout
+    assert "billing.charge" in table.stdout
+    assert "failed" in table.stdout
     data = json.loads(invoke(runner, "tasks", "list", "--db", str(db), "--json").stdout)
     assert {t["task_id"] for t in data["tasks"]} == {FAILED_ID, "ok-1", "old-1"}
-    failed = json.loads(invoke(runner, "tasks", "list", "--db", str(db), "--status", "failed",
-                               "--since", "6h", "--json").stdout)
+    failed = json.loads(
+        invoke(
+            runner,
+            "tasks",
+            "list",
+            "--db",
+            str(db),
+            "--status",
+            "failed",
+            "--since",
+            "6h",
+            "--json",
+        ).stdout
+    )
     assert [t["task_id"] for t in failed["tasks"]] == [FAILED_ID]
 
 
 def test_tasks_list_pages_with_a_cursor(runner: CliRunner, db: Path) -> None:
     """--limit gives a next cursor; --cursor continues from it."""
-    first = json.loads(invoke(runner, "tasks", "list", "--db", str(db), "--limit", "2",
-                              "--json").stdout)
-    assert len(first["tasks"]) == 2 and first["next_cursor"]
-    rest = json.loads(invoke(runner, "tasks", "list", "--db", str(db), "--limit", "2",
-                             "--cursor", first["next_cursor"], "--json").stdout)
+    first = json.loads(
+        invoke(runner, "tasks", "list", "--db", str(db), "--limit", "2", "--json").stdout
+    )
+    assert len(first["tasks"]) == 2
+    assert first["next_cursor"]
+    rest = json.loads(
+        invoke(
+            runner,
+            "tasks",
+            "list",
+            "--db",
+            str(db),
+            "--limit",
+            "2",
+            "--cursor",
+            first["next_cursor"],
+            "--json",
+        ).stdout
+    )
     assert [t["task_id"] for t in rest["tasks"]] == ["old-1"]
     assert rest["next_cursor"] is None
 
 
 def test_tasks_show_found_and_not_found(runner: CliRunner, db: Path) -> None:
     """show prints the record (args on request); an unknown id exits 3."""
-    data = json.loads(invoke(runner, "tasks", "show", FAILED_ID, "--db", str(db), "--args",
-                             "--json").stdout)
+    data = json.loads(
+        invoke(runner, "tasks", "show", FAILED_ID, "--db", str(db), "--args", "--json").stdout
+    )
     assert data["error"] == "ConnectionError: payment gateway down"
     assert data["args"] == ["order-1"]
     missing = invoke(runner, "tasks", "show", "nope", "--db", str(db))
@@ -165,7 +211,8 @@ def test_retry_journals_a_new_task_that_the_app_runs(runner: CliRunner, db: Path
 
     done = asyncio.run(app_start())
     assert charged == ["order-1"]
-    assert done is not None and done.status is TaskStatus.SUCCESS
+    assert done is not None
+    assert done.status is TaskStatus.SUCCESS
 
 
 def test_retry_refuses_a_successful_task(runner: CliRunner, db: Path) -> None:
@@ -203,24 +250,46 @@ def test_list_and_show_the_journal(runner: CliRunner, tmp_path: Path) -> None:
     """--journal lists unfinished tasks with their owner; show finds a journaled task."""
     path = tmp_path / "j.db"
     seed(path, entries=[entry("held-1")], owner="instance-a")
-    data = json.loads(invoke(runner, "tasks", "list", "--journal", "--db", str(path),
-                             "--json").stdout)
+    data = json.loads(
+        invoke(runner, "tasks", "list", "--journal", "--db", str(path), "--json").stdout
+    )
     assert [(e["task_id"], e["owner"]) for e in data["journal"]] == [("held-1", "instance-a")]
-    shown = json.loads(invoke(runner, "tasks", "show", "held-1", "--db", str(path),
-                              "--json").stdout)
+    shown = json.loads(
+        invoke(runner, "tasks", "show", "held-1", "--db", str(path), "--json").stdout
+    )
     assert shown["status"] == "journaled"
     assert shown["journal"]["owner"] == "instance-a"
 
 
 def test_dead_letters_replay_window_and_dry_run(runner: CliRunner, db: Path) -> None:
     """replay --since takes failures in the window only; --dry-run writes nothing."""
-    dry = json.loads(invoke(runner, "dead-letters", "replay", "--since", "6h", "--db", str(db),
-                            "--dry-run", "--json").stdout)
+    dry = json.loads(
+        invoke(
+            runner,
+            "dead-letters",
+            "replay",
+            "--since",
+            "6h",
+            "--db",
+            str(db),
+            "--dry-run",
+            "--json",
+        ).stdout
+    )
     assert (dry["count"], dry["tasks"][0]["new_task_id"]) == (1, None)
     assert read(db)[1] == []
 
-    result = invoke(runner, "dead-letters", "replay", "--since", "7d", "--func",
-                    "billing.charge", "--db", str(db))
+    result = invoke(
+        runner,
+        "dead-letters",
+        "replay",
+        "--since",
+        "7d",
+        "--func",
+        "billing.charge",
+        "--db",
+        str(db),
+    )
     assert result.exit_code == 0, result.output
     assert "replayed 2 failed task(s)" in result.stdout
     _, entries = read(db)
@@ -242,19 +311,34 @@ def test_keys_rotate_reports_and_exits_5_on_undecryptable(
     """rotate re-encrypts with the first --key; payloads no key opens give exit 5."""
     old, new, lost = (Fernet.generate_key() for _ in range(3))
     path = tmp_path / "k.db"
-    seed(path, [
-        record("a", TaskStatus.SUCCESS, encrypted_payload=Fernet(old).encrypt(b"x")),
-        record("b", TaskStatus.FAILED, encrypted_payload=Fernet(lost).encrypt(b"x")),
-    ])
-    result = invoke(runner, "keys", "rotate", "--db", str(path), "--key", new.decode(),
-                    "--key", old.decode(), "--json")
+    seed(
+        path,
+        [
+            record("a", TaskStatus.SUCCESS, encrypted_payload=Fernet(old).encrypt(b"x")),
+            record("b", TaskStatus.FAILED, encrypted_payload=Fernet(lost).encrypt(b"x")),
+        ],
+    )
+    result = invoke(
+        runner,
+        "keys",
+        "rotate",
+        "--db",
+        str(path),
+        "--key",
+        new.decode(),
+        "--key",
+        old.decode(),
+        "--json",
+    )
     assert result.exit_code == ExitCode.INCOMPLETE, result.output
     report = json.loads(result.stdout)
     assert (report["rotated"], report["skipped_undecryptable"]) == (1, 1)
     assert report["undecryptable_ids"] == ["b"]
-    table = invoke(runner, "keys", "rotate", "--db", str(path), "--key", new.decode(),
-                   "--key", old.decode())
-    assert "unchanged" in table.stdout and "could not decrypt" in table.stdout
+    table = invoke(
+        runner, "keys", "rotate", "--db", str(path), "--key", new.decode(), "--key", old.decode()
+    )
+    assert "unchanged" in table.stdout
+    assert "could not decrypt" in table.stdout
 
 
 def test_keys_rotate_without_keys_is_a_usage_error(runner: CliRunner, db: Path) -> None:
@@ -286,7 +370,9 @@ def test_backend_option_errors(runner: CliRunner, tmp_path: Path) -> None:
     assert both.exit_code == ExitCode.USAGE
 
 
-def test_run_serves_the_app_with_uvicorn(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_serves_the_app_with_uvicorn(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """run hands module:attr to uvicorn (default examples.app:app); a bad target exits 2."""
     import uvicorn
 
@@ -295,8 +381,10 @@ def test_run_serves_the_app_with_uvicorn(runner: CliRunner, monkeypatch: pytest.
     assert invoke(runner, "run").exit_code == 0
     assert invoke(runner, "run", "--app", "mypkg.web:api", "--port", "9000").exit_code == 0
     assert calls[0][0] == "examples.app:app"
-    assert calls[1] == ("mypkg.web:api", {"host": "127.0.0.1", "port": 9000, "reload": False,
-                                          "log_level": "info"})
+    assert calls[1] == (
+        "mypkg.web:api",
+        {"host": "127.0.0.1", "port": 9000, "reload": False, "log_level": "info"},
+    )
     assert invoke(runner, "run", "--app", "not a target").exit_code == ExitCode.USAGE
 
 
@@ -321,6 +409,9 @@ def test_tasks_list_against_redis(runner: CliRunner, redis_url: str, redis_prefi
         await backend.close()
 
     asyncio.run(go())
-    data = json.loads(invoke(runner, "tasks", "list", "--redis", redis_url, "--prefix",
-                             redis_prefix, "--json").stdout)
+    data = json.loads(
+        invoke(
+            runner, "tasks", "list", "--redis", redis_url, "--prefix", redis_prefix, "--json"
+        ).stdout
+    )
     assert [t["task_id"] for t in data["tasks"]] == [FAILED_ID]

@@ -41,13 +41,19 @@ async def test_api_view_masks_secret_arguments_by_name() -> None:
         return None
 
     record = await run_one(
-        manager, login, "ann", SECRET, options={"auth": {"refresh_token": "r-123"}, "n": 1},
+        manager,
+        login,
+        "ann",
+        SECRET,
+        options={"auth": {"refresh_token": "r-123"}, "n": 1},
         api_token="t-456",
     )
     shown = manager.record_dict(record, include_args=True)
     assert shown["args"] == ["ann", MASK]
-    assert shown["kwargs"] == {"options": {"auth": {"refresh_token": MASK}, "n": 1},
-                               "api_token": MASK}
+    assert shown["kwargs"] == {
+        "options": {"auth": {"refresh_token": MASK}, "n": 1},
+        "api_token": MASK,
+    }
     assert record.args == ("ann", SECRET)  # stored intact: retries still have the real value
     assert "args" not in manager.record_dict(record)
 
@@ -66,7 +72,8 @@ async def test_error_and_stacktrace_never_carry_a_secret_value() -> None:
     assert SECRET not in (record.stacktrace or "")
     assert "PermissionError" in (record.stacktrace or "")
     failed = [e for e in events.lifecycle_events if e.status is TaskStatus.FAILED]
-    assert failed and SECRET not in (failed[0].error or "") + (failed[0].stacktrace or "")
+    assert failed
+    assert SECRET not in (failed[0].error or "") + (failed[0].stacktrace or "")
 
 
 async def test_task_logs_are_scrubbed_in_thread_tasks_too() -> None:
@@ -87,7 +94,9 @@ async def test_task_logs_are_scrubbed_in_thread_tasks_too() -> None:
 
 async def test_a_callable_decides_what_is_secret() -> None:
     """redact=callable(name, value) -> bool masks what it returns True for."""
-    manager = TaskManager(redact=lambda name, value: isinstance(value, str) and value.startswith("sk_"))
+    manager = TaskManager(
+        redact=lambda name, value: isinstance(value, str) and value.startswith("sk_")
+    )
 
     @manager.task()
     async def charge(card: str, amount: int) -> None:
@@ -167,7 +176,8 @@ async def test_sealed_error_shows_a_placeholder_and_reveals_with_the_key(tmp_pat
 
     error, trace = manager.reveal_error(record)
     assert error == "KeyError: 'no such account acct-42'"
-    assert trace is not None and "Traceback" in trace
+    assert trace is not None
+    assert "Traceback" in trace
     revealed = manager.record_dict(record, reveal_errors=True)
     assert revealed["error"] == error
 
@@ -175,7 +185,8 @@ async def test_sealed_error_shows_a_placeholder_and_reveals_with_the_key(tmp_pat
     await backend.open()
     stored = await backend.get_record(record.task_id)
     await backend.close()
-    assert stored is not None and stored.encrypted_error == record.encrypted_error
+    assert stored is not None
+    assert stored.encrypted_error == record.encrypted_error
     assert manager.reveal_error(stored) == (error, trace)
 
 
@@ -202,9 +213,12 @@ def test_reveal_with_a_wrong_key_shows_the_placeholder() -> None:
 
     sealer = TaskManager(encrypt_args_key=Fernet.generate_key(), encrypt_errors=True)
     other = TaskManager(encrypt_args_key=Fernet.generate_key(), encrypt_errors=True)
-    assert sealer.privacy is not None and sealer.privacy.error_cipher is not None
+    assert sealer.privacy is not None
+    assert sealer.privacy.error_cipher is not None
     record = TaskRecord(
-        task_id="t1", func_name="f", error="E (details encrypted)",
+        task_id="t1",
+        func_name="f",
+        error="E (details encrypted)",
         encrypted_error=sealer.privacy.error_cipher.encrypt(b'{"error":"x","stacktrace":null}'),
     )
     assert sealer.reveal_error(record) == ("x", None)

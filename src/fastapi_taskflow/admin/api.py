@@ -109,8 +109,14 @@ class TaskApi:
         identity = getattr(request.state, "taskflow_identity", None)
         return identity.user if identity is not None else "anonymous"
 
-    def task_json(self, record: TaskRecord) -> dict[str, Any]:
-        return record.to_dict(include_args=self.include_args)
+    def task_json(self, record: TaskRecord, request: Request) -> dict[str, Any]:
+        """A record for the API: arguments redacted; sealed errors opened only for a person
+        who proved who they are (never on an open API)."""
+        identity = getattr(request.state, "taskflow_identity", None)
+        reveal = identity is not None and identity.via != "open"
+        return self.manager.record_dict(
+            record, include_args=self.include_args, reveal_errors=reveal
+        )
 
     async def find(self, task_id: str) -> TaskRecord:
         record = await self.manager.get_record(task_id)
@@ -167,7 +173,7 @@ class TaskApi:
                 link = request.url.include_query_params(cursor=page.next_cursor)
                 headers["X-Next-Cursor"] = page.next_cursor
                 headers["Link"] = f'<{link}>; rel="next"'
-            return json_response([self.task_json(r) for r in page.records], headers=headers)
+            return json_response([self.task_json(r, request) for r in page.records], headers=headers)
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
@@ -195,11 +201,11 @@ class TaskApi:
 
     def _task_routes(self, router: APIRouter, actor: Any) -> None:
         @router.get("/{task_id}", summary="One task")
-        async def get_task(task_id: TaskId) -> Response:
-            return json_response(self.task_json(await self.find(task_id)))
+        async def get_task(task_id: TaskId, request: Request) -> Response:
+            return json_response(self.task_json(await self.find(task_id), request))
 
         @router.post("/{task_id}/retry", summary="Run a failed/interrupted/cancelled task again")
-        async def retry_task(task_id: TaskId, who: str = actor) -> Response:
+        async def retry_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
             record = await self.find(task_id)
             new_id, why = await self.retry_one(task_id)
             await self.audit.record("retry", task_id, who, "ok" if new_id else f"refused: {why}",
@@ -208,10 +214,10 @@ class TaskApi:
                 status = 400 if record.status not in _RETRYABLE else 409
                 raise HTTPException(status_code=status, detail=why)
             new = self.manager.store.get(new_id) or await self.find(new_id)
-            return json_response({"task_id": new_id, "task": self.task_json(new)})
+            return json_response({"task_id": new_id, "task": self.task_json(new, request)})
 
         @router.post("/{task_id}/cancel", summary="Cancel a pending or running task")
-        async def cancel_task(task_id: TaskId, who: str = actor) -> Response:
+        async def cancel_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
             record = await self.find(task_id)
             done = not record.status.finished and self.manager.cancel(task_id)
             await self.audit.record("cancel", task_id, who, "ok" if done else "refused",
@@ -222,7 +228,7 @@ class TaskApi:
                     detail="Only pending or running tasks can be cancelled. "
                     f"Current status: {record.status.value}",
                 )
-            return json_response({"task_id": task_id, "task": self.task_json(record)})
+            return json_response({"task_id": task_id, "task": self.task_json(record, request)})
 
     def _changing_routes(self, router: APIRouter, actor: Any) -> None:
         manager = self.manager

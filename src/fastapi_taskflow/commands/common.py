@@ -34,6 +34,7 @@ from ..backends.base import TaskBackend
 from ..errors import BackendError, ConfigurationError
 
 T = TypeVar("T")
+PIPE_WIDTH = 200
 
 
 class ExitCode(IntEnum):
@@ -61,16 +62,20 @@ DbOption = Annotated[
 ]
 RedisOption = Annotated[
     str | None,
-    typer.Option("--redis", help="Redis URL (instead of the configured backend).",
-                 envvar="TASKFLOW_REDIS_URL"),
+    typer.Option(
+        "--redis",
+        help="Redis URL (instead of the configured backend).",
+        envvar="TASKFLOW_REDIS_URL",
+    ),
 ]
 PrefixOption = Annotated[
     str | None, typer.Option("--prefix", help="Redis key prefix (default: configured or taskflow).")
 ]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="YAML configuration (default: $TASKFLOW_CONFIG or "
-                                  "config/taskflow.yaml)."),
+    typer.Option(
+        "--config", help="YAML configuration (default: $TASKFLOW_CONFIG or config/taskflow.yaml)."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
@@ -156,8 +161,10 @@ def fail(message: str, code: ExitCode) -> NoReturn:
 
 
 def out_console() -> Console:
-    # Made per call: tests (CliRunner) swap sys.stdout, and a console binds its file.
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    # Made per call: tests (CliRunner) swap sys.stdout, and a console binds its file. Piped
+    # output gets a wide table so ids are never folded for grep.
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def err_console() -> Console:

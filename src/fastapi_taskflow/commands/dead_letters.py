@@ -51,13 +51,21 @@ def replay(
             entries = [] if dry_run else await journal_again(backend, failed, source="replay")
         new_ids: list[str | None] = [e.task_id for e in entries] or [None] * len(failed)
         if as_json:
-            print_json({"dry_run": dry_run, "count": len(failed), "tasks": [
-                {"task_id": r.task_id, "new_task_id": new}
-                for r, new in zip(failed, new_ids, strict=True)
-            ]})
+            print_json(
+                {
+                    "dry_run": dry_run,
+                    "count": len(failed),
+                    "tasks": [
+                        {"task_id": r.task_id, "new_task_id": new}
+                        for r, new in zip(failed, new_ids, strict=True)
+                    ],
+                }
+            )
             return
-        rows = [(r.task_id, new or "", r.func_name, short(r.error, 50))
-                for r, new in zip(failed, new_ids, strict=True)]
+        rows = [
+            (r.task_id, new or "", r.func_name, short(r.error, 50))
+            for r, new in zip(failed, new_ids, strict=True)
+        ]
         print_table(None, ["failed task", "new task", "task", "error"], rows)
         verb = "would replay" if dry_run else "replayed"
         print(f"{verb} {len(failed)} failed task(s)")
@@ -74,8 +82,13 @@ async def failed_records(
     start = parse_since(since)
     while len(found) < limit:
         page = await backend.query_records(
-            RecordQuery(status="failed", func_name=func, since=start,
-                        limit=min(500, limit - len(found)), cursor=cursor)
+            RecordQuery(
+                status="failed",
+                func_name=func,
+                since=start,
+                limit=min(500, limit - len(found)),
+                cursor=cursor,
+            )
         )
         found += page.records
         if page.next_cursor is None:

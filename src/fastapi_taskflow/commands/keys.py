@@ -34,9 +34,12 @@ group = typer.Typer(help="Encryption keys: generate, rotate.", no_args_is_help=T
 
 KeyOption = Annotated[
     list[str] | None,
-    typer.Option("--key", help="A Fernet key; repeat, newest first (default: encryption.keys). "
-                               "Prefer TASKFLOW_ENCRYPTION__KEYS over the command line.",
-                 show_default=False),
+    typer.Option(
+        "--key",
+        help="A Fernet key; repeat, newest first (default: encryption.keys). "
+        "Prefer TASKFLOW_ENCRYPTION__KEYS over the command line.",
+        show_default=False,
+    ),
 ]
 
 
@@ -89,9 +92,11 @@ def configured_cipher(keys: list[str], config: Path | None) -> ArgumentCipher:
     if not keys:
         keys = [k.get_secret_value() for k in load_settings(config).encryption.keys]
     if not keys:
-        raise CommandError("no encryption keys: configure encryption.keys "
-                           "(TASKFLOW_ENCRYPTION__KEYS) or pass --key NEW --key OLD",
-                           ExitCode.USAGE)
+        raise CommandError(
+            "no encryption keys: configure encryption.keys "
+            "(TASKFLOW_ENCRYPTION__KEYS) or pass --key NEW --key OLD",
+            ExitCode.USAGE,
+        )
     try:
         return ArgumentCipher(keys)
     except ValueError as exc:
@@ -103,8 +108,11 @@ class ProgressBars:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-            console=err_console(), transient=False,
+            TextColumn("{task.description:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err_console(),
+            transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
 
@@ -126,8 +134,17 @@ def show_report(report: RotationReport, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    rows = [(name.replace("_", " "), data[name]) for name in
-            ("total", "rotated", "unchanged", "skipped_undecryptable", "vanished", "resumed")]
+    rows = [
+        (name.replace("_", " "), data[name])
+        for name in (
+            "total",
+            "rotated",
+            "unchanged",
+            "skipped_undecryptable",
+            "vanished",
+            "resumed",
+        )
+    ]
     print_table("key rotation", ["", "count"], rows)
     if report.undecryptable_ids:
         print("could not decrypt (first ids): " + ", ".join(report.undecryptable_ids))

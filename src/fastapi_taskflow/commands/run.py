@@ -16,8 +16,9 @@ _APP_PATTERN = re.compile(r"^[\w.]+:[\w.]+$")
 def run(
     app: Annotated[
         str | None,
-        typer.Option("--app", help=f"module:attribute of the app (default: ${APP_ENV} or "
-                                   f"{DEFAULT_APP})."),
+        typer.Option(
+            "--app", help=f"module:attribute of the app (default: ${APP_ENV} or {DEFAULT_APP})."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8000,

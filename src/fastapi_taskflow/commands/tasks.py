@@ -36,8 +36,9 @@ from .common import (
 
 RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
-group = typer.Typer(help="Inspect and act on stored tasks (history and journal).",
-                    no_args_is_help=True)
+group = typer.Typer(
+    help="Inspect and act on stored tasks (history and journal).", no_args_is_help=True
+)
 
 TaskId = Annotated[str, typer.Argument(help="The full task id.")]
 
@@ -68,8 +69,13 @@ def list_tasks(
                 show_journal(await all_entries(backend), as_json)
                 return
             query = RecordQuery(
-                status=status.value if status else None, func_name=func, queue=queue,
-                text=search, since=parse_since(since), limit=limit, cursor=cursor,
+                status=status.value if status else None,
+                func_name=func,
+                queue=queue,
+                text=search,
+                since=parse_since(since),
+                limit=limit,
+                cursor=cursor,
             )
             page = await backend.query_records(query)
         show_records(page.records, page.next_cursor, as_json)
@@ -108,8 +114,11 @@ def show_task(
         if as_json:
             print_json(data)
         else:
-            print_table(f"task {task_id}", ["field", "value"],
-                        [(k, v) for k, v in data.items() if v not in (None, [], {})])
+            print_table(
+                f"task {task_id}",
+                ["field", "value"],
+                [(k, v) for k, v in data.items() if v not in (None, [], {})],
+            )
 
     run(body)
 
@@ -140,8 +149,10 @@ def retry_task(
         if as_json:
             print_json({"task_id": entry.task_id, "retry_of": task_id})
         else:
-            print(f"queued {entry.task_id} (retry of {task_id}); a running app claims it "
-                  "within its heartbeat interval, or the next start does")
+            print(
+                f"queued {entry.task_id} (retry of {task_id}); a running app claims it "
+                "within its heartbeat interval, or the next start does"
+            )
 
     run(body)
 
@@ -230,8 +241,9 @@ async def not_cancellable(backend: TaskBackend, task_id: str) -> CommandError:
     if record is None:
         return CommandError(f"no task with id {task_id!r}", ExitCode.NOT_FOUND)
     if record.status.finished:
-        return CommandError(f"task {task_id} already ended: {record.status.value}",
-                            ExitCode.REFUSED)
+        return CommandError(
+            f"task {task_id} already ended: {record.status.value}", ExitCode.REFUSED
+        )
     return CommandError(
         f"task {task_id} is {record.status.value} in a running app and not journaled: cancel it "
         "through that app's API",
@@ -248,11 +260,20 @@ def cancelled_record(entry: JournalEntry) -> TaskRecord:
             args, kwargs = decode_call(entry.payload)
     now = datetime.now(UTC)
     return TaskRecord(
-        task_id=entry.task_id, func_name=entry.func_name, status=TaskStatus.CANCELLED,
-        args=args, kwargs=kwargs, created_at=entry.created_at, end_time=now,
-        retries_used=entry.retries_used, error="cancelled from the command line",
-        idempotency_key=entry.idempotency_key, tags=entry.tags, source=entry.source,
-        priority=entry.priority, queue=entry.queue,
+        task_id=entry.task_id,
+        func_name=entry.func_name,
+        status=TaskStatus.CANCELLED,
+        args=args,
+        kwargs=kwargs,
+        created_at=entry.created_at,
+        end_time=now,
+        retries_used=entry.retries_used,
+        error="cancelled from the command line",
+        idempotency_key=entry.idempotency_key,
+        tags=entry.tags,
+        source=entry.source,
+        priority=entry.priority,
+        queue=entry.queue,
         encrypted_payload=entry.payload if entry.encrypted else None,
     )
 
@@ -267,10 +288,16 @@ def reveal_error(record: TaskRecord, config: Any) -> tuple[str | None, str | Non
 def entry_dict(entry: JournalEntry | None) -> dict[str, Any]:
     assert entry is not None
     return {
-        "task_id": entry.task_id, "func_name": entry.func_name, "status": "journaled",
-        "created_at": entry.created_at.isoformat(), "queue": entry.queue,
-        "priority": entry.priority, "tags": entry.tags, "source": entry.source,
-        "retries_used": entry.retries_used, "requeue_count": entry.requeue_count,
+        "task_id": entry.task_id,
+        "func_name": entry.func_name,
+        "status": "journaled",
+        "created_at": entry.created_at.isoformat(),
+        "queue": entry.queue,
+        "priority": entry.priority,
+        "tags": entry.tags,
+        "source": entry.source,
+        "retries_used": entry.retries_used,
+        "requeue_count": entry.requeue_count,
         "encrypted": entry.encrypted,
     }
 
@@ -280,12 +307,21 @@ def show_records(records: list[TaskRecord], next_cursor: str | None, as_json: bo
         print_json({"tasks": [r.to_dict() for r in records], "next_cursor": next_cursor})
         return
     rows = [
-        (r.task_id, r.func_name, r.status.value, r.queue, _time(r.created_at),
-         f"{r.duration:.2f}s" if r.duration is not None else "", r.retries_used, short(r.error))
+        (
+            r.task_id,
+            r.func_name,
+            r.status.value,
+            r.queue,
+            _time(r.created_at),
+            f"{r.duration:.2f}s" if r.duration is not None else "",
+            r.retries_used,
+            short(r.error),
+        )
         for r in records
     ]
-    print_table(None, ["id", "task", "status", "queue", "created", "took", "retries", "error"],
-                rows)
+    print_table(
+        None, ["id", "task", "status", "queue", "created", "took", "retries", "error"], rows
+    )
     if next_cursor:
         print(f"more: --cursor {next_cursor}")
 
@@ -295,8 +331,14 @@ def show_journal(entries: list[JournalEntry], as_json: bool) -> None:
         print_json({"journal": [entry_dict(e) | {"owner": e.owner} for e in entries]})
         return
     rows = [
-        (e.task_id, e.func_name, e.owner or "(unowned)", e.queue, _time(e.created_at),
-         "yes" if e.requeue else "no")
+        (
+            e.task_id,
+            e.func_name,
+            e.owner or "(unowned)",
+            e.queue,
+            _time(e.created_at),
+            "yes" if e.requeue else "no",
+        )
         for e in entries
     ]
     print_table("journal", ["id", "task", "owner", "queue", "created", "requeue"], rows)

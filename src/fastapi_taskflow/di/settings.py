@@ -29,6 +29,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import core_schema
 from pydantic_settings import (
@@ -272,6 +273,10 @@ class TaskflowSettings(BaseSettings):
     queues: dict[str, QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()
     admin: AdminSettings = AdminSettings()
+    # Operations (docs/operations.md): redaction, sealed errors, OpenTelemetry spans.
+    redact: list[Annotated[str, Field(min_length=1)]] = []
+    encrypt_errors: bool = False
+    tracing: bool = False
 
     def __init__(
         self,
@@ -294,6 +299,12 @@ class TaskflowSettings(BaseSettings):
         except ValidationError as exc:
             raise report.error(exc) from None
         report.raise_problems()
+
+    @model_validator(mode="after")
+    def _check_encrypt_errors(self) -> TaskflowSettings:
+        if self.encrypt_errors and not self.encryption.keys:
+            raise ValueError("encrypt_errors needs encryption.keys (the first key seals errors)")
+        return self
 
     @classmethod
     def settings_customise_sources(

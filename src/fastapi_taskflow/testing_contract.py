@@ -1,9 +1,22 @@
-"""The backend contract: every rule a backend keeps, as tests.
+"""The backend contract: every rule a backend keeps, as tests you can run on your own backend.
 
-Not collected by itself (no ``Test`` prefix): a subclass provides the ``backend`` fixture and
-pytest runs every test below on it. ``test_backend_contract.py`` does that for the built-in
-backends; to check your own, copy this file (it needs only pytest, pytest-asyncio and
-fastapi_taskflow) and subclass ``BackendContract``: see tests/contract/README.md.
+Not collected by itself (no ``Test`` prefix): subclass :class:`BackendContract` in your tests,
+provide the ``backend`` fixture, and pytest runs every test below on it (it needs pytest and
+pytest-asyncio in auto mode)::
+
+    import pytest
+    from fastapi_taskflow.testing_contract import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        async def backend(self):
+            backend = MyBackend(...)  # an empty store
+            await backend.open()
+            yield backend
+            await backend.close()
+
+fastapi-taskflow's own ``tests/contract/test_backend_contract.py`` runs it on the built-in
+backends. See docs/backends.md ("Checking your backend").
 """
 
 from __future__ import annotations
@@ -504,7 +517,8 @@ class BackendContract:
         new = [make_record("r1", encrypted_payload=b"new"), make_record("r2")]
         assert await backend.update_records(new) == 1
         got = await backend.get_record("r1")
-        assert got is not None and got.encrypted_payload == b"new"
+        assert got is not None
+        assert got.encrypted_payload == b"new"
         assert await backend.get_record("r2") is None
         assert await all_pages(backend) == ["r1"]
 
