@@ -294,6 +294,7 @@ class Persister:
         if batch:
             try:
                 await self.backend.journal_put(list(batch.puts.values()), self.owner)
+                self._committed(seq)  # new entries are durable: held responses may go
                 await self.backend.save_records(list(batch.records.values()))
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
