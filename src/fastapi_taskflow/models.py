@@ -85,6 +85,8 @@ class TaskRecord:
     trace_context: dict[str, str] | None = None
     # ``encrypt_errors``: the real error and stack trace, sealed; ``error`` is a placeholder.
     encrypted_error: bytes | None = None
+    # The arguments' lossless encoding, made once and shared by the journal and the history row.
+    encoded_call: bytes | None = field(default=None, repr=False)
 
     @property
     def encrypted(self) -> bool:

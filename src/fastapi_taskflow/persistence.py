@@ -280,6 +280,7 @@ class Persister:
         """Write everything outstanding now (journal changes and history); raises on failure."""
         await self.flush_journal()
         await self.flush_history()
+        await self.backend.compact()
 
     async def flush_journal(self) -> None:
         """Write the urgent buffer now: entries, then records, then removals."""
@@ -422,6 +423,8 @@ class Persister:
             self._history_due.clear()
             try:
                 await self.flush_history()
+                # Quiet moment after a batch: let the backend tidy up now, not at shutdown.
+                await self.backend.compact()
             except Exception:
                 self._write_failed("history")
                 wait = min(max(wait * 2, 0.5), interval)

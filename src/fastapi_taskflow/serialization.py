@@ -13,7 +13,10 @@ import pickle
 import uuid
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import TaskRecord
 
 _TAG = "__tf__"
 
@@ -102,6 +105,13 @@ def encode_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Encode a call's arguments as UTF-8 JSON bytes."""
     payload = {"a": [_to_json(a) for a in args], "k": {k: _to_json(v) for k, v in kwargs.items()}}
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def record_call(record: TaskRecord) -> bytes:
+    """``encode_call`` of a record's arguments, computed once per record."""
+    if record.encoded_call is None:
+        record.encoded_call = encode_call(record.args, record.kwargs)
+    return record.encoded_call
 
 
 def decode_call(data: bytes | str) -> tuple[tuple[Any, ...], dict[str, Any]]:

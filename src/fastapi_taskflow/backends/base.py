@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..models import TaskRecord, TaskStatus
-from ..serialization import decode_call, encode_call
+from ..serialization import decode_call, record_call
 
 logger = logging.getLogger("fastapi_taskflow.backends")
 
@@ -170,7 +170,7 @@ def record_to_row(record: TaskRecord) -> Row:
     payload = (
         {"encrypted_payload": base64.b64encode(record.encrypted_payload).decode("ascii")}
         if record.encrypted_payload is not None
-        else {"call": encode_call(record.args, record.kwargs).decode()}
+        else {"call": record_call(record).decode()}
     )
     document = {
         "task_id": record.task_id,
@@ -267,6 +267,9 @@ class TaskBackend(ABC):
 
     async def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+    async def compact(self) -> None:
+        """Housekeeping at a quiet moment (after a history batch). Default: nothing."""
 
     def describe(self) -> str:
         """A one-line description for logs and errors; never includes a password."""

@@ -15,7 +15,7 @@ from ..errors import QueueFullError
 from ..ids import new_task_id
 from ..models import TaskRecord, TaskStatus, utcnow
 from ..registry import TaskDefinition, TaskOptions
-from ..serialization import encode_call
+from ..serialization import encode_call, record_call
 from ..store import TaskStore
 from .attempts import Dispatcher
 from .job import Job
@@ -223,7 +223,8 @@ class Enqueuer:
     def journal_entry(
         self, record: TaskRecord, requeue: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> JournalEntry:
-        payload = record.encrypted_payload or encode_call(args, kwargs)
+        # Clear arguments are the record's own (encrypted ones are its sealed payload).
+        payload = record.encrypted_payload or record_call(record)
         return JournalEntry(
             task_id=record.task_id,
             func_name=record.func_name,
