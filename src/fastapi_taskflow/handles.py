@@ -11,6 +11,7 @@ from .dispatch.enqueue import merge_task_kwargs
 from .models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
+    from .dispatch.job import Job
     from .manager import TaskManager
     from .registry import TaskOptions
 
@@ -70,6 +71,8 @@ class ManagedBackgroundTasks(BackgroundTasks):
         self._manager = manager
         # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
         self._request_tasks = request_tasks
+        # Jobs held until the response is sent; one BackgroundTask starts them all.
+        self._held: list[Job] = []
 
     def add_task(  # type: ignore[override]
         self,
@@ -98,8 +101,16 @@ class ManagedBackgroundTasks(BackgroundTasks):
             defer=self._after_response,
         )
 
-    def _after_response(self, start: Callable[[], Any]) -> None:
-        if self._request_tasks is not None and self._request_tasks is not self:
-            self._request_tasks.add_task(start)
-        else:
-            super().add_task(start)
+    def _after_response(self, job: Job) -> None:
+        if not self._held:
+            # One Starlette BackgroundTask per request, not per task: each costs an inspect
+            # call and a coroutine, which a fan-out of thousands of tasks pays for nothing.
+            if self._request_tasks is not None and self._request_tasks is not self:
+                self._request_tasks.add_task(self._start_held)
+            else:
+                super().add_task(self._start_held)
+        self._held.append(job)
+
+    async def _start_held(self) -> None:
+        held, self._held = self._held, []
+        self._manager.submit_many(held)

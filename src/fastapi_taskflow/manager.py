@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import threading
 import uuid
@@ -271,7 +270,7 @@ class TaskManager:
         priority: int | None = None,
         queue: str | None = None,
         task_options: TaskOptions | None = None,
-        defer: Callable[[Callable[[], Any]], None] | None = None,
+        defer: Callable[[Job], None] | None = None,
         source: str = "manual",
     ) -> TaskHandle:
         """The one entry point behind every ``add_task``. ``defer`` delays the start."""
@@ -280,7 +279,7 @@ class TaskManager:
         definition = _with_options(self.registry.definition_for(func), task_options)
         options = definition.options
         run_now = defer is None or (eager if eager is not None else options.eager)
-        submit = self._submit_now if run_now else functools.partial(self._defer, defer)
+        submit = self._submit_now if run_now or defer is None else defer
         record, _ = self.enqueuer.enqueue(
             definition,
             args,
@@ -295,11 +294,10 @@ class TaskManager:
         )
         return TaskHandle(record, self)
 
-    def _defer(self, defer: Any, job: Job) -> None:
-        async def start() -> None:
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Start jobs that were held (until a response was sent), in their order."""
+        for job in jobs:
             self._submit_now(job)
-
-        defer(start)
 
     def _submit_now(self, job: Job) -> None:
         loop = self._loop or self._bind_running_loop()
