@@ -45,7 +45,7 @@ async def wired(
     tasks: TasksDep,
     manager: TaskManager = Depends(Provide[TaskflowContainer.task_manager]),  # noqa: B008
 ) -> dict[str, str]:
-    """A wired route (module-level, so ``container.wire`` patches it): ``@inject`` + ``TasksDep``."""
+    """A wired route (module-level, so ``container.wire`` patches it)."""
     assert manager is not None
     return {"task_id": tasks.add_task(record_signup, user_id)}
 
@@ -107,7 +107,8 @@ async def main(requests: int, repeats: int) -> None:
     for route, times in results.items():
         median = statistics.median(times)
         print(
-            f"{route:9s} {requests / median:8.0f} req/s   median {median * 1e6 / requests:7.1f} us/req"
+            f"{route:9s} {requests / median:8.0f} req/s"
+            f"   median {median * 1e6 / requests:7.1f} us/req"
             f"   throughput vs direct: {base / median:.3f}x"
         )
 

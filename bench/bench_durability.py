@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def manager(backend: TaskBackend | None, **options: Any) -> tuple[TaskManager, Any]:
-    tm = TaskManager(snapshot_backend=backend, requeue_pending=backend is not None,
-                     max_history=10_000, **options)
+    tm = TaskManager(
+        snapshot_backend=backend, requeue_pending=backend is not None, max_history=10_000, **options
+    )
 
     @tm.task(name="bench.noop")
     async def noop(i: int) -> None:
@@ -99,8 +100,9 @@ async def bench_redis(count: int) -> None:
             await tm.startup()
         start = time.perf_counter()
         half = count // 2
-        await asyncio.gather(*(run_tasks(tm, noop, half, k * half)
-                               for k, (tm, noop) in enumerate(pair)))
+        await asyncio.gather(
+            *(run_tasks(tm, noop, half, k * half) for k, (tm, noop) in enumerate(pair))
+        )
         finished = time.perf_counter() - start
         await asyncio.gather(*(settle(tm) for tm, _ in pair))
         durable = time.perf_counter() - start

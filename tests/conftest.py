@@ -39,7 +39,6 @@ def redis_prefix() -> str:
     return f"tftest-{uuid.uuid4().hex[:12]}"
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """In CI (CI=true) a skipped test is a failed test: a skip there hides a missing install."""

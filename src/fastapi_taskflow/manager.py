@@ -159,6 +159,7 @@ class TaskManager:
             max_concurrent_tasks=max_concurrent_tasks,
             default_timeout=default_timeout,
             on_finished=self._on_finished,
+            keeps=self._kept_at_shutdown,
         )
         self.enqueuer = Enqueuer(
             store=self.store,
@@ -369,8 +370,10 @@ class TaskManager:
         try:
             app.add_middleware(JournalBarrier, manager=self)
         except RuntimeError:  # the app already started: its middleware stack is fixed
-            logger.warning("init_app() after the app started: responses will not wait for "
-                           "their tasks' journal writes (see docs/durability.md)")
+            logger.warning(
+                "init_app() after the app started: responses will not wait for "
+                "their tasks' journal writes (see docs/durability.md)"
+            )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -423,6 +426,7 @@ class TaskManager:
 
     def _recover(self, entry: JournalEntry) -> None:
         """A journaled task no live instance owns: run it again, or record why not."""
+        self.store.remove(entry.task_id)  # its record from this manager's previous run, if any
         definition = self.registry.find(entry.func_name)
         record = _recovered_record(entry, definition)
         problem, args, kwargs = self._recovery_problem(entry, definition)
@@ -535,10 +539,7 @@ class TaskManager:
         """Waiting tasks: kept in the journal (requeue) or recorded INTERRUPTED, never dropped."""
         for job in self.dispatcher.waiting_jobs():
             if job.journaled and self._requeues(job):
-                job.cancelled = True  # its entry stays in the journal for the next start
-                if job.retry_timer is not None:
-                    job.retry_timer.cancel()
-                    job.retry_timer = None
+                self.dispatcher.withdraw(job)  # its entry stays in the journal for the next start
             else:
                 self.dispatcher.finish_waiting(
                     job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
@@ -582,14 +583,16 @@ class TaskManager:
 
     # ---- one task ----------------------------------------------------------------------------
 
+    def _kept_at_shutdown(self, job: Job) -> bool:
+        return self.persister is not None and job.journaled and self._requeues(job)
+
     def _on_finished(self, job: Job) -> None:
         record = job.record
         if self.persister is not None:
-            keep = job.stop_reason == "shutdown" and job.journaled and self._requeues(job)
-            if keep:
-                self.persister.keep(record)  # the record says INTERRUPTED; the entry stays
-            else:
-                self.persister.finished(record, job.journaled)
+            if not record.status.finished:  # kept at shutdown: PENDING, the entry stays
+                self.persister.keep(record)
+                return  # its waiters resolve when it finishes after the next start
+            self.persister.finished(record, job.journaled)
         for waiter in self._waiters.pop(record.task_id, ()):
             if not waiter.done():
                 waiter.set_result(record)

@@ -156,8 +156,12 @@ class Persister:
             await self.backend.journal_release(self.owner)
             await self.backend.drop_owner(self.owner)
         except Exception:
-            logger.error("could not release the journal lease of %s; its entries are claimable "
-                         "when the lease expires", self.owner, exc_info=True)
+            logger.error(
+                "could not release the journal lease of %s; its entries are claimable "
+                "when the lease expires",
+                self.owner,
+                exc_info=True,
+            )
 
     async def _final_flush(self) -> None:
         """Retry the last writes for up to ``flush_timeout`` seconds, then say what is lost."""
@@ -176,7 +180,9 @@ class Persister:
         logger.error(
             "backend %s unavailable at shutdown: %d journal and %d history writes lost "
             "(finished tasks may run again; unwritten new tasks are lost)",
-            self.backend.describe(), len(self._urgent), self.store.dirty_count,
+            self.backend.describe(),
+            len(self._urgent),
+            self.store.dirty_count,
         )
 
     # ---- what the manager reports ----------------------------------------------------------
@@ -239,7 +245,8 @@ class Persister:
         self._kick()
 
     def keep(self, record: TaskRecord) -> None:
-        """Shutdown interrupted a requeueable task: save its record, keep its journal entry."""
+        """Shutdown interrupted a requeueable task: save its record (PENDING: it waits for the
+        next start), keep its journal entry."""
         with self._lock:
             self._active.pop(record.task_id, None)
             self._unmarked.discard(record.task_id)
@@ -372,22 +379,28 @@ class Persister:
             logger.warning(
                 "backend %s unavailable and the write buffer is full (max_buffered=%d): "
                 "dropping the oldest finished-record writes (journal changes are kept)",
-                self.backend.describe(), self.settings.max_buffered,
+                self.backend.describe(),
+                self.settings.max_buffered,
             )
 
     def _write_failed(self, what: str) -> None:
         self.stats.write_failures += 1
         if self._healthy:
             self._healthy = False
-            logger.warning("writing the %s to %s failed; buffering and retrying with backoff",
-                           what, self.backend.describe(), exc_info=True)
+            logger.warning(
+                "writing the %s to %s failed; buffering and retrying with backoff",
+                what,
+                self.backend.describe(),
+                exc_info=True,
+            )
 
     def _write_ok(self) -> None:
         if not self._healthy:
             self._healthy = True
             self._full_warned = False
-            logger.warning("backend %s answers again; buffered writes drained",
-                           self.backend.describe())
+            logger.warning(
+                "backend %s answers again; buffered writes drained", self.backend.describe()
+            )
 
     # ---- background loops --------------------------------------------------------------------
 
@@ -461,8 +474,9 @@ class Persister:
         try:
             await job()
         except Exception:
-            logger.warning("periodic %s against %s failed", what, self.backend.describe(),
-                           exc_info=True)
+            logger.warning(
+                "periodic %s against %s failed", what, self.backend.describe(), exc_info=True
+            )
 
     # ---- the lease and claims ----------------------------------------------------------------
 
@@ -475,21 +489,29 @@ class Persister:
             self.stats.lease_failures += 1
             if not self._lease_failing:
                 self._lease_failing = True
-                logger.warning("lease heartbeat of %s to %s failed; retrying", self.owner,
-                               self.backend.describe(), exc_info=True)
+                logger.warning(
+                    "lease heartbeat of %s to %s failed; retrying",
+                    self.owner,
+                    self.backend.describe(),
+                    exc_info=True,
+                )
             if time.monotonic() >= self._lease_until and self._lease_until:
                 self._lease_until = 0.0  # warn once per outage
                 logger.error(
                     "the lease of instance %s may have expired: another instance may claim its "
                     "%d journaled tasks and run them again (at-least-once)",
-                    self.owner, len(self._active),
+                    self.owner,
+                    len(self._active),
                 )
             return False
         self._lease_until = sent + self.settings.lease_ttl
         if self._lease_failing:
             self._lease_failing = False
-            logger.warning("lease heartbeat of %s works again; rewriting %d journal entries",
-                           self.owner, len(self._active))
+            logger.warning(
+                "lease heartbeat of %s works again; rewriting %d journal entries",
+                self.owner,
+                len(self._active),
+            )
             self._rejournal()
         return True
 

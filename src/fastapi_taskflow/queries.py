@@ -71,7 +71,7 @@ def queue_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, dict[str, An
             "concurrency": queue.config.concurrency,
             "max_size": queue.config.max_size,
             "running": queue.running,
-            "waiting": len(queue.waiting),
+            "waiting": queue.waiting_count,
             "pending": counts[TaskStatus.PENDING],
             "started": queue.started,
             "counts": {status.value: counts[status] for status in TaskStatus},

@@ -129,11 +129,29 @@ class TaskStore:
                 self._evict()
         self._notify(record)
 
+    def has_room(self, queue: str, max_size: int | None) -> bool:
+        """Fewer than ``max_size`` PENDING tasks in ``queue`` (``None``: no cap). To add only
+        if there is room, check under the lock: ``add_if_room``, or in ``add_with_key``'s
+        ``make``."""
+        if max_size is None:
+            return True
+        per_queue = self._queue_counts.get(queue)
+        return per_queue is None or per_queue[TaskStatus.PENDING] < max_size
+
+    def add_if_room(self, record: TaskRecord, max_size: int | None) -> bool:
+        """Add ``record`` only if its queue has room, in one critical section (threads adding
+        at once cannot push the queue past ``max_size``); False when nothing was added."""
+        with self._lock:
+            if not self.has_room(record.queue, max_size):
+                return False
+            self.add(record)
+            return True
+
     def add_with_key(self, key: str, make: Callable[[], TaskRecord]) -> tuple[TaskRecord, bool]:
         """Atomically return the live record holding ``key``, or add ``make()`` under it.
 
         Returns ``(record, created)``. A key held by a failed, cancelled, rejected or
-        interrupted task is free again.
+        interrupted task is free again. ``make`` runs under the lock.
         """
         with self._lock:
             holder_id = self._keys.get(key)
@@ -166,8 +184,12 @@ class TaskStore:
         self._notify(record)
 
     def mark_finished(
-        self, record: TaskRecord, status: TaskStatus, now: datetime,
-        error: str | None, stacktrace: str | None,
+        self,
+        record: TaskRecord,
+        status: TaskStatus,
+        now: datetime,
+        error: str | None,
+        stacktrace: str | None,
     ) -> None:
         with self._lock:
             if record.status.finished:
@@ -206,10 +228,15 @@ class TaskStore:
         return doomed
 
     def seed_counts(self, counts: dict[str, int]) -> None:
-        """Add history that lives only in the backend (read once at startup) to the counters."""
+        """Add history that lives only in the backend (read once at startup) to the counters.
+
+        Only finished statuses: an active record there (a task kept at shutdown) is counted
+        when its task comes back into memory to run again.
+        """
         with self._lock:
             for status, count in counts.items():
-                self._counts[TaskStatus(status)] += count
+                if TaskStatus(status).finished:
+                    self._counts[TaskStatus(status)] += count
 
     def reset_finished_counts(self) -> None:
         """After history was deleted everywhere: finished counters restart from memory."""

@@ -493,9 +493,7 @@ class BackendContract:
         released, _ = await backend.journal_page()
         assert [e.owner for e in released] == [None, "B", None, "B"]
 
-    async def test_journal_update_keeps_owner_and_skips_removed(
-        self, backend: TaskBackend
-    ) -> None:
+    async def test_journal_update_keeps_owner_and_skips_removed(self, backend: TaskBackend) -> None:
         """journal_update rewrites existing entries only and leaves their owner as it was."""
         await backend.heartbeat("A", 30)
         await backend.journal_put([make_entry("u1"), make_entry("u2")], "A")
@@ -505,7 +503,9 @@ class BackendContract:
         assert await backend.journal_update(changed) == 1
         (owned,) = await backend.journal_owned("A")
         assert (owned.task_id, owned.payload, owned.trace_context) == (
-            "u1", b"new", {"traceparent": "x"}
+            "u1",
+            b"new",
+            {"traceparent": "x"},
         )
         entries, _ = await backend.journal_page()
         assert [e.task_id for e in entries] == ["u1"]

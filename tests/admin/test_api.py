@@ -91,8 +91,17 @@ async def test_list_filters(env):
 @pytest.mark.parametrize(
     "query",
     [
-        "status=bogus", "limit=0", "limit=501", "limit=abc", "cursor=not-a-cursor", "tag=novalue",
-        "tag=:x", "since=yesterday", "until=13h30", "since=1h&until=2h", "since=0h",
+        "status=bogus",
+        "limit=0",
+        "limit=501",
+        "limit=abc",
+        "cursor=not-a-cursor",
+        "tag=novalue",
+        "tag=:x",
+        "since=yesterday",
+        "until=13h30",
+        "since=1h&until=2h",
+        "since=0h",
         "since=99999999d",
     ],
 )
@@ -242,8 +251,18 @@ async def test_bulk_retry_reports_each_task(env):
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"task_ids": []}, {"task_ids": "abc"}, {"task_ids": [1]}, {"task_ids": [""]},
-     {"task_ids": ["a"], "extra": 1}, {"task_ids": ["x"] * 1001}, [], "text", None],
+    [
+        {},
+        {"task_ids": []},
+        {"task_ids": "abc"},
+        {"task_ids": [1]},
+        {"task_ids": [""]},
+        {"task_ids": ["a"], "extra": 1},
+        {"task_ids": ["x"] * 1001},
+        [],
+        "text",
+        None,
+    ],
 )
 async def test_bulk_retry_bad_body_is_422(env, body):
     """A malformed bulk-retry body is a 422 and dispatches nothing."""
@@ -278,6 +297,17 @@ async def test_retry_failed_bad_window_is_422(env, since):
     """A window that is not <N>m/h/d or all is a 422."""
     response = await env.client.post(f"/tasks/retry-failed?since={since}")
     assert response.status_code == 422
+
+
+async def test_retry_failed_window_before_year_one_is_422(env):
+    """Regression (schemathesis run): since=999999d reached back before year 1 and the
+    OverflowError was a 500; it is a 422 naming the window and nothing is retried."""
+    env.add(jobs.fail)
+    await env.manager.join(timeout=5)
+    response = await env.client.post("/tasks/retry-failed?since=999999d")
+    assert response.status_code == 422
+    assert "999999d" in response.json()["detail"]
+    assert [t["status"] for t in (await env.client.get("/tasks")).json()] == ["failed"]
 
 
 # ---- history ---------------------------------------------------------------------------------
@@ -317,15 +347,34 @@ async def test_delete_history_with_backend(make_env):
 
 
 @pytest.mark.parametrize(
-    "query", ["", "value=1", "unit=day", "value=0&unit=day", "value=1&unit=week",
-              "older_than=soon", "all=true&older_than=1h", "value=1&unit=day&all=true",
-              "all=maybe"],
+    "query",
+    [
+        "",
+        "value=1",
+        "unit=day",
+        "value=0&unit=day",
+        "value=1&unit=week",
+        "older_than=soon",
+        "all=true&older_than=1h",
+        "value=1&unit=day&all=true",
+        "all=maybe",
+    ],
 )
 async def test_delete_history_bad_input_is_422(env, query):
     """DELETE /history needs exactly one valid way of saying what to delete."""
     await _finished(env, 1)
     response = await env.client.delete(f"/tasks/history?{query}")
     assert response.status_code == 422
+    assert len((await env.client.get("/tasks")).json()) == 1
+
+
+async def test_delete_history_window_before_year_one_is_422(env):
+    """Regression (schemathesis run): older_than=999999d overflowed the date (a 500); it is a
+    422 and nothing is deleted."""
+    await _finished(env, 1)
+    response = await env.client.delete("/tasks/history?older_than=999999d")
+    assert response.status_code == 422
+    assert "older_than" in response.json()["detail"]
     assert len((await env.client.get("/tasks")).json()) == 1
 
 
@@ -348,9 +397,19 @@ async def test_queues_and_live_config(env):
 
 @pytest.mark.parametrize(
     "body",
-    [{"concurrency": 0}, {"concurrency": -1}, {"concurrency": "3"}, {"concurrency": True},
-     {"concurrency": 1.5}, {"max_size": 0}, {"other": 1}, {}, [], "x",
-     {"concurrency": 10**9}],
+    [
+        {"concurrency": 0},
+        {"concurrency": -1},
+        {"concurrency": "3"},
+        {"concurrency": True},
+        {"concurrency": 1.5},
+        {"max_size": 0},
+        {"other": 1},
+        {},
+        [],
+        "x",
+        {"concurrency": 10**9},
+    ],
 )
 async def test_queue_bad_values_change_nothing(env, body):
     """A bad queue setting is a 422 with a message and leaves the config as it was."""
@@ -415,6 +474,18 @@ async def test_read_only_refuses_every_change(make_env):
 # ---- wiring ----------------------------------------------------------------------------------
 
 
+async def test_openapi_schema_documents_the_task_api(env):
+    """Regression (schemathesis run): /openapi.json was a 500 because the SSE routes'
+    return annotation could not be resolved; it documents the API and the streams."""
+    response = await env.client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/tasks", "/tasks/{task_id}", "/tasks/retry-failed", "/tasks/history"} <= set(paths)
+    stream = paths["/tasks/dashboard/stream"]["get"]["responses"]["200"]["content"]
+    assert "text/event-stream" in stream
+    assert "/tasks/{task_id}/events" in paths
+
+
 async def test_open_api_warns_once_at_startup(make_env, caplog):
     """Without auth, startup logs one warning that the task API is open."""
     caplog.set_level(logging.WARNING, logger="fastapi_taskflow.admin")
@@ -434,10 +505,20 @@ async def test_no_warning_with_auth(make_env, caplog):
 
 @pytest.mark.parametrize(
     "options",
-    [{"path": "tasks"}, {"path": "/tasks/"}, {"token_expiry": 0}, {"token_expiry": "1"},
-     {"poll_interval": 0}, {"retention_days": -1}, {"title": ""}, {"auth": "admin:pw"},
-     {"auth": [("admin",)]}, {"auth": ("admin", "pw"), "secret_key": "short"},
-     {"api_tokens": "abc"}, {"api_tokens": ["short"]}],
+    [
+        {"path": "tasks"},
+        {"path": "/tasks/"},
+        {"token_expiry": 0},
+        {"token_expiry": "1"},
+        {"poll_interval": 0},
+        {"retention_days": -1},
+        {"title": ""},
+        {"auth": "admin:pw"},
+        {"auth": [("admin",)]},
+        {"auth": ("admin", "pw"), "secret_key": "short"},
+        {"api_tokens": "abc"},
+        {"api_tokens": ["short"]},
+    ],
 )
 def test_bad_configuration_raises(options):
     """Bad TaskAdmin settings raise ConfigurationError naming the setting."""

@@ -13,13 +13,22 @@ SECRET = "s" * 32
 AUTH = {"auth": ("admin", "pw"), "secret_key": SECRET}
 
 PROTECTED = [
-    ("GET", "/tasks"), ("GET", "/tasks/metrics"), ("GET", "/tasks/metrics/prometheus"),
-    ("GET", "/tasks/queues"), ("GET", "/tasks/audit"), ("GET", "/tasks/registry"),
-    ("GET", "/tasks/some-id"), ("GET", "/tasks/dashboard/config"),
-    ("GET", "/tasks/dashboard/stream"), ("GET", "/tasks/some-id/events"),
-    ("POST", "/tasks/some-id/retry"), ("POST", "/tasks/some-id/cancel"),
-    ("POST", "/tasks/bulk-retry"), ("POST", "/tasks/retry-failed"),
-    ("DELETE", "/tasks/history?all=true"), ("PATCH", "/tasks/queues/default"),
+    ("GET", "/tasks"),
+    ("GET", "/tasks/metrics"),
+    ("GET", "/tasks/metrics/prometheus"),
+    ("GET", "/tasks/queues"),
+    ("GET", "/tasks/audit"),
+    ("GET", "/tasks/registry"),
+    ("GET", "/tasks/some-id"),
+    ("GET", "/tasks/dashboard/config"),
+    ("GET", "/tasks/dashboard/stream"),
+    ("GET", "/tasks/some-id/events"),
+    ("POST", "/tasks/some-id/retry"),
+    ("POST", "/tasks/some-id/cancel"),
+    ("POST", "/tasks/bulk-retry"),
+    ("POST", "/tasks/retry-failed"),
+    ("DELETE", "/tasks/history?all=true"),
+    ("PATCH", "/tasks/queues/default"),
 ]
 
 
@@ -29,9 +38,7 @@ async def _login(env, username="admin", password="pw"):
 
 
 async def _form_login(env):
-    return await env.client.post(
-        "/tasks/auth/login", data={"username": "admin", "password": "pw"}
-    )
+    return await env.client.post("/tasks/auth/login", data={"username": "admin", "password": "pw"})
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -71,11 +78,12 @@ async def test_bearer_needs_no_csrf(make_env):
     async with make_env(**AUTH) as env:
         token = (await _login(env)).json()["access_token"]
         response = await env.client.patch(
-            "/tasks/queues/default", json={"concurrency": 2},
+            "/tasks/queues/default",
+            json={"concurrency": 2},
             headers={"Authorization": f"Bearer {token}"},
         )
         assert response.status_code == 200
-        audit = (await env.client.get("/tasks/audit", headers={"Authorization": f"Bearer {token}"}))
+        audit = await env.client.get("/tasks/audit", headers={"Authorization": f"Bearer {token}"})
         assert audit.json()[0]["actor"] == "admin"
 
 

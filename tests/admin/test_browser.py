@@ -29,8 +29,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 
@@ -73,8 +79,15 @@ def _serve(**admin_options: Any) -> Iterator[Server]:
     app = FastAPI()
     admin = TaskAdmin(app, manager, **admin_options)
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none",
-                            lifespan="on", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws="none",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -206,8 +219,12 @@ def test_retry_from_detail_panel(page, server):
     expect(page.locator("#toast")).to_contain_text("Retried")
     expect(page.locator("#detail-title")).to_have_text("admin_jobs:log_and_fail")
     server.join()
-    audit = [e.action for e in asyncio.run_coroutine_threadsafe(
-        server.admin.audit.entries(), server.loop).result(5)]
+    audit = [
+        e.action
+        for e in asyncio.run_coroutine_threadsafe(server.admin.audit.entries(), server.loop).result(
+            5
+        )
+    ]
     assert audit == ["retry"]
     assert page.errors == []
 

@@ -36,7 +36,8 @@ async def test_sealed_errors_open_only_for_a_signed_in_user(make_env):
         assert body["error_encrypted"] is True
         assert CARD in body["error"]
         stored = env.manager.store.get(task_id)
-        assert stored is not None and CARD not in (stored.error or "")
+        assert stored is not None
+        assert CARD not in (stored.error or "")
 
 
 async def test_sealed_errors_stay_sealed_on_an_open_api(make_env):

@@ -18,8 +18,10 @@ async def test_dashboard_stream_sends_hello_then_new_tasks(env, open_sse):
         assert "total" in hello["metrics"]
         task_id = env.add(jobs.log_and_fail, "secret log line")
         data = await stream.until(
-            lambda n, d: n == "delta"
-            and any(t["task_id"] == task_id and t["status"] == "failed" for t in d["tasks"])
+            lambda n, d: (
+                n == "delta"
+                and any(t["task_id"] == task_id and t["status"] == "failed" for t in d["tasks"])
+            )
         )
         row = next(t for t in data["tasks"] if t["task_id"] == task_id)
         assert "logs" not in row
@@ -42,8 +44,11 @@ async def test_changes_are_coalesced_per_tick(env, open_sse):
                 deltas += 1
                 tasks = [t["task_id"] for t in data["tasks"]]
                 assert len(tasks) == len(set(tasks))
-                seen |= {t for t, s in ((t["task_id"], t["status"]) for t in data["tasks"])
-                         if s == "success"}
+                seen |= {
+                    t
+                    for t, s in ((t["task_id"], t["status"]) for t in data["tasks"])
+                    if s == "success"
+                }
         assert deltas < 100
 
 

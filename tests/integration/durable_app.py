@@ -68,7 +68,8 @@ async def health() -> dict[str, str]:
 
 @app.post("/enqueue/{n}")
 async def enqueue(
-    n: int, tasks: ManagedBackgroundTasks = Depends(task_manager.get_tasks)  # noqa: B008
+    n: int,
+    tasks: ManagedBackgroundTasks = Depends(task_manager.get_tasks),  # noqa: B008
 ) -> dict[str, str]:
     return {"task_id": tasks.add_task(work, n)}
 

@@ -53,8 +53,18 @@ class AppProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> AppProcess:
-        command = [sys.executable, "-m", "uvicorn", "durable_app:app", "--port", str(self.port),
-                   "--log-level", "warning", "--app-dir", str(HERE)]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "durable_app:app",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(HERE),
+        ]
         self.process = subprocess.Popen(command, env=self.env)
         wait_for(self._answers, 30, "the app answers /health")
         return self
@@ -130,8 +140,9 @@ def enqueue(app: AppProcess, numbers: range) -> None:
 
 def sqlite_successes(path: Path) -> int:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-        row = db.execute("SELECT COUNT(*) FROM tf_records WHERE func_name = 'crash.work'"
-                         " AND status = 'success'").fetchone()
+        row = db.execute(
+            "SELECT COUNT(*) FROM tf_records WHERE func_name = 'crash.work' AND status = 'success'"
+        ).fetchone()
     db.close()
     return int(row[0])
 
@@ -150,8 +161,10 @@ def redis_successes(url: str, prefix: str) -> int:
 
 def assert_bounded_reruns(side: SideFile, killed: int, survivor: int) -> None:
     both, mid_run, settling = side.reruns(killed, survivor)
-    print(f"\nran again after the kill: {len(both)} (mid-run: {len(mid_run)}, "
-          f"finished but not yet settled: {len(settling)})")
+    print(
+        f"\nran again after the kill: {len(both)} (mid-run: {len(mid_run)}, "
+        f"finished but not yet settled: {len(settling)})"
+    )
     assert len(mid_run) <= CONCURRENCY
     assert len(settling) <= CONCURRENCY
     assert len(both) - len(settling) <= CONCURRENCY
@@ -167,8 +180,11 @@ def test_sigkill_mid_way_then_restart_finishes_every_task(tmp_path: Path, side: 
     """SQLite: 200 persisted tasks, SIGKILL mid-way, restart: all 200 SUCCESS; only the tasks
     in flight at the kill ran twice."""
     db = tmp_path / "tasks.db"
-    env = {"TF_BACKEND": f"sqlite:{db}", "TF_SIDE": str(side.path),
-           "TF_CONCURRENCY": str(CONCURRENCY)}
+    env = {
+        "TF_BACKEND": f"sqlite:{db}",
+        "TF_SIDE": str(side.path),
+        "TF_CONCURRENCY": str(CONCURRENCY),
+    }
     first = AppProcess(env).start()
     try:
         enqueue(first, range(TASKS))
@@ -192,16 +208,22 @@ def test_two_instances_on_redis_the_survivor_finishes_the_dead_ones_tasks(
 ) -> None:
     """Redis, two instances: kill one mid-way; the other claims its tasks once the lease
     expires (0.5 s heartbeat, 2 s lease) and all 200 reach SUCCESS."""
-    env = {"TF_BACKEND": f"redis:{redis_url}|{redis_prefix}", "TF_SIDE": str(side.path),
-           "TF_CONCURRENCY": str(CONCURRENCY), "TF_HEARTBEAT": "0.5", "TF_LEASE": "2.0"}
+    env = {
+        "TF_BACKEND": f"redis:{redis_url}|{redis_prefix}",
+        "TF_SIDE": str(side.path),
+        "TF_CONCURRENCY": str(CONCURRENCY),
+        "TF_HEARTBEAT": "0.5",
+        "TF_LEASE": "2.0",
+    }
     doomed, survivor = AppProcess(env).start(), AppProcess(env).start()
     try:
         enqueue(doomed, range(0, TASKS, 2))
         enqueue(survivor, range(1, TASKS, 2))
         wait_for(lambda: side.count("E") >= TASKS // 4, 30, "a quarter of the tasks done")
         doomed.kill()
-        took = wait_for(lambda: redis_successes(redis_url, redis_prefix) == TASKS, 60,
-                        "all tasks SUCCESS")
+        took = wait_for(
+            lambda: redis_successes(redis_url, redis_prefix) == TASKS, 60, "all tasks SUCCESS"
+        )
         print(f"\nkill to all {TASKS} SUCCESS on the survivor: {took:.2f} s")
     finally:
         doomed.stop()
@@ -219,10 +241,24 @@ class PersistentRedis(RedisServer):
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
             return
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        command = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.directory),
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: self._up(), timeout, "redis-server answers")
 
     def _up(self) -> bool:
@@ -251,8 +287,12 @@ def test_redis_outage_under_load_loses_nothing_and_serves_every_request(
     """redis-server stopped for a few seconds while requests keep coming: every response is
     200, tasks go on, and when Redis is back every record reaches it."""
     prefix = f"outage-{uuid.uuid4().hex[:8]}"
-    env = {"TF_BACKEND": f"redis:{persistent_redis.url}|{prefix}", "TF_SIDE": str(side.path),
-           "TF_CONCURRENCY": "8", "TF_TASK_SECONDS": "0.02"}
+    env = {
+        "TF_BACKEND": f"redis:{persistent_redis.url}|{prefix}",
+        "TF_SIDE": str(side.path),
+        "TF_CONCURRENCY": "8",
+        "TF_TASK_SECONDS": "0.02",
+    }
     app = AppProcess(env).start()
     statuses: Counter[int] = Counter()
     total = 150
@@ -266,11 +306,16 @@ def test_redis_outage_under_load_loses_nothing_and_serves_every_request(
                 statuses[client.post(f"/enqueue/{n}").status_code] += 1
                 time.sleep(0.02)  # pacing the load, not waiting for anything
             wait_for(lambda: side.count("E") >= total, 30, "every task ran")
-            took = wait_for(lambda: redis_successes(persistent_redis.url, prefix) == total, 30,
-                            "every record in Redis")
+            took = wait_for(
+                lambda: redis_successes(persistent_redis.url, prefix) == total,
+                30,
+                "every record in Redis",
+            )
             stats = client.get("/stats").json()
-        print(f"\nbuffer drained {took:.2f} s after the last task; "
-              f"write failures {stats['backend_write_failures']}")
+        print(
+            f"\nbuffer drained {took:.2f} s after the last task; "
+            f"write failures {stats['backend_write_failures']}"
+        )
     finally:
         app.stop()
     assert statuses == Counter({200: total})

@@ -261,3 +261,44 @@ async def test_install_mounts_the_admin_from_settings() -> None:
             response = await client.get(f"/ops/tasks/{handle.task_id}")
     assert response.status_code == 200
     assert response.json()["status"] == "success"
+
+
+flaky_runs: list[str] = []
+
+
+@tasks.task()
+async def flaky(label: str) -> str:
+    """Fails on its first run for ``label``, succeeds after."""
+    if label not in flaky_runs:
+        flaky_runs.append(label)
+        raise RuntimeError("first run fails")
+    return label
+
+
+async def test_admin_follows_the_manager_of_each_lifespan_run() -> None:
+    """Run twice, the admin serves the second run's manager: its tasks are listed, retry works."""
+    container = TaskflowContainer()
+    container.config.from_dict({"backend": {"kind": "memory"}, "admin": {"enabled": True}})
+    container.registry.override(tasks)
+    app = FastAPI()
+    install(app, container)
+    async with app.router.lifespan_context(app):
+        first = await container.task_manager()
+    async with app.router.lifespan_context(app):
+        manager = await container.task_manager()
+        assert manager is not first
+        failed = manager.add_task(flaky, "second-run")
+        await manager.join()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            listed = (await client.get("/tasks", params={"status": "failed"})).json()
+            assert [t["task_id"] for t in listed] == [failed.task_id]
+            retried = await client.post(f"/tasks/{failed.task_id}/retry")
+            assert retried.status_code == 200, retried.text
+            await manager.join()
+            new_id = retried.json()["task_id"]
+            record = manager.store.get(new_id)
+            assert record is not None
+            assert record.status is TaskStatus.SUCCESS
+        assert manager.queue_stats()["default"]["started"] == 2  # the retry ran here
+        assert not first._started  # the first run's manager stays stopped

@@ -98,8 +98,9 @@ async def test_requeued_arguments_tags_priority_and_queue_survive_a_restart(db: 
     tm, blocker, record_call = build(db, seen, requeue_pending=True, max_concurrent_tasks=1)
     await tm.startup()
     tm.add_task(blocker)
-    handle = tm.add_task(record_call, *args, tags={"team": "a"}, priority=5, queue="default",
-                         **kwargs)
+    handle = tm.add_task(
+        record_call, *args, tags={"team": "a"}, priority=5, queue="default", **kwargs
+    )
     await tm.shutdown()
     assert seen == []
 
@@ -147,7 +148,7 @@ async def test_running_task_is_drained_then_requeued_with_an_attempt_counted(db:
     running = tm.add_task(blocker)
     await wait_until(lambda: running.status is TaskStatus.RUNNING)
     await tm.shutdown()
-    assert running.status is TaskStatus.INTERRUPTED
+    assert running.status is TaskStatus.PENDING  # kept: it waits for the next start
 
     again, _, _ = build(db, seen, requeue_pending=True)
     await again.startup()
@@ -160,6 +161,56 @@ async def test_running_task_is_drained_then_requeued_with_an_attempt_counted(db:
         await again.shutdown()
 
 
+@pytest.mark.parametrize("restart", ["new manager", "same manager"])
+async def test_a_task_kept_at_shutdown_counts_pending_then_one_success(
+    db: Path, restart: str
+) -> None:
+    """A running task kept at shutdown is saved and counted PENDING (it waits for the next
+    start), not INTERRUPTED; after its rerun the counters hold one SUCCESS and nothing else."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    def make() -> tuple[TaskManager, Any]:
+        tm = TaskManager(snapshot_db=str(db), requeue_pending=True, **FAST)
+
+        @tm.task(name="jobs.hold")
+        async def hold() -> None:
+            started.set()
+            await release.wait()
+
+        return tm, hold
+
+    tm, hold = make()
+    await tm.startup()
+    handle = tm.add_task(hold)
+    await started.wait()
+    await tm.shutdown()
+    assert handle.status is TaskStatus.PENDING
+    assert (tm.metrics()["pending"], tm.metrics()["interrupted"]) == (1, 0)
+    backend = SqliteBackend(db)
+    await backend.open()
+    try:
+        saved = await backend.get_record(handle.task_id)
+    finally:
+        await backend.close()
+    assert saved is not None
+    assert saved.status is TaskStatus.PENDING
+
+    again = make()[0] if restart == "new manager" else tm
+    release.set()
+    await again.startup()
+    try:
+        await again.join(timeout=5)
+        metrics = again.metrics()
+        record = again.store.get(handle.task_id)
+    finally:
+        await again.shutdown()
+    assert record is not None
+    assert record.status is TaskStatus.SUCCESS
+    counts = {s.value: metrics[s.value] for s in TaskStatus}
+    assert counts == {**dict.fromkeys(counts, 0), "success": 1}
+    assert metrics["total"] == 1
+
+
 async def _dead_owner_entries(backend: TaskBackend, *entries: JournalEntry) -> None:
     """Entries of an instance that died: its lease is about to expire and is never renewed."""
     await backend.open()
@@ -169,8 +220,9 @@ async def _dead_owner_entries(backend: TaskBackend, *entries: JournalEntry) -> N
 
 def _entry(task_id: str, func_name: str = "jobs.record_call", **fields: Any) -> JournalEntry:
     payload = fields.pop("payload", encode_call((task_id,), {}))
-    return JournalEntry(task_id=task_id, func_name=func_name, payload=payload, requeue=True,
-                        **fields)
+    return JournalEntry(
+        task_id=task_id, func_name=func_name, payload=payload, requeue=True, **fields
+    )
 
 
 async def test_live_instance_claims_a_dead_instances_tasks_and_caps_requeues() -> None:
@@ -298,8 +350,7 @@ async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
     the heartbeat failure says the lease may expire; back up: the buffer drains and the
     journal entries of active tasks are written again."""
     backend = FlakyBackend()
-    tm = TaskManager(snapshot_backend=backend, requeue_pending=True, snapshot_interval=0.05,
-                     **FAST)
+    tm = TaskManager(snapshot_backend=backend, requeue_pending=True, snapshot_interval=0.05, **FAST)
     gate = asyncio.Event()
 
     @tm.task(name="jobs.blocker")
@@ -343,8 +394,12 @@ async def test_shutdown_writes_only_what_changed(db: Path) -> None:
     backend = SqliteBackend(db)
     await backend.open()
     now = datetime.now(UTC)
-    old = [TaskRecord(f"old{i}", "jobs.record_call", status=TaskStatus.SUCCESS,
-                      created_at=now, end_time=now) for i in range(5000)]
+    old = [
+        TaskRecord(
+            f"old{i}", "jobs.record_call", status=TaskStatus.SUCCESS, created_at=now, end_time=now
+        )
+        for i in range(5000)
+    ]
     await backend.save_records(old)
     await backend.close()
     seen: list[Any] = []
@@ -401,9 +456,20 @@ async def test_a_response_waits_for_its_tasks_journal_write() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": "/run", "raw_path": b"/run",
-             "headers": [], "query_string": b"", "http_version": "1.1", "scheme": "http",
-             "server": ("t", 80), "client": ("c", 1), "root_path": "", "state": {}}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/run",
+        "raw_path": b"/run",
+        "headers": [],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("t", 80),
+        "client": ("c", 1),
+        "root_path": "",
+        "state": {},
+    }
     await tm.startup()
     try:
         await app(scope, receive, send)

@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from control_helpers import Gate, SharedMemoryBackend, drain, running, wait_until
 
-from fastapi_taskflow import QueueConfig, QueueFullError, TaskHandle, TaskManager, TaskStatus
+from fastapi_taskflow import (
+    QueueConfig,
+    QueueFullError,
+    TaskHandle,
+    TaskManager,
+    TaskRegistry,
+    TaskStatus,
+)
 
 
 async def test_fifty_concurrent_calls_from_threads_make_one_task() -> None:
@@ -154,6 +161,47 @@ async def test_cross_instance_key_released_after_failure() -> None:
         record = await second.add_task(good, idempotency_key="k").wait(timeout=5)
         assert record.status is TaskStatus.SUCCESS
     assert runs == ["first", "second"]
+
+
+async def test_key_stays_reserved_for_a_task_kept_at_shutdown() -> None:
+    """Shutdown keeps a running keyed task for requeue: its key stays reserved in the shared
+    backend, the requeued task (same id) runs with it, another instance's duplicate resolves
+    to it."""
+    backend = SharedMemoryBackend()
+    registry = TaskRegistry()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @registry.task(name="keys.hold", requeue_on_interrupt=True)
+    async def hold() -> None:
+        started.set()
+        await release.wait()
+
+    options = {
+        "registry": registry,
+        "snapshot_backend": backend,
+        "close_backend": False,
+        "drain_timeout": 0.0,
+    }
+    first = TaskManager(**options)
+    await first.startup()
+    held = first.add_task(hold, idempotency_key="pay-1")
+    await started.wait()  # the key is reserved before the attempt starts
+    await first.shutdown()
+    assert held.status is TaskStatus.PENDING  # kept for the next start
+    assert await backend.reserve_idempotency_key("pay-1", "probe", None) == held.task_id
+
+    started.clear()
+    async with running(**options) as again:  # claims the kept entry and runs it again
+        await started.wait()
+        async with running(**options) as other:
+            duplicate = await other.add_task(hold, idempotency_key="pay-1").wait(timeout=5)
+        assert duplicate.status is TaskStatus.CANCELLED
+        assert held.task_id in (duplicate.error or "")
+        release.set()
+        await again.join(timeout=5)
+        rerun = again.store.get(held.task_id)
+        assert rerun is not None
+        assert rerun.status is TaskStatus.SUCCESS
 
 
 async def test_bad_idempotency_key_is_refused() -> None:

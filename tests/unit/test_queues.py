@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from control_helpers import Gate, drain, running, wait_until
@@ -72,6 +76,76 @@ async def test_full_queue_raises_and_records_rejected() -> None:
             gate.release(key)
         await tm.join(timeout=5)
         assert 3 not in gate.started
+
+
+async def test_cancelled_waiting_tasks_leave_the_waiting_count() -> None:
+    """Cancelling 3 of 5 tasks waiting behind a cap of 1 leaves waiting == 2."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def blocker() -> None:
+        started.set()
+        await release.wait()
+
+    async def noop(n: int) -> int:
+        return n
+
+    async with running(queues={"q": QueueConfig(concurrency=1)}) as tm:
+        tm.add_task(blocker, queue="q")
+        await started.wait()
+        waiting = [tm.add_task(noop, n, queue="q") for n in range(5)]
+        assert tm.queue_stats()["q"]["waiting"] == 5
+        assert all(handle.cancel() for handle in waiting[:3])
+        assert tm.queue_stats()["q"]["waiting"] == 2
+        release.set()
+        await tm.join(timeout=5)
+        assert tm.queue_stats()["q"]["waiting"] == 0
+        assert tm.queue_stats()["q"]["counts"]["success"] == 3
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "idempotency key"])
+async def test_threads_adding_at_once_never_overshoot_max_size(keyed: bool) -> None:
+    """50 threads adding at once to a full-by-10 queue behind a busy slot: exactly 10 wait,
+    the other 40 get QueueFullError and a REJECTED record."""
+    started, release = asyncio.Event(), asyncio.Event()
+    barrier = threading.Barrier(50)
+
+    async def blocker() -> None:
+        started.set()
+        await release.wait()
+
+    async def noop(n: int) -> int:
+        return n
+
+    async with running(queues={"q": QueueConfig(concurrency=1, max_size=10)}) as tm:
+
+        def add(n: int) -> str:
+            barrier.wait(5)
+            try:
+                tm.add_task(noop, n, queue="q", idempotency_key=f"k{n}" if keyed else None)
+            except QueueFullError as exc:
+                record = tm.store.get(exc.task_id or "")
+                return record.status.value if record is not None else "missing"
+            return "admitted"
+
+        tm.add_task(blocker, queue="q")
+        await started.wait()
+        loop = asyncio.get_running_loop()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads interleave often: a check-then-add race shows
+        try:
+            with ThreadPoolExecutor(max_workers=50) as pool:
+                outcomes = await asyncio.gather(
+                    *(loop.run_in_executor(pool, add, n) for n in range(50))
+                )
+        finally:
+            sys.setswitchinterval(switch)
+        assert sorted(set(outcomes)) == ["admitted", "rejected"]
+        assert outcomes.count("admitted") == 10
+        counts = tm.queue_stats()["q"]["counts"]
+        assert (counts["pending"], counts["running"], counts["rejected"]) == (10, 1, 40)
+        release.set()
+        await tm.join(timeout=5)
+        assert tm.queue_stats()["q"]["counts"]["success"] == 11
 
 
 async def test_max_size_shorthand_applies_to_default_queue() -> None:

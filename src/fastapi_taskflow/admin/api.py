@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ..backends.base import RecordQuery
 from ..errors import ArgumentDecryptionError, BackendError, UnknownTaskError
 from ..models import TaskRecord, TaskStatus
-from .inputs import MAX_LIMIT, BadInput, parse_window, record_query
+from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
 
 if TYPE_CHECKING:
@@ -87,18 +87,23 @@ class TaskApi:
 
     def __init__(
         self,
-        manager: TaskManager,
+        current_manager: Callable[[], TaskManager],
         audit: AuditLog,
         *,
         include_args: bool,
         read_only: bool,
         series: ThroughputSeries,
     ) -> None:
-        self.manager = manager
+        self._current_manager = current_manager
         self.audit = audit
         self.include_args = include_args
         self.read_only = read_only
         self.series = series
+
+    @property
+    def manager(self) -> TaskManager:
+        """The manager behind the API now (a lazily given one changes between app runs)."""
+        return self._current_manager()
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -156,16 +161,24 @@ class TaskApi:
             func_name: Annotated[str | None, Query(max_length=500)] = None,
             queue: Annotated[str | None, Query(max_length=200)] = None,
             tag: Annotated[str | None, Query(description="key:value", max_length=500)] = None,
-            q: Annotated[str | None, Query(description="text in name, id or error",
-                                           max_length=500)] = None,
+            q: Annotated[
+                str | None, Query(description="text in name, id or error", max_length=500)
+            ] = None,
             since: Annotated[str | None, Query(description="ISO datetime or 6h/7d")] = None,
             until: Annotated[str | None, Query(description="ISO datetime or 6h/7d")] = None,
             limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
             cursor: Annotated[str | None, Query(max_length=1000)] = None,
         ) -> Response:
             query = record_query(
-                status=status, func_name=func_name, queue=queue, tag=tag, q=q, since=since,
-                until=until, limit=limit, cursor=cursor,
+                status=status,
+                func_name=func_name,
+                queue=queue,
+                tag=tag,
+                q=q,
+                since=since,
+                until=until,
+                limit=limit,
+                cursor=cursor,
             )
             page = await manager.list_records(query)
             headers = {"Cache-Control": "no-store"}
@@ -173,7 +186,8 @@ class TaskApi:
                 link = request.url.include_query_params(cursor=page.next_cursor)
                 headers["X-Next-Cursor"] = page.next_cursor
                 headers["Link"] = f'<{link}>; rel="next"'
-            return json_response([self.task_json(r, request) for r in page.records], headers=headers)
+            records = [self.task_json(r, request) for r in page.records]
+            return json_response(records, headers=headers)
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
@@ -208,8 +222,14 @@ class TaskApi:
         async def retry_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
             record = await self.find(task_id)
             new_id, why = await self.retry_one(task_id)
-            await self.audit.record("retry", task_id, who, "ok" if new_id else f"refused: {why}",
-                                    new_task_id=new_id, func_name=record.func_name)
+            await self.audit.record(
+                "retry",
+                task_id,
+                who,
+                "ok" if new_id else f"refused: {why}",
+                new_task_id=new_id,
+                func_name=record.func_name,
+            )
             if new_id is None:
                 status = 400 if record.status not in _RETRYABLE else 409
                 raise HTTPException(status_code=status, detail=why)
@@ -220,8 +240,9 @@ class TaskApi:
         async def cancel_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
             record = await self.find(task_id)
             done = not record.status.finished and self.manager.cancel(task_id)
-            await self.audit.record("cancel", task_id, who, "ok" if done else "refused",
-                                    status=record.status.value)
+            await self.audit.record(
+                "cancel", task_id, who, "ok" if done else "refused", status=record.status.value
+            )
             if not done:
                 raise HTTPException(
                     status_code=400,
@@ -238,8 +259,12 @@ class TaskApi:
             ids = list(dict.fromkeys(body.task_ids))
             result = await self._retry_many(ids)
             await self.audit.record(
-                "bulk_retry", "bulk", who, f"{result['dispatched']} dispatched",
-                skipped=result["skipped"], task_ids=ids[:20],
+                "bulk_retry",
+                "bulk",
+                who,
+                f"{result['dispatched']} dispatched",
+                skipped=result["skipped"],
+                task_ids=ids[:20],
             )
             return json_response(result)
 
@@ -249,13 +274,18 @@ class TaskApi:
             since: Annotated[str, Query(description="<N>m, <N>h, <N>d or all")] = "6h",
             func_name: Annotated[str | None, Query(max_length=500)] = None,
         ) -> Response:
-            cutoff = None if since == "all" else datetime.now(UTC) - parse_window(since)
+            cutoff = None if since == "all" else window_start("since", since)
             ids, truncated = await self._failed_ids(cutoff, func_name)
             result = await self._retry_many(ids)
             result["truncated"] = truncated
             await self.audit.record(
-                "retry_failed", "bulk", who, f"{result['dispatched']} dispatched",
-                since=since, func_name=func_name, skipped=result["skipped"],
+                "retry_failed",
+                "bulk",
+                who,
+                f"{result['dispatched']} dispatched",
+                since=since,
+                func_name=func_name,
+                skipped=result["skipped"],
             )
             return json_response(result)
 
@@ -271,7 +301,10 @@ class TaskApi:
             counts = await manager.clear_history(before)
             result = {"deleted": counts["store"] + counts["backend"], **counts}
             await self.audit.record(
-                "delete_history", "history", who, f"{result['deleted']} deleted",
+                "delete_history",
+                "history",
+                who,
+                f"{result['deleted']} deleted",
                 before=before.isoformat() if before else "all",
             )
             return json_response(result)
@@ -293,8 +326,12 @@ class TaskApi:
                 await self.audit.record("queue_config", name, who, f"refused: {exc}", **changes)
                 raise BadInput(str(exc)) from None
             await self.audit.record(
-                "queue_config", name, who, "ok",
-                concurrency=config.concurrency, max_size=config.max_size,
+                "queue_config",
+                name,
+                who,
+                "ok",
+                concurrency=config.concurrency,
+                max_size=config.max_size,
             )
             return json_response({"name": name, **manager.queue_stats()[name]})
 
@@ -307,8 +344,12 @@ class TaskApi:
                 errors.append({"task_id": task_id, "detail": why})
             else:
                 results.append({"original_task_id": task_id, "new_task_id": new_id})
-        return {"dispatched": len(results), "skipped": len(errors), "results": results,
-                "errors": errors}
+        return {
+            "dispatched": len(results),
+            "skipped": len(errors),
+            "results": results,
+            "errors": errors,
+        }
 
     async def _failed_ids(
         self, cutoff: datetime | None, func_name: str | None
@@ -317,10 +358,15 @@ class TaskApi:
         for status in (TaskStatus.FAILED, TaskStatus.INTERRUPTED):
             cursor = None
             while True:
-                page = await self.manager.list_records(RecordQuery(
-                    status=status.value, func_name=func_name, since=cutoff, limit=MAX_LIMIT,
-                    cursor=cursor,
-                ))
+                page = await self.manager.list_records(
+                    RecordQuery(
+                        status=status.value,
+                        func_name=func_name,
+                        since=cutoff,
+                        limit=MAX_LIMIT,
+                        cursor=cursor,
+                    )
+                )
                 ids.extend(r.task_id for r in page.records)
                 if len(ids) >= RETRY_FAILED_CAP:
                     return ids[:RETRY_FAILED_CAP], True
@@ -345,7 +391,7 @@ def _history_cutoff(
     if everything:
         return None
     if older_than is not None:
-        return datetime.now(UTC) - parse_window(older_than)
+        return window_start("older_than", older_than)
     if value is None or unit is None:
         raise BadInput("value and unit go together, e.g. value=7&unit=day")
     try:
@@ -358,16 +404,30 @@ def registry_view(manager: TaskManager) -> dict[str, Any]:
     tasks = []
     for definition in sorted(manager.registry.definitions(), key=lambda d: d.name):
         o = definition.options
-        tasks.append({
-            "name": definition.name, "executor": definition.executor, "retries": o.retries,
-            "delay": o.delay, "backoff": o.backoff, "max_delay": o.max_delay,
-            "timeout": o.timeout, "queue": o.queue or "default", "priority": o.priority,
-            "persist": o.persist, "eager": o.eager,
-            "requeue_on_interrupt": o.requeue_on_interrupt,
-        })
+        tasks.append(
+            {
+                "name": definition.name,
+                "executor": definition.executor,
+                "retries": o.retries,
+                "delay": o.delay,
+                "backoff": o.backoff,
+                "max_delay": o.max_delay,
+                "timeout": o.timeout,
+                "queue": o.queue or "default",
+                "priority": o.priority,
+                "persist": o.persist,
+                "eager": o.eager,
+                "requeue_on_interrupt": o.requeue_on_interrupt,
+            }
+        )
     schedules = [
-        {"name": s.task.name, "every": s.every, "cron": s.cron, "timezone": s.timezone,
-         "run_on_startup": s.run_on_startup}
+        {
+            "name": s.task.name,
+            "every": s.every,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "run_on_startup": s.run_on_startup,
+        }
         for s in _schedules(manager)
     ]
     return {"tasks": tasks, "schedules": schedules}

@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,27 +29,42 @@ META_KEY = "fastapi_taskflow:audit"
 class AuditLog:
     """Bounded, persisted list of :class:`AuditEntry`."""
 
-    def __init__(self, manager: TaskManager, max_entries: int = 1000) -> None:
-        self.manager = manager
+    def __init__(self, current_manager: Callable[[], TaskManager], max_entries: int = 1000) -> None:
+        self._current_manager = current_manager
         self.max_entries = max_entries
         self._entries: deque[AuditEntry] = deque(maxlen=max_entries)
-        self._loaded = False
+        self._loaded_from: Any = None  # the backend the trail was read from
         self._lock = asyncio.Lock()
+
+    @property
+    def manager(self) -> TaskManager:
+        """The manager now (a lazily given one changes between app runs)."""
+        return self._current_manager()
 
     async def record(
         self, action: str, task_id: str, actor: str, result: str, **detail: Any
     ) -> AuditEntry:
         """Append one entry and persist the trail; a backend failure only logs."""
         entry = AuditEntry(
-            entry_id=uuid.uuid4().hex, action=action, task_id=task_id, actor=actor,
-            timestamp=utcnow(), detail={"result": result, **detail},
+            entry_id=uuid.uuid4().hex,
+            action=action,
+            task_id=task_id,
+            actor=actor,
+            timestamp=utcnow(),
+            detail={"result": result, **detail},
         )
         async with self._lock:
             await self._load()
             self._entries.append(entry)
             await self._save()
-        logger.info("audit: %s %s by %s: %s", action, task_id, actor, result,
-                    extra={"audit": entry.to_dict()})
+        logger.info(
+            "audit: %s %s by %s: %s",
+            action,
+            task_id,
+            actor,
+            result,
+            extra={"audit": entry.to_dict()},
+        )
         return entry
 
     async def entries(self, limit: int = 100) -> list[AuditEntry]:
@@ -63,11 +79,11 @@ class AuditLog:
 
     async def _load(self) -> None:
         backend = self._backend()
-        if self._loaded or backend is None:
+        if backend is None or backend is self._loaded_from:
             return
         stored = await self._read(backend)
         self._merge(stored)
-        self._loaded = True
+        self._loaded_from = backend
 
     async def _save(self) -> None:
         backend = self._backend()
@@ -100,12 +116,15 @@ class AuditLog:
         if not fresh:
             return
         merged = sorted([*self._entries, *fresh], key=lambda e: e.timestamp)
-        self._entries = deque(merged[-self.max_entries:], maxlen=self.max_entries)
+        self._entries = deque(merged[-self.max_entries :], maxlen=self.max_entries)
 
 
 def _from_dict(item: dict[str, Any]) -> AuditEntry:
     return AuditEntry(
-        entry_id=str(item["entry_id"]), action=str(item["action"]), task_id=str(item["task_id"]),
-        actor=str(item["actor"]), timestamp=datetime.fromisoformat(item["timestamp"]),
+        entry_id=str(item["entry_id"]),
+        action=str(item["action"]),
+        task_id=str(item["task_id"]),
+        actor=str(item["actor"]),
+        timestamp=datetime.fromisoformat(item["timestamp"]),
         detail=dict(item.get("detail") or {}),
     )

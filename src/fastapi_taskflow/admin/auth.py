@@ -61,8 +61,7 @@ class PasswordBackend(TaskAuthBackend):
                 or not all(isinstance(part, str) and part for part in pair)
             ):
                 raise ConfigurationError(
-                    "auth: each credential must be a (username, password) pair of non-empty "
-                    "strings"
+                    "auth: each credential must be a (username, password) pair of non-empty strings"
                 )
             self._digests[pair[0]] = _digest(pair[1])
 
@@ -247,7 +246,8 @@ class AdminAuth:
         identity = self.identify(request)
         if identity is None:
             raise HTTPException(
-                status_code=401, detail="Not authenticated",
+                status_code=401,
+                detail="Not authenticated",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if identity.via == "cookie" and request.method not in SAFE_METHODS:
@@ -271,13 +271,14 @@ class AdminAuth:
             if is_json:
                 return JSONResponse(
                     {"detail": f"too many failed logins; try again in {wait} s"},
-                    status_code=429, headers={"Retry-After": str(wait)},
+                    status_code=429,
+                    headers={"Retry-After": str(wait)},
                 )
             return self._to_login("rate", 429, wait)
         if username is None or password is None:
             if is_json:
                 return JSONResponse(
-                    {"detail": "send {\"username\": ..., \"password\": ...} as strings"},
+                    {"detail": 'send {"username": ..., "password": ...} as strings'},
                     status_code=422,
                 )
             return self._to_login("missing", 303)
@@ -290,21 +291,33 @@ class AdminAuth:
         self.limiter.succeeded(*keys)
         token, csrf = self.signer.issue(username, self.token_expiry)
         if is_json:
-            return JSONResponse({
-                "access_token": token, "token_type": "bearer",
-                "expires_in": self.token_expiry, "csrf_token": csrf,
-            })
+            return JSONResponse(
+                {
+                    "access_token": token,
+                    "token_type": "bearer",
+                    "expires_in": self.token_expiry,
+                    "csrf_token": csrf,
+                }
+            )
         response = RedirectResponse(f"{self.path}/dashboard", status_code=303)
         response.set_cookie(
-            COOKIE_NAME, token, max_age=self.token_expiry, path=self.path or "/",
-            httponly=True, samesite="strict", secure=request.url.scheme == "https",
+            COOKIE_NAME,
+            token,
+            max_age=self.token_expiry,
+            path=self.path or "/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
         return response
 
     def logout(self, request: Request) -> Response:
         response = RedirectResponse(f"{self.path}/auth/login", status_code=303)
         response.delete_cookie(
-            COOKIE_NAME, path=self.path or "/", httponly=True, samesite="strict",
+            COOKIE_NAME,
+            path=self.path or "/",
+            httponly=True,
+            samesite="strict",
             secure=request.url.scheme == "https",
         )
         return response
@@ -314,7 +327,8 @@ class AdminAuth:
         if status == 429:
             return JSONResponse(
                 {"detail": f"too many failed logins; try again in {retry_after} s"},
-                status_code=429, headers=headers,
+                status_code=429,
+                headers=headers,
             )
         return RedirectResponse(f"{self.path}/auth/login?error={error}", status_code=status)
 
@@ -360,7 +374,8 @@ def _named_tokens(tokens: Sequence[str] | Mapping[str, str] | None) -> dict[str,
     if isinstance(tokens, str):
         raise ConfigurationError("api_tokens must be a list or a {name: token} mapping")
     named = (
-        dict(tokens) if isinstance(tokens, Mapping)
+        dict(tokens)
+        if isinstance(tokens, Mapping)
         else {f"token-{i + 1}": t for i, t in enumerate(tokens)}
     )
     for name, token in named.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +43,17 @@ class TaskAdmin:
     ``api_tokens``: static bearer tokens for API clients (a list, or ``{name: token}``).
     ``read_only``: every route that changes something answers 403.
     ``retention_days``: finished tasks older than this are deleted every hour.
+
+    ``task_manager`` may also be a zero-argument callable returning the current manager, for
+    apps whose manager is rebuilt on each lifespan run (a DI container); the admin then asks
+    it on every use. ``manage_lifecycle=False`` leaves starting and stopping the manager to
+    its owner (no ``init_app``); ``auto_install`` needs the default ``True``.
     """
 
     def __init__(
         self,
         app: FastAPI,
-        task_manager: TaskManager,
+        task_manager: TaskManager | Callable[[], TaskManager],
         path: str = "/tasks",
         display_func_args: bool = False,
         auto_install: bool = False,
@@ -61,36 +66,61 @@ class TaskAdmin:
         dependencies: Sequence[Any] | None = None,
         read_only: bool = False,
         api_tokens: Sequence[str] | Mapping[str, str] | None = None,
+        manage_lifecycle: bool = True,
     ) -> None:
         _check(path, token_expiry, poll_interval, retention_days, title)
+        if auto_install and not manage_lifecycle:
+            raise ConfigurationError("TaskAdmin auto_install=True needs manage_lifecycle=True")
         self.app = app
-        self.manager = task_manager
+        current = _current(task_manager)
+        self._current_manager = current
         self.path = path
         self.read_only = read_only
         self.retention_days = retention_days
-        self.auth = AdminAuth(auth=auth, secret_key=secret_key, token_expiry=token_expiry,
-                              api_tokens=api_tokens, path=path)
-        self.audit = AuditLog(task_manager)
+        self.auth = AdminAuth(
+            auth=auth,
+            secret_key=secret_key,
+            token_expiry=token_expiry,
+            api_tokens=api_tokens,
+            path=path,
+        )
+        self.audit = AuditLog(current)
         self.series = ThroughputSeries()
-        self.hub = StreamHub(task_manager, metrics=self._metrics)
+        self.hub = StreamHub(current, metrics=self._metrics)
         self._own_auth = bool(dependencies)
         self._prune_task: asyncio.Task[None] | None = None
         user_deps = list(dependencies or [])
         guarded = [*user_deps, Depends(self.auth.guard)]
-        self.api = TaskApi(task_manager, self.audit, include_args=display_func_args,
-                           read_only=read_only, series=self.series)
-        config = {"title": title, "poll_interval": poll_interval, "read_only": read_only,
-                  "display_func_args": display_func_args, "path": path}
+        self.api = TaskApi(
+            current,
+            self.audit,
+            include_args=display_func_args,
+            read_only=read_only,
+            series=self.series,
+        )
+        config = {
+            "title": title,
+            "poll_interval": poll_interval,
+            "read_only": read_only,
+            "display_func_args": display_func_args,
+            "path": path,
+        }
         # Order matters: fixed paths before the /{task_id} catch-all.
-        app.include_router(pages_router(path=path, auth=self.auth, dependencies=user_deps,
-                                        config=config))
-        app.include_router(stream_router(self.hub, task_manager, path, guarded))
+        app.include_router(
+            pages_router(path=path, auth=self.auth, dependencies=user_deps, config=config)
+        )
+        app.include_router(stream_router(self.hub, path, guarded))
         app.include_router(self.api.router(path, guarded))
         add_lifespan(app, self, self._startup, self._shutdown)
         if auto_install:
-            task_manager.install(app)
-        else:
-            task_manager.init_app(app)
+            current().install(app)
+        elif manage_lifecycle:
+            current().init_app(app)
+
+    @property
+    def manager(self) -> TaskManager:
+        """The manager behind the admin now (a getter's answer at this moment)."""
+        return self._current_manager()
 
     def _metrics(self) -> dict[str, Any]:
         return dashboard_metrics(self.manager, self.series)
@@ -99,7 +129,8 @@ class TaskAdmin:
         if not self.auth.enabled and not self._own_auth:
             logger.warning(
                 "TaskAdmin at %s has no auth: anyone who can reach the app can read tasks and "
-                "retry, cancel or delete them. Pass auth=... or dependencies=[...].", self.path,
+                "retry, cancel or delete them. Pass auth=... or dependencies=[...].",
+                self.path,
             )
         if self.retention_days is not None:
             self._prune_task = asyncio.get_running_loop().create_task(self._prune_forever())
@@ -131,6 +162,13 @@ class TaskAdmin:
             await asyncio.sleep(PRUNE_EVERY)
 
 
+def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[[], TaskManager]:
+    """A getter for the manager: the one given, or the caller's own getter."""
+    if callable(task_manager):
+        return task_manager
+    return lambda: task_manager
+
+
 def _check(
     path: str, token_expiry: int, poll_interval: float, retention_days: float | None, title: str
 ) -> None:
@@ -140,12 +178,15 @@ def _check(
         )
     if isinstance(token_expiry, bool) or not isinstance(token_expiry, int) or token_expiry < 1:
         raise ConfigurationError(f"TaskAdmin token_expiry={token_expiry!r}: seconds, an int >= 1")
-    if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) or not (
-        poll_interval > 0
+    if (
+        isinstance(poll_interval, bool)
+        or not isinstance(poll_interval, int | float)
+        or not (poll_interval > 0)
     ):
         raise ConfigurationError(f"TaskAdmin poll_interval={poll_interval!r}: seconds, > 0")
     if retention_days is not None and (
-        isinstance(retention_days, bool) or not isinstance(retention_days, int | float)
+        isinstance(retention_days, bool)
+        or not isinstance(retention_days, int | float)
         or not retention_days > 0
     ):
         raise ConfigurationError(f"TaskAdmin retention_days={retention_days!r}: > 0 or None")

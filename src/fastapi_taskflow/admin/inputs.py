@@ -15,8 +15,15 @@ from ..models import TaskStatus
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 _WINDOW = re.compile(r"^\s*(\d{1,6})\s*(s|m|min|h|hour|d|day)s?\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "hour": "hours",
-          "d": "days", "day": "days"}
+_UNITS = {
+    "s": "seconds",
+    "m": "minutes",
+    "min": "minutes",
+    "h": "hours",
+    "hour": "hours",
+    "d": "days",
+    "day": "days",
+}
 STATUSES = ", ".join(s.value for s in TaskStatus)
 
 
@@ -38,14 +45,20 @@ def parse_window(value: str) -> timedelta:
         raise BadInput(f"invalid time window {value!r}: too large") from None
 
 
+def window_start(name: str, value: str, now: datetime | None = None) -> datetime:
+    """``now`` minus the window ``value`` (``6h``); a window reaching before year 1 is bad
+    input, not an ``OverflowError``."""
+    window = parse_window(value)
+    try:
+        return (now or datetime.now(UTC)) - window
+    except OverflowError:
+        raise BadInput(f"{name}={value!r} is too far back") from None
+
+
 def parse_instant(name: str, value: str, now: datetime | None = None) -> datetime:
     """An ISO 8601 datetime (UTC when no offset) or a window back from now (``6h``)."""
-    now = now or datetime.now(UTC)
     if _WINDOW.match(value):
-        try:
-            return now - parse_window(value)
-        except OverflowError:
-            raise BadInput(f"{name}={value!r} is too far back") from None
+        return window_start(name, value, now)
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -79,7 +79,8 @@ def prometheus_text(manager: TaskManager, namespace: str = "taskflow") -> tuple[
                 f"{namespace}_queue_running", "Tasks running now, by queue", labels=["queue"]
             )
             waiting = GaugeMetricFamily(
-                f"{namespace}_queue_waiting", "Tasks waiting for a slot, by queue",
+                f"{namespace}_queue_waiting",
+                "Tasks waiting for a slot, by queue",
                 labels=["queue"],
             )
             for name, stats in manager.queue_stats().items():
@@ -108,6 +109,8 @@ def _histogram(histogram: DurationHistogram, family: Any, namespace: str) -> Any
             buckets.append((repr(round(bounds[index], 6)), seen))
     buckets.append(("+Inf", histogram.total))
     return family(
-        f"{namespace}_task_duration_seconds", "Duration of finished tasks",
-        buckets=buckets, sum_value=histogram.sum,
+        f"{namespace}_task_duration_seconds",
+        "Duration of finished tasks",
+        buckets=buckets,
+        sum_value=histogram.sum,
     )

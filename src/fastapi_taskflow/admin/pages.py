@@ -83,12 +83,15 @@ def pages_router(
     @router.get("/dashboard/config", dependencies=[*dependencies, Depends(auth.guard)])
     async def dashboard_config(request: Request) -> Response:
         identity = request.state.taskflow_identity
-        return JSONResponse({
-            **config,
-            "auth": auth.enabled,
-            "user": identity.user,
-            "csrf_token": identity.csrf,
-        }, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {
+                **config,
+                "auth": auth.enabled,
+                "user": identity.user,
+                "csrf_token": identity.csrf,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     @router.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

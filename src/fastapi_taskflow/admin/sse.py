@@ -22,6 +22,7 @@ from ..models import TaskRecord
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
+    from ..store import TaskStore
 
 ROW_ERROR_CHARS = 300
 MAX_ROWS_PER_TICK = 200
@@ -102,17 +103,17 @@ class StreamHub:
 
     def __init__(
         self,
-        manager: TaskManager,
+        current_manager: Callable[[], TaskManager],
         *,
         tick: float = 0.2,
         heartbeat: float = 15.0,
         metrics: Callable[[], dict[str, Any]] | None = None,
         client_queue: int = 256,
     ) -> None:
-        self.manager = manager
+        self._current_manager = current_manager
         self.tick = tick
         self.heartbeat = heartbeat
-        self.metrics = metrics or manager.metrics
+        self.metrics = metrics or (lambda: self.manager.metrics())
         self.client_queue = client_queue
         self._changed: set[str] = set()
         self._lock = threading.Lock()
@@ -120,7 +121,21 @@ class StreamHub:
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
         self.bytes_sent = 0
-        manager.store.add_listener(self._on_change)
+        self._store: TaskStore | None = None  # the store the listener is on
+
+    @property
+    def manager(self) -> TaskManager:
+        """The manager now (a lazily given one changes between app runs)."""
+        return self._current_manager()
+
+    def _listen(self) -> None:
+        """Put the listener on the current manager's store (changes only matter with clients)."""
+        store = self.manager.store
+        if store is not self._store:
+            if self._store is not None:
+                self._store.remove_listener(self._on_change)
+            store.add_listener(self._on_change)
+            self._store = store
 
     # ---- the listener (any thread, every change) --------------------------------------------
 
@@ -137,6 +152,7 @@ class StreamHub:
         return len(self._clients)
 
     def subscribe(self, task_id: str | None = None) -> _Client:
+        self._listen()
         client = _Client(task_id, self.client_queue)
         self._clients.add(client)
         if self._ticker is None or self._ticker.done():
@@ -204,9 +220,9 @@ class StreamHub:
             # A burst bigger than a page: say so and let the page reload its first page,
             # rather than serializing thousands of rows nobody can read in 200 ms.
             overflow = len(changed) > MAX_ROWS_PER_TICK
-            records = [] if overflow else [
-                r for tid in changed if (r := store.get(tid)) is not None
-            ]
+            records = (
+                [] if overflow else [r for tid in changed if (r := store.get(tid)) is not None]
+            )
             data: dict[str, Any] = {"tasks": [row(r) for r in records], "overflow": overflow}
             if with_metrics:
                 data["metrics"] = self.metrics()
@@ -223,9 +239,7 @@ class StreamHub:
         return True
 
 
-def stream_router(
-    hub: StreamHub, manager: TaskManager, path: str, dependencies: list[Any]
-) -> Any:
+def stream_router(hub: StreamHub, path: str, dependencies: list[Any]) -> Any:
     """``GET {path}/dashboard/stream`` and ``GET {path}/{task_id}/events``."""
     from fastapi import APIRouter, HTTPException
     from fastapi.responses import StreamingResponse
@@ -233,23 +247,45 @@ def stream_router(
     router = APIRouter(prefix=path, tags=["tasks"], dependencies=dependencies)
 
     def respond(body: AsyncIterator[bytes]) -> StreamingResponse:
-        return StreamingResponse(body, media_type="text/event-stream", headers={
-            "Cache-Control": "no-store", "X-Accel-Buffering": "no",
-        })
+        return StreamingResponse(
+            body,
+            media_type="text/event-stream",
+            headers={
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            },
+        )
 
-    @router.get("/dashboard/stream", summary="Live task changes for the dashboard (SSE)")
+    # response_model=None: the return annotation is a string (postponed annotations) naming a
+    # class imported in this function, which /openapi.json could not resolve (a 500).
+    sse_doc: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+    }
+
+    @router.get(
+        "/dashboard/stream",
+        summary="Live task changes for the dashboard (SSE)",
+        response_model=None,
+        responses=sse_doc,
+    )
     async def dashboard_stream() -> StreamingResponse:
         client = hub.subscribe()
         hello = event("hello", {"metrics": hub.metrics(), "tick": hub.tick})
         return respond(hub.stream(client, [hello]))
 
-    @router.get("/{task_id}/events", summary="One task's status and progress (SSE)")
+    @router.get(
+        "/{task_id}/events",
+        summary="One task's status and progress (SSE)",
+        response_model=None,
+        responses=sse_doc,
+    )
     async def task_events(task_id: str) -> StreamingResponse:
-        record = await manager.get_record(task_id)
+        record = await hub.manager.get_record(task_id)
         if record is None:
             raise HTTPException(status_code=404, detail="Task not found")
         first = event("task", progress_view(record))
         if record.status.finished:
+
             async def once() -> AsyncIterator[bytes]:
                 yield first
 

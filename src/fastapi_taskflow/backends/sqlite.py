@@ -41,9 +41,12 @@ CREATE TABLE IF NOT EXISTS tf_records (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tf_records_page ON tf_records (created_at DESC, task_id DESC);
-CREATE INDEX IF NOT EXISTS tf_records_status_page ON tf_records (status, created_at DESC, task_id DESC);
-CREATE INDEX IF NOT EXISTS tf_records_func_page ON tf_records (func_name, created_at DESC, task_id DESC);
-CREATE INDEX IF NOT EXISTS tf_records_queue_page ON tf_records (queue, created_at DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tf_records_status_page
+    ON tf_records (status, created_at DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tf_records_func_page
+    ON tf_records (func_name, created_at DESC, task_id DESC);
+CREATE INDEX IF NOT EXISTS tf_records_queue_page
+    ON tf_records (queue, created_at DESC, task_id DESC);
 CREATE INDEX IF NOT EXISTS tf_records_end ON tf_records (end_time);
 CREATE TABLE IF NOT EXISTS tf_journal (task_id TEXT PRIMARY KEY, owner TEXT, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tf_journal_owner ON tf_journal (owner);

@@ -8,6 +8,7 @@ resolve the providers on every request, so ``container.task_manager.override(...
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -70,6 +71,27 @@ def container_of(request: Request) -> Any:
 
 async def resolve(provider: Any) -> Any:
     """The value of a started (or overridden) provider; never starts a resource on the fly."""
+    _check_started(provider)
+    value = provider()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def resolve_now(provider: Any) -> Any:
+    """:func:`resolve` without awaiting: a started async resource's value is already there."""
+    _check_started(provider)
+    value = provider()
+    if isinstance(value, asyncio.Future) and value.done():
+        return value.result()
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise RuntimeError(f"{provider!r} gives an awaitable not resolved yet; await resolve()")
+    return value
+
+
+def _check_started(provider: Any) -> None:
     if isinstance(provider, providers.BaseResource) and not (
         provider.initialized or provider.overridden
     ):
@@ -77,10 +99,6 @@ async def resolve(provider: Any) -> Any:
             "the taskflow container is not started: run the app's lifespan (install() or "
             "taskflow_lifespan()) or await start_resources(container) first"
         )
-    value = provider()
-    if inspect.isawaitable(value):
-        value = await value
-    return value
 
 
 # ---- lifespan --------------------------------------------------------------------------------
@@ -130,17 +148,25 @@ async def _start(app: FastAPI, container: Any) -> None:
     settings = taskflow.settings()
     if settings.admin.enabled:
         try:
-            _mount_admin(app, await resolve(taskflow.task_manager), settings.admin)
+            _mount_admin(app, taskflow, settings.admin)
         except BaseException:
             await stop_resources(container)
             raise
 
 
-def _mount_admin(app: FastAPI, manager: TaskManager, admin: AdminSettings) -> None:
-    """Mount the dashboard and task API once per app, as the ``admin:`` settings say."""
+def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
+    """Mount the dashboard and task API once per app, as the ``admin:`` settings say.
+
+    The admin asks the container for the manager on each use (each lifespan run builds a new
+    one); the container's resources start and stop it, so the admin does not.
+    """
     if getattr(app.state, _ADMIN_MOUNTED, False):
         return
     from ..admin import TaskAdmin
+
+    def current_manager() -> TaskManager:
+        manager: TaskManager = resolve_now(taskflow.task_manager)
+        return manager
 
     options: dict[str, Any] = {
         "path": admin.path,
@@ -155,7 +181,8 @@ def _mount_admin(app: FastAPI, manager: TaskManager, admin: AdminSettings) -> No
         options["auth"] = (admin.auth.username, admin.auth.password.get_secret_value())
     if admin.secret_key is not None:
         options["secret_key"] = admin.secret_key.get_secret_value()
-    TaskAdmin(app, manager, **options)
+    current_manager()  # fail now, inside startup, if the manager cannot be had
+    TaskAdmin(app, current_manager, manage_lifecycle=False, **options)
     setattr(app.state, _ADMIN_MOUNTED, True)
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow")
 
+# Called once per job as it leaves the dispatcher: finished, or kept PENDING at shutdown.
 FinishedCallback = Callable[[Job], None]
 
 
@@ -51,6 +52,7 @@ class Dispatcher:
         max_concurrent_tasks: int | None,
         default_timeout: float | None,
         on_finished: FinishedCallback,
+        keeps: Callable[[Job], bool] | None = None,
     ) -> None:
         self.store = store
         self.executors = executors
@@ -60,6 +62,8 @@ class Dispatcher:
         self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
+        # Whether shutdown keeps a stopped job for the next start (its journal entry stays).
+        self._keeps = keeps
         # Set by the manager when the backend is shared (see dispatch/keys.py).
         self.key_guard: KeyGuard | None = None
         # Set by the manager when on: one span per attempt; redaction and sealed errors.
@@ -77,8 +81,8 @@ class Dispatcher:
     def submit(self, job: Job) -> None:
         """Put a PENDING job in its queue. Event-loop thread only."""
         job.retry_timer = None
-        if job.record.status is not TaskStatus.PENDING:
-            return  # cancelled while it waited to be submitted
+        if job.cancelled or job.record.status is not TaskStatus.PENDING:
+            return  # cancelled (or kept at shutdown) while it waited to be submitted
         self.jobs[job.task_id] = job
         self.queues.push(self.queues.resolve(job.record.queue), job, job.record.priority)
 
@@ -107,6 +111,8 @@ class Dispatcher:
             self._fail(job, job.record.retries_used + 1, exc)
 
     def _never_started(self, job: Job) -> None:
+        if job.stop_reason == "shutdown" and self._kept(job, job.record.retries_used):
+            return
         status = TaskStatus.CANCELLED if job.stop_reason == "cancel" else TaskStatus.INTERRUPTED
         self._finish(job, status, job.record.retries_used, error="stopped before it started")
 
@@ -236,6 +242,8 @@ class Dispatcher:
         if reason == "cancel":
             self._finish(job, TaskStatus.CANCELLED, attempt, error="cancelled while running")
         elif reason == "shutdown":
+            if self._kept(job, attempt):
+                return
             self._finish(
                 job, TaskStatus.INTERRUPTED, attempt, error="interrupted by application shutdown"
             )
@@ -243,6 +251,22 @@ class Dispatcher:
             # Cancelled by something outside taskflow (the loop closing): never leave it RUNNING.
             self._finish(job, TaskStatus.INTERRUPTED, attempt, error="attempt was cancelled")
             raise asyncio.CancelledError
+
+    def _kept(self, job: Job, attempt: int) -> bool:
+        """Shutdown stopped a job that runs again at the next start: back to PENDING (it
+        waits for that start), and its idempotency key stays reserved (same task id)."""
+        record = job.record
+        if self._keeps is None or record.status.finished or not self._keeps(job):
+            return False
+        self.store.transition(
+            record,
+            TaskStatus.PENDING,
+            error="interrupted by application shutdown; runs again at the next start",
+        )
+        self.hub.lifecycle(record, TaskStatus.INTERRUPTED, attempt, retrying=True)
+        self.jobs.pop(record.task_id, None)
+        self._on_finished(job)
+        return True
 
     def _finish(
         self,
@@ -281,11 +305,16 @@ class Dispatcher:
 
     def finish_waiting(self, job: Job, status: TaskStatus, reason: str) -> None:
         """End a job that is not running (queued, deferred, or in its backoff wait)."""
+        self.withdraw(job)
+        self._finish(job, status, job.record.retries_used, error=reason)
+
+    def withdraw(self, job: Job) -> None:
+        """A job that is not running will not start here: out of its queue and backoff wait."""
         job.cancelled = True
+        self.queues.withdraw(job)
         if job.retry_timer is not None:
             job.retry_timer.cancel()
             job.retry_timer = None
-        self._finish(job, status, job.record.retries_used, error=reason)
 
     def track(self, job: Job) -> None:
         """Know a job before it is submitted (deferred until the response is sent)."""

@@ -113,6 +113,7 @@ class Enqueuer:
         )
         self.check_arguments(definition.executor, definition.func, args, kwargs)
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
+        max_size = queue_state.config.max_size
 
         def make() -> TaskRecord:
             return self._record(
@@ -128,14 +129,27 @@ class Enqueuer:
                 task_id,
             )
 
+        # Backpressure: the room check and the insert are one step under the store's lock, so
+        # sync routes adding from many threads at once cannot overshoot max_size.
         if idempotency_key is None:
             record, created = make(), True
-            self._admit(record, queue_state.name, queue_state.config.max_size)
-            self.store.add(record)
+            if not self.store.add_if_room(record, max_size):
+                _mark_rejected(record, max_size)
+                self.store.add(record)
         else:
-            record, created = self.store.add_with_key(idempotency_key, make)
-            if created:
-                self._admit_after_add(record, queue_state.name, queue_state.config.max_size)
+
+            def make_if_room() -> TaskRecord:  # runs under the store's lock
+                made = make()
+                if not self.store.has_room(made.queue, max_size):
+                    _mark_rejected(made, max_size)
+                return made
+
+            record, created = self.store.add_with_key(idempotency_key, make_if_room)
+        if created and record.status is TaskStatus.REJECTED:
+            # Kept as REJECTED (and saved) so the refusal shows; the caller gets the error.
+            assert max_size is not None
+            self.store.mark_dirty(record)
+            raise QueueFullError(record.queue, max_size, record.task_id)
         if created:
             job = self._job(record, definition, opts, args, kwargs)
             self.dispatcher.track(job)
@@ -178,24 +192,6 @@ class Enqueuer:
                 else None
             ),
         )
-
-    def _admit(self, record: TaskRecord, queue: str, max_size: int | None) -> None:
-        """Backpressure: a full queue rejects the task, recorded as REJECTED, and raises."""
-        if max_size is not None and self.store.queue_counts(queue)[TaskStatus.PENDING] >= max_size:
-            record.status = TaskStatus.REJECTED
-            record.end_time = utcnow()
-            record.error = f"queue {queue!r} is full ({max_size} waiting)"
-            self.store.add(record)
-            self.store.mark_dirty(record)
-            raise QueueFullError(queue, max_size, record.task_id)
-
-    def _admit_after_add(self, record: TaskRecord, queue: str, max_size: int | None) -> None:
-        # The keyed record is already counted as PENDING: compare against the size before it.
-        if max_size is not None and self.store.queue_counts(queue)[TaskStatus.PENDING] > max_size:
-            error = f"queue {queue!r} is full ({max_size} waiting)"
-            self.store.transition(record, TaskStatus.REJECTED, end_time=utcnow(), error=error)
-            self.store.mark_dirty(record)
-            raise QueueFullError(queue, max_size, record.task_id)
 
     def _job(
         self,
@@ -241,3 +237,9 @@ class Enqueuer:
             requeue=requeue,
             trace_context=record.trace_context,
         )
+
+
+def _mark_rejected(record: TaskRecord, max_size: int | None) -> None:
+    record.status = TaskStatus.REJECTED
+    record.end_time = utcnow()
+    record.error = f"queue {record.queue!r} is full ({max_size} waiting)"

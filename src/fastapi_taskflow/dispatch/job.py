@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models import TaskRecord
 from ..registry import TaskDefinition, TaskOptions
+
+if TYPE_CHECKING:
+    from .queues import QueueState
 
 
 @dataclass(eq=False, slots=True)
@@ -22,6 +25,8 @@ class Job:
     journaled: bool = False
     # Set when a waiting job is cancelled; the queue skips it instead of searching the heap.
     cancelled: bool = False
+    # The queue whose heap holds it, while it waits there (see ``QueueSet.withdraw``).
+    waiting_in: QueueState | None = None
     # Why the running attempt's asyncio task was cancelled: "cancel" or "shutdown".
     stop_reason: str | None = None
     task: asyncio.Task[None] | None = None

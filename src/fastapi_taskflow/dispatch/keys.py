@@ -5,7 +5,8 @@ once (atomically, under its lock). Across instances the key is reserved in the b
 asynchronously, just before the task's first attempt. When another instance already holds it,
 this task ends CANCELLED without running, its error naming the holder's task id; the caller's
 handle therefore resolves (``await handle.wait()``) instead of hanging. When the task ends
-failed, cancelled, rejected or interrupted, the reservation is released so the key is free again.
+failed, cancelled, rejected or interrupted, the reservation is released so the key is free again;
+a task that shutdown keeps for the next start is not ended, so it keeps its key (same task id).
 
 A backend error while reserving fails open (the task runs, a warning is logged and counted):
 losing work is worse than the rare duplicate during an outage.

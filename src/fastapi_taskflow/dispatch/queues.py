@@ -28,6 +28,8 @@ class QueueState:
     name: str
     config: QueueConfig
     waiting: list[tuple[int, int, Any]] = field(default_factory=list)
+    # Jobs in ``waiting`` that will start: cancelled ones stay in the heap until popped.
+    waiting_count: int = 0
     running: int = 0
     started: int = 0
     rejected: int = 0
@@ -80,17 +82,31 @@ class QueueSet:
     def push(self, queue: QueueState, job: Any, priority: int | None) -> None:
         # heapq is a min-heap: negate so higher priority comes out first.
         heapq.heappush(queue.waiting, (-(priority or 0), next(self._sequence), job))
+        queue.waiting_count += 1
+        job.waiting_in = queue
         self.pump(queue)
 
     def pump(self, queue: QueueState) -> None:
         while queue.waiting and queue.has_room() and self._global_room():
             _, _, job = heapq.heappop(queue.waiting)
-            if getattr(job, "cancelled", False):
-                continue
+            if job.cancelled:
+                continue  # uncounted when it was withdrawn
+            queue.waiting_count -= 1
+            job.waiting_in = None
             queue.running += 1
             queue.started += 1
             self.global_running += 1
             self._start(job, queue)
+
+    def withdraw(self, job: Any) -> None:
+        """A job will not start (cancelled, or kept at shutdown): stop counting it as waiting.
+
+        It stays in its heap (no search) and is skipped when popped: set ``job.cancelled``.
+        """
+        queue = job.waiting_in
+        if queue is not None:
+            job.waiting_in = None
+            queue.waiting_count -= 1
 
     def pump_all(self) -> None:
         for queue in self._queues.values():
@@ -124,7 +140,7 @@ class QueueSet:
         return new
 
     def waiting_count(self) -> int:
-        return sum(len(q.waiting) for q in self._queues.values())
+        return sum(q.waiting_count for q in self._queues.values())
 
 
 _UNSET: Any = object()
