@@ -126,7 +126,9 @@ class Persister:
         sent = time.monotonic()
         await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
         self._lease_until = sent + self.settings.lease_ttl
-        self.store.seed_counts(await self.backend.count_by_status())
+        # The backend's count is the whole finished history, including whatever this store
+        # still holds from an earlier run of the same manager (written at its shutdown).
+        self.store.set_finished_counts(await self.backend.count_by_status())
         await self._guarded("claim", self.claim)
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("journal", self._writer),

@@ -227,17 +227,6 @@ class TaskStore:
                 self.remove(task_id)
         return doomed
 
-    def seed_counts(self, counts: dict[str, int]) -> None:
-        """Add history that lives only in the backend (read once at startup) to the counters.
-
-        Only finished statuses: an active record there (a task kept at shutdown) is counted
-        when its task comes back into memory to run again.
-        """
-        with self._lock:
-            for status, count in counts.items():
-                if TaskStatus(status).finished:
-                    self._counts[TaskStatus(status)] += count
-
     def reset_finished_counts(self) -> None:
         """After history was deleted everywhere: finished counters restart from memory."""
         with self._lock:

@@ -478,3 +478,23 @@ async def test_a_response_waits_for_its_tasks_journal_write() -> None:
         await tm.shutdown()
     task_id = json.loads(b"".join(bodies))["task_id"]
     assert journaled_at_start == [{task_id}]
+
+
+async def test_restarting_the_same_manager_does_not_double_count_history(db: Path) -> None:
+    """Counters after a restart equal the history in the backend, not memory plus backend."""
+    tm = TaskManager(snapshot_db=str(db))
+
+    @tm.task()
+    async def ok(n: int) -> int:
+        return n
+
+    for _round in range(2):
+        await tm.startup()
+        for n in range(3):
+            tm.add_task(ok, n)
+        await tm.join()
+        await tm.shutdown()
+    await tm.startup()
+    assert tm.metrics()["success"] == 6
+    assert tm.metrics()["total"] == 6
+    await tm.shutdown()
