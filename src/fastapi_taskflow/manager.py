@@ -39,6 +39,7 @@ from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
+from .recovery import Recovery
 from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .scheduling import Scheduler
@@ -181,7 +182,7 @@ class TaskManager:
         self._idle: list[asyncio.Future[None]] = []
         self.store.add_listener(self._wake_idle)
         # Journal entries that could not run here (unknown task, unreadable arguments).
-        self.recovery_problems = 0
+        self.recovery: Recovery | None = None
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -408,6 +409,15 @@ class TaskManager:
             on_claim=self._recover_all,
         )
         self.enqueuer.persister = self.persister
+        self.recovery = Recovery(
+            registry=self.registry,
+            store=self.store,
+            persister=self.persister,
+            dispatcher=self.dispatcher,
+            cipher=self.cipher,
+            max_requeues=s.max_requeues,
+            submit=self._submit_if_running,
+        )
         self.store.add_listener(self.persister.on_change)
         if backend.shared:
             days = s.retention_days
@@ -417,98 +427,10 @@ class TaskManager:
 
     def _recover_all(self, entries: list[JournalEntry]) -> None:
         """Claimed journal entries (at startup, or from a dead instance while running)."""
-        for entry in entries:
-            try:
-                self._recover(entry)
-            except Exception:
-                self.recovery_problems += 1
-                logger.error("could not recover journaled task %s", entry.task_id, exc_info=True)
+        if self.recovery is not None:
+            self.recovery.recover_all(entries)
 
-    def _recover(self, entry: JournalEntry) -> None:
-        """A journaled task no live instance owns: run it again, or record why not."""
-        self.store.remove(entry.task_id)  # its record from this manager's previous run, if any
-        definition = self.registry.find(entry.func_name)
-        record = _recovered_record(entry, definition)
-        problem, args, kwargs = self._recovery_problem(entry, definition)
-        if problem is not None:
-            self.recovery_problems += 1
-            logger.warning(
-                "skipping journaled task %s (%s): %s", entry.task_id, entry.func_name, problem
-            )
-            self._give_up(entry, record, TaskStatus.FAILED, problem)
-        elif not entry.requeue:
-            self._give_up(
-                entry,
-                record,
-                TaskStatus.INTERRUPTED,
-                "interrupted: the app stopped before the task finished",
-            )
-        elif entry.requeue_count > self.settings.max_requeues:
-            self._give_up(
-                entry,
-                record,
-                TaskStatus.FAILED,
-                f"interrupted {entry.requeue_count} times while running "
-                f"(max_requeues={self.settings.max_requeues}); giving up",
-            )
-        else:
-            assert definition is not None
-            self._resume(entry, record, definition, args, kwargs)
-
-    def _recovery_problem(
-        self, entry: JournalEntry, definition: TaskDefinition | None
-    ) -> tuple[str | None, tuple[Any, ...] | None, dict[str, Any] | None]:
-        """Why an entry cannot run here (unknown task, unreadable arguments), else its call."""
-        if definition is None:
-            return f"unknown task {entry.func_name!r}: not registered in this app", None, None
-        try:
-            if not entry.encrypted:
-                args, kwargs = decode_call(entry.payload)
-                return None, args, kwargs
-            if self.cipher is None:
-                return "encrypted arguments but no encrypt_args_key configured", None, None
-            self.cipher.decrypt(entry.payload)  # fail now, not at every attempt
-        except (ValueError, ArgumentDecryptionError) as exc:
-            return f"unreadable arguments: {exc}", None, None
-        return None, None, None
-
-    def _give_up(
-        self, entry: JournalEntry, record: TaskRecord, status: TaskStatus, reason: str
-    ) -> None:
-        assert self.persister is not None
-        record.status, record.error, record.end_time = status, reason, utcnow()
-        self.store.add(record)
-        self.persister.adopt(entry)
-        self.persister.finished(record, journaled=True)
-        logger.warning("journaled task %s not run again: %s", entry.task_id, reason)
-
-    def _resume(
-        self,
-        entry: JournalEntry,
-        record: TaskRecord,
-        definition: TaskDefinition,
-        args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
-    ) -> None:
-        assert self.persister is not None
-        record.args, record.kwargs = args or (), kwargs or {}
-        key = entry.idempotency_key
-        if key is not None:
-            holder, created = self.store.add_with_key(key, lambda: record)
-            if not created:  # a live task took the key first: this copy must not run too
-                record.idempotency_key = None
-                self._give_up(
-                    entry,
-                    record,
-                    TaskStatus.CANCELLED,
-                    f"duplicate: idempotency key {key!r} is held by task {holder.task_id}",
-                )
-                return
-        else:
-            self.store.add(record)
-        self.persister.adopt(entry)
-        job = Job(record, definition, definition.options, args, kwargs, journaled=True)
-        self.dispatcher.track(job)
+    def _submit_if_running(self, job: Job) -> None:
         if self._loop is not None:
             self._submit_now(job)
 
@@ -727,7 +649,7 @@ class TaskManager:
         persister = self.persister
         stats = persister.stats if persister is not None else None
         return {
-            "corrupt_rows": backend_corrupt + self.recovery_problems,
+            "corrupt_rows": backend_corrupt + (self.recovery.problems if self.recovery else 0),
             "buffered_writes": persister.buffered() if persister is not None else 0,
             "dropped_writes": stats.dropped_writes if stats else 0,
             "backend_write_failures": stats.write_failures if stats else 0,
@@ -773,25 +695,6 @@ class TaskManager:
         elif backend is not None:
             self.store.set_finished_counts(await backend.count_by_status())
         return {"store": len(dropped), "backend": deleted}
-
-
-def _recovered_record(entry: JournalEntry, definition: TaskDefinition | None) -> TaskRecord:
-    """The record of a claimed journal entry, before it runs again (or is given up)."""
-    return TaskRecord(
-        task_id=entry.task_id,
-        func_name=entry.func_name,
-        created_at=entry.created_at,
-        tags=entry.tags,
-        priority=entry.priority,
-        queue=entry.queue,
-        idempotency_key=entry.idempotency_key,
-        source="requeue",
-        retries_used=entry.retries_used,
-        requeue_count=entry.requeue_count,
-        executor=definition.executor if definition else "async",
-        encrypted_payload=entry.payload if entry.encrypted else None,
-        trace_context=entry.trace_context,
-    )
 
 
 def _with_options(definition: TaskDefinition, options: TaskOptions | None) -> TaskDefinition:
