@@ -181,7 +181,7 @@ class TaskManager:
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
         self.store.add_listener(self._wake_idle)
-        # Journal entries that could not run here (unknown task, unreadable arguments).
+        # Resumes or settles journaled tasks no live instance owns (set up with a backend).
         self.recovery: Recovery | None = None
 
     # ---- declaring tasks -------------------------------------------------------------------

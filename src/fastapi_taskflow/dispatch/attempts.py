@@ -120,7 +120,11 @@ class Dispatcher:
 
     async def _run(self, job: Job) -> None:
         record = job.record
-        if record.status is not TaskStatus.RUNNING or not await self._reserve(job):
+        if record.status is not TaskStatus.RUNNING:
+            return
+        # Only keyed tasks on a shared backend pay for the reservation's await.
+        needs_key = self.key_guard is not None and record.idempotency_key is not None
+        if needs_key and not job.reserved and not await self._reserve(job):
             return
         attempt = record.retries_used + 1
         sink = AttemptSink(self.hub, record, attempt)
