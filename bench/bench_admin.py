@@ -95,7 +95,6 @@ async def bench_reads(count: int, repeat: int, backend: str) -> dict[str, float]
                 for i in range(0, count, 20_000):
                     await manager.backend.save_records(records[i : i + 20_000])
                 fill(manager, records[-10_000:])
-                manager.store.seed_counts({"success": 0})
             else:
                 fill(manager, records)
             transport = httpx.ASGITransport(app=running.app)

@@ -435,11 +435,14 @@ class Persister:
         while True:
             if await self._pause(wait, self._history_due):
                 return
+            # Set: woken early because many records were waiting (a busy moment).
+            busy = self._history_due.is_set()
             self._history_due.clear()
             try:
                 await self.flush_history()
-                # Quiet moment after a batch: let the backend tidy up now, not at shutdown.
-                await self.backend.compact()
+                if not busy:
+                    # A quiet moment: let the backend tidy up now rather than at shutdown.
+                    await self.backend.compact()
             except Exception:
                 self._write_failed("history")
                 wait = min(max(wait * 2, 0.5), interval)
