@@ -24,15 +24,17 @@ class TaskStatus(str, Enum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
 
-    @property
-    def finished(self) -> bool:
-        return self not in _ACTIVE
+    # True for the statuses that end a task; a plain attribute set below, not a property,
+    # because it is read several times per task on the hot path.
+    finished: bool
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 _ACTIVE = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+for _status in TaskStatus:
+    _status.finished = _status not in _ACTIVE
 FINISHED_STATUSES = frozenset(s for s in TaskStatus if s not in _ACTIVE)
 ACTIVE_STATUSES = _ACTIVE
 # A key held by a task in one of these statuses blocks a second task with the same key.

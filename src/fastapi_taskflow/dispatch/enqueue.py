@@ -111,40 +111,37 @@ class Enqueuer:
         clean_tags = check_call_options(
             idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
         )
-        self.check_arguments(definition.executor, definition.func, args, kwargs)
+        if definition.executor == "process":
+            self.check_arguments(definition.executor, definition.func, args, kwargs)
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
         max_size = queue_state.config.max_size
-
-        def make() -> TaskRecord:
-            return self._record(
-                definition,
-                args,
-                kwargs,
-                opts,
-                queue_state.name,
-                clean_tags,
-                priority,
-                idempotency_key,
-                source,
-                task_id,
-            )
-
+        record = self._record(
+            definition,
+            args,
+            kwargs,
+            opts,
+            queue_state.name,
+            clean_tags,
+            priority,
+            idempotency_key,
+            source,
+            task_id,
+        )
         # Backpressure: the room check and the insert are one step under the store's lock, so
         # sync routes adding from many threads at once cannot overshoot max_size.
         if idempotency_key is None:
-            record, created = make(), True
+            created = True
             if not self.store.add_if_room(record, max_size):
                 _mark_rejected(record, max_size)
                 self.store.add(record)
         else:
 
-            def make_if_room() -> TaskRecord:  # runs under the store's lock
-                made = make()
-                if not self.store.has_room(made.queue, max_size):
-                    _mark_rejected(made, max_size)
-                return made
+            def if_room() -> TaskRecord:  # runs under the store's lock
+                if not self.store.has_room(record.queue, max_size):
+                    _mark_rejected(record, max_size)
+                return record
 
-            record, created = self.store.add_with_key(idempotency_key, make_if_room)
+            record, created = self.store.add_with_key(idempotency_key, if_room)
         if created and record.status is TaskStatus.REJECTED:
             # Kept as REJECTED (and saved) so the refusal shows; the caller gets the error.
             assert max_size is not None
@@ -175,8 +172,9 @@ class Enqueuer:
         return TaskRecord(
             task_id=task_id or new_task_id(),
             func_name=definition.name,
-            args=() if encrypted else tuple(args),
-            kwargs={} if encrypted else dict(kwargs),
+            # The call's own tuple and dict (fresh from *args/**kwargs): never mutated, not copied.
+            args=() if encrypted else args,
+            kwargs={} if encrypted else kwargs,
             created_at=utcnow(),
             idempotency_key=idempotency_key,
             tags=tags,
