@@ -47,6 +47,8 @@ class ManagerSettings:
 
     snapshot_interval: float = 60.0
     requeue_pending: bool = False
+    # Accepted for compatibility: the reference cached the whole merged list; here each page
+    # is an indexed backend query, so there is nothing to cache.
     merged_list_ttl: float = 5.0
     max_concurrent_tasks: int | None = None
     max_sync_threads: int | None = None
