@@ -30,7 +30,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	@mkdir -p var
-	$(BIN)/python -m uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT)
+	$(BIN)/python -m uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT) --timeout-graceful-shutdown 5
 
 # Chromium for the browser tests comes from the system (apt in .ci/run); what pip cannot
 # install for the tests is set up here. Extra pytest arguments: make test ARGS="-k sqlite".

@@ -121,3 +121,36 @@ async def test_overflow_flag_for_huge_ticks(env, open_sse):
         data = await stream.until(lambda n, d: n == "delta" and d["overflow"])
         assert data["tasks"] == []
         await env.manager.join(timeout=5)
+
+
+class _FakeUvicorn:
+    """Stands in for uvicorn's Server: its ``handle_exit`` is the SIGINT handler."""
+
+    def __init__(self) -> None:
+        self.should_exit = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.should_exit = True
+
+
+async def test_streams_end_when_the_server_is_stopping():
+    """Once uvicorn is told to stop, open dashboard streams end, so shutdown is not held."""
+    import signal
+
+    from fastapi_taskflow import TaskManager
+    from fastapi_taskflow.admin.sse import StreamHub
+
+    manager = TaskManager()
+    hub = StreamHub(lambda: manager, tick=0.01, heartbeat=5.0)
+    server = _FakeUvicorn()
+    previous = signal.signal(signal.SIGINT, server.handle_exit)
+    try:
+        body = hub.stream(hub.subscribe(), [])
+        assert await anext(body) == b"retry: 3000\n\n"
+        server.should_exit = True
+        rest = [chunk async for chunk in body]  # ends by itself: nothing more is sent
+        assert rest == []
+        assert hub.client_count == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        await hub.close()

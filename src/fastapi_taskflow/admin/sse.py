@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -167,15 +168,18 @@ class StreamHub:
 
     async def close(self) -> None:
         """End every stream (app shutdown)."""
-        self._closed = True
-        for client in list(self._clients):
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(_SENTINEL)
+        self._end_streams()
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+
+    def _end_streams(self) -> None:
+        self._closed = True
+        for client in list(self._clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(_SENTINEL)
 
     async def stream(self, client: _Client, first: list[bytes]) -> AsyncIterator[bytes]:
         """The body of one SSE response: ``first`` events, then deltas and heartbeats."""
@@ -203,6 +207,11 @@ class StreamHub:
         last_metrics = 0.0
         while self._clients and not self._closed:
             await asyncio.sleep(self.tick)
+            if server_is_exiting():
+                # The server waits for open responses before it runs the app's shutdown: an
+                # endless stream would hold Ctrl+C (or a deploy) until a forced quit.
+                self._end_streams()
+                return
             now = time.monotonic()
             send_metrics = now - last_metrics >= 1.0
             if self.flush(send_metrics):
@@ -237,6 +246,18 @@ class StreamHub:
                     if record.status.finished:
                         client.offer(_SENTINEL)
         return True
+
+
+def server_is_exiting() -> bool:
+    """True once uvicorn has been told to stop (SIGINT/SIGTERM), read from its signal handler.
+
+    Only a read: uvicorn installs ``Server.handle_exit`` as the handler and sets
+    ``should_exit`` on its server. Other servers: False, and their graceful-shutdown timeout
+    applies.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    server = getattr(handler, "__self__", None)
+    return bool(getattr(server, "should_exit", False))
 
 
 def stream_router(hub: StreamHub, path: str, dependencies: list[Any]) -> Any:
