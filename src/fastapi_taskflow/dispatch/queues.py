@@ -80,6 +80,10 @@ class QueueSet:
         return self._queues.get(name)
 
     def push(self, queue: QueueState, job: Any, priority: int | None) -> None:
+        if not queue.waiting and queue.has_room() and self._global_room():
+            # Nobody waits and there is room: start it without a trip through the heap.
+            self._admit(job, queue)
+            return
         # heapq is a min-heap: negate so higher priority comes out first.
         heapq.heappush(queue.waiting, (-(priority or 0), next(self._sequence), job))
         queue.waiting_count += 1
@@ -93,10 +97,13 @@ class QueueSet:
                 continue  # uncounted when it was withdrawn
             queue.waiting_count -= 1
             job.waiting_in = None
-            queue.running += 1
-            queue.started += 1
-            self.global_running += 1
-            self._start(job, queue)
+            self._admit(job, queue)
+
+    def _admit(self, job: Any, queue: QueueState) -> None:
+        queue.running += 1
+        queue.started += 1
+        self.global_running += 1
+        self._start(job, queue)
 
     def withdraw(self, job: Any) -> None:
         """A job will not start (cancelled, or kept at shutdown): stop counting it as waiting.
