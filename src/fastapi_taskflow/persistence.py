@@ -255,11 +255,6 @@ class Persister:
             self._urgent.records[record.task_id] = record
         self._kick()
 
-    def save_soon(self, record: TaskRecord) -> None:
-        with self._lock:
-            self._urgent.records[record.task_id] = record
-        self._kick()
-
     @property
     def _history_batch(self) -> int:
         return max(1000, self.settings.max_buffered // 4)
@@ -267,10 +262,6 @@ class Persister:
     def buffered(self) -> int:
         """Writes waiting for the backend (journal changes and finished records)."""
         return len(self._urgent) + self.store.dirty_count
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy
 
     def _kick(self) -> None:
         if self._wake is not None:

@@ -113,10 +113,6 @@ class TaskStore:
     def active(self) -> int:
         return self._counts[TaskStatus.PENDING] + self._counts[TaskStatus.RUNNING]
 
-    def active_records(self) -> list[TaskRecord]:
-        with self._lock:
-            return [r for r in self._records.values() if not r.status.finished]
-
     # ---- writing -------------------------------------------------------------------------
 
     def add(self, record: TaskRecord) -> None:
