@@ -475,9 +475,7 @@ class TaskManager:
         if running:
             _, late = await asyncio.wait(running, timeout=self.settings.drain_timeout)
             for job in self.dispatcher.running_jobs():
-                job.stop_reason = "shutdown"
-                if job.task is not None:
-                    job.task.cancel()
+                self.dispatcher.stop_attempt(job, "shutdown")
             if late:
                 await asyncio.wait(late)
 

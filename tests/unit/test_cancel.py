@@ -12,7 +12,7 @@ import pytest
 from control_helpers import Gate, running, wait_until
 from starlette.background import BackgroundTasks
 
-from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, TaskStatus
+from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, TaskManager, TaskStatus
 
 
 async def test_cancel_deferred_task_before_the_response() -> None:
@@ -197,3 +197,27 @@ async def test_cancel_running_process_task_terminates_its_worker(tmp_path: Path)
         record = await handle.wait(timeout=10)
         assert record.status is TaskStatus.CANCELLED
         await wait_until(lambda: not _alive(pid), timeout=10)
+
+
+async def test_cancel_before_the_attempt_began_frees_its_slot_and_settles_it():
+    """A task cancelled after taking a slot but before its coroutine ran: CANCELLED, slot free."""
+    tm = TaskManager(max_concurrent_tasks=1)
+    ran: list[str] = []
+
+    @tm.task()
+    async def work(label: str) -> None:
+        ran.append(label)
+
+    await tm.startup()
+    try:
+        first = tm.add_task(work, "first")  # admitted at once: RUNNING, not yet stepped
+        assert first.status is TaskStatus.RUNNING
+        assert first.cancel()
+        assert first.status is TaskStatus.CANCELLED
+        second = tm.add_task(work, "second")
+        await tm.join(timeout=5)
+        assert second.status is TaskStatus.SUCCESS
+        assert ran == ["second"]
+        assert tm.queue_stats()["default"]["running"] == 0
+    finally:
+        await tm.shutdown()

@@ -93,22 +93,28 @@ class Dispatcher:
         record = job.record
         self.store.mark_running(record, utcnow())
         self.hub.lifecycle(record, TaskStatus.RUNNING, record.retries_used + 1)
-        task = self._loop.create_task(self._run(job), name=f"taskflow:{job.task_id}")
-        job.task = task
-        # A done callback, not a ``finally`` in the coroutine: a task cancelled before its first
-        # step never runs its body, and its slot must still be freed and its record settled.
-        task.add_done_callback(functools.partial(self._attempt_done, job, queue))
+        job.slot, job.started = queue, False
+        # No done callback (it costs a loop callback per task): the attempt frees its slot in a
+        # ``finally``, and stop_attempt() settles an attempt cancelled before it began.
+        job.task = self._loop.create_task(self._run(job), name=f"taskflow:{job.task_id}")
 
-    def _attempt_done(self, job: Job, queue: QueueState, task: asyncio.Task[None]) -> None:
-        if job.task is task:
-            job.task = None
-        self.queues.release(queue)
-        if task.cancelled():
+    def _attempt_ended(self, job: Job) -> None:
+        job.task = None
+        queue, job.slot = job.slot, None
+        if queue is not None:
+            self.queues.release(queue)
+
+    def stop_attempt(self, job: Job, reason: str) -> None:
+        """Cancel a job's attempt for ``reason`` ("cancel" or "shutdown")."""
+        task = job.task
+        if task is None or task.done():
+            return
+        job.stop_reason = reason
+        task.cancel()
+        if not job.started:  # its body will never run: free the slot and settle it here
+            self._attempt_ended(job)
             if not job.record.status.finished and job.retry_timer is None:
                 self._never_started(job)
-        elif (exc := task.exception()) is not None:
-            logger.error("task %s: internal error in the attempt loop", job.task_id, exc_info=exc)
-            self._fail(job, job.record.retries_used + 1, exc)
 
     def _never_started(self, job: Job) -> None:
         if job.stop_reason == "shutdown" and self._kept(job, job.record.retries_used):
@@ -119,6 +125,21 @@ class Dispatcher:
     # ---- one attempt -----------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        job.started = True
+        try:
+            await self._attempt(job)
+        except asyncio.CancelledError:
+            # Cancelled outside the task's own call (e.g. during the key reservation).
+            if not job.record.status.finished and job.retry_timer is None:
+                self._never_started(job)
+            raise
+        except Exception as exc:  # a bug in this loop, not in the task: never leave it RUNNING
+            logger.error("task %s: internal error in the attempt loop", job.task_id, exc_info=exc)
+            self._fail(job, job.record.retries_used + 1, exc)
+        finally:
+            self._attempt_ended(job)
+
+    async def _attempt(self, job: Job) -> None:
         record = job.record
         if record.status is not TaskStatus.RUNNING:
             return
@@ -300,9 +321,8 @@ class Dispatcher:
         job = self.jobs.get(task_id)
         if job is None or job.record.status.finished:
             return False
-        if job.running and job.task is not None:  # its attempt or done callback records it
-            job.stop_reason = "cancel"
-            job.task.cancel()
+        if job.running:  # its attempt (or stop_attempt, if it never began) records it
+            self.stop_attempt(job, "cancel")
         else:
             self.finish_waiting(job, TaskStatus.CANCELLED, "cancelled before it started")
         return True

@@ -30,6 +30,10 @@ class Job:
     # Why the running attempt's asyncio task was cancelled: "cancel" or "shutdown".
     stop_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    # The queue whose slot the current attempt holds, and whether its coroutine has begun (an
+    # asyncio task cancelled before its first step never runs its body, not even ``finally``).
+    slot: QueueState | None = None
+    started: bool = False
     retry_timer: asyncio.TimerHandle | None = None
     # The cross-instance idempotency reservation was made (or was not needed).
     reserved: bool = False
