@@ -460,15 +460,12 @@ class TaskManager:
     def _settle_waiting(self) -> None:
         """Waiting tasks: kept in the journal (requeue) or recorded INTERRUPTED, never dropped."""
         for job in self.dispatcher.waiting_jobs():
-            if job.journaled and self._requeues(job):
+            if job.survives_shutdown:
                 self.dispatcher.withdraw(job)  # its entry stays in the journal for the next start
             else:
                 self.dispatcher.finish_waiting(
                     job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
                 )
-
-    def _requeues(self, job: Job) -> bool:
-        return self.settings.requeue_pending or job.options.requeue_on_interrupt
 
     async def _drain_running(self) -> None:
         running = [j.task for j in self.dispatcher.running_jobs() if j.task is not None]
@@ -504,7 +501,7 @@ class TaskManager:
     # ---- one task ----------------------------------------------------------------------------
 
     def _kept_at_shutdown(self, job: Job) -> bool:
-        return self.persister is not None and job.journaled and self._requeues(job)
+        return self.persister is not None and job.survives_shutdown
 
     def _on_finished(self, job: Job) -> None:
         record = job.record

@@ -132,7 +132,9 @@ class Recovery:
         else:
             self.store.add(record)
         self.persister.adopt(entry)
-        job = Job(record, definition, definition.options, args, kwargs, journaled=True)
+        job = Job(
+            record, definition, definition.options, args, kwargs, journaled=True, requeue=True
+        )
         self.dispatcher.track(job)
         self.submit(job)
 

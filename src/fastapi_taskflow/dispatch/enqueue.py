@@ -148,7 +148,7 @@ class Enqueuer:
             self.store.mark_dirty(record)
             raise QueueFullError(record.queue, max_size, record.task_id)
         if created:
-            job = self._job(record, definition, opts, args, kwargs)
+            job = self._job(record, definition, opts)
             self.dispatcher.track(job)
             submit(job)
         return record, created
@@ -191,14 +191,7 @@ class Enqueuer:
             ),
         )
 
-    def _job(
-        self,
-        record: TaskRecord,
-        definition: TaskDefinition,
-        opts: TaskOptions,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Job:
+    def _job(self, record: TaskRecord, definition: TaskDefinition, opts: TaskOptions) -> Job:
         encrypted = record.encrypted_payload is not None
         job = Job(
             record=record,
@@ -208,33 +201,33 @@ class Enqueuer:
             args=None if encrypted else record.args,
             kwargs=None if encrypted else record.kwargs,
         )
-        requeue = self.requeue_pending or opts.requeue_on_interrupt
-        if self.persister is not None and definition.registered and (requeue or opts.persist):
+        # Decided once, here: the journal entry and shutdown (manager) both read job.requeue.
+        job.requeue = self.requeue_pending or opts.requeue_on_interrupt
+        if self.persister is not None and definition.registered and (job.requeue or opts.persist):
             job.journaled = True
-            self.persister.journal(self.journal_entry(record, requeue, args, kwargs))
+            self.persister.journal(journal_entry(record, job.requeue))
         return job
 
-    def journal_entry(
-        self, record: TaskRecord, requeue: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> JournalEntry:
-        # Clear arguments are the record's own (encrypted ones are its sealed payload).
-        payload = record.encrypted_payload or record_call(record)
-        return JournalEntry(
-            task_id=record.task_id,
-            func_name=record.func_name,
-            payload=payload,
-            encrypted=record.encrypted_payload is not None,
-            created_at=record.created_at,
-            tags=record.tags,
-            priority=record.priority,
-            queue=record.queue,
-            idempotency_key=record.idempotency_key,
-            source=record.source,
-            retries_used=record.retries_used,
-            requeue_count=record.requeue_count,
-            requeue=requeue,
-            trace_context=record.trace_context,
-        )
+
+def journal_entry(record: TaskRecord, requeue: bool) -> JournalEntry:
+    # Clear arguments are the record's own (encrypted ones are its sealed payload).
+    payload = record.encrypted_payload or record_call(record)
+    return JournalEntry(
+        task_id=record.task_id,
+        func_name=record.func_name,
+        payload=payload,
+        encrypted=record.encrypted_payload is not None,
+        created_at=record.created_at,
+        tags=record.tags,
+        priority=record.priority,
+        queue=record.queue,
+        idempotency_key=record.idempotency_key,
+        source=record.source,
+        retries_used=record.retries_used,
+        requeue_count=record.requeue_count,
+        requeue=requeue,
+        trace_context=record.trace_context,
+    )
 
 
 def _mark_rejected(record: TaskRecord, max_size: int | None) -> None:

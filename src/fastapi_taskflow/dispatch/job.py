@@ -23,6 +23,8 @@ class Job:
     args: tuple[Any, ...] | None
     kwargs: dict[str, Any] | None
     journaled: bool = False
+    # Runs again after a restart (requeue_pending, or requeue_on_interrupt on the task).
+    requeue: bool = False
     # Set when a waiting job is cancelled; the queue skips it instead of searching the heap.
     cancelled: bool = False
     # The queue whose heap holds it, while it waits there (see ``QueueSet.withdraw``).
@@ -44,6 +46,11 @@ class Job:
     def running(self) -> bool:
         """An attempt is started and not over (it may not have reached its first await yet)."""
         return self.task is not None and not self.task.done()
+
+    @property
+    def survives_shutdown(self) -> bool:
+        """Kept in the journal at a clean shutdown, to run again at the next start."""
+        return self.journaled and self.requeue
 
     @property
     def task_id(self) -> str:
