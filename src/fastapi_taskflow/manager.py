@@ -404,7 +404,6 @@ class TaskManager:
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
                 retention_days=s.retention_days,
-                max_requeues=s.max_requeues,
             ),
             on_claim=self._recover_all,
         )

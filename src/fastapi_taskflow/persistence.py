@@ -51,7 +51,6 @@ class DurabilitySettings:
     lease_ttl: float = 30.0
     max_buffered: int = 100_000
     retention_days: float | None = None
-    max_requeues: int = 3
     flush_timeout: float = 10.0
 
 
