@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
+from .loopref import LoopRef
 from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
@@ -150,7 +150,8 @@ class TaskManager:
             thread_pool=thread_pool,
             process_pool=process_pool,
         )
-        self.hub = EventHub(self.store, self.observers)
+        self._loop_ref = LoopRef()
+        self.hub = EventHub(self.store, self.observers, self._loop_ref)
         self.dispatcher = Dispatcher(
             store=self.store,
             executors=self.executors,
@@ -174,8 +175,6 @@ class TaskManager:
         self.dispatcher.privacy = self.privacy
         self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
         self.scheduler = Scheduler(self)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._started = False
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
@@ -301,14 +300,16 @@ class TaskManager:
         for job in jobs:
             self._submit_now(job)
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop this manager runs on (None before startup and after shutdown)."""
+        return self._loop_ref.loop
+
     def _submit_now(self, job: Job) -> None:
-        loop = self._loop or self._bind_running_loop()
-        if loop is None:
+        if self._loop is None and self._bind_running_loop() is None:
             self._prestart.append(job)  # runs at startup()
-        elif threading.get_ident() == self._loop_thread:
-            self.dispatcher.submit(job)
         else:
-            loop.call_soon_threadsafe(self.dispatcher.submit, job)
+            self._loop_ref.call(self.dispatcher.submit, job)
 
     def _bind_running_loop(self) -> asyncio.AbstractEventLoop | None:
         """Used before startup(): run tasks anyway, like FastAPI would, and say what is off."""
@@ -331,8 +332,7 @@ class TaskManager:
         self._bind(asyncio.get_running_loop())
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._loop_ref.bind(loop)
         self.dispatcher.bind(loop)
 
     # ---- FastAPI ---------------------------------------------------------------------------
@@ -405,6 +405,7 @@ class TaskManager:
                 lease_ttl=s.lease_ttl,
                 retention_days=s.retention_days,
             ),
+            loop_ref=self._loop_ref,
             on_claim=self._recover_all,
         )
         self.enqueuer.persister = self.persister
@@ -453,7 +454,7 @@ class TaskManager:
         if self.backend is not None and self._close_backend:
             await self.backend.close()
         self._started = False
-        self._loop = None
+        self._loop_ref.clear()
         self._wake_idle(None)
 
     def _settle_waiting(self) -> None:
@@ -489,7 +490,7 @@ class TaskManager:
 
     def _wake_idle(self, _record: TaskRecord | None) -> None:
         if self._idle and self.store.active == 0:
-            self.hub.call_on_loop(self._resolve_idle)
+            self._loop_ref.call(self._resolve_idle)
 
     def _resolve_idle(self) -> None:
         waiters, self._idle = self._idle, []
@@ -523,10 +524,11 @@ class TaskManager:
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a pending or running task; False if it is finished or unknown."""
-        if self._loop is None or threading.get_ident() == self._loop_thread:
+        loop = self._loop
+        if loop is None or self._loop_ref.on_loop_thread():
             return self.dispatcher.cancel(task_id)
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        self._loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
+        loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
 
     async def get_task(self, task_id: str) -> TaskHandle | None:

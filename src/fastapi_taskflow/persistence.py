@@ -33,6 +33,7 @@ from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
 from .barrier import note_journal_write
+from .loopref import LoopRef
 from .models import TaskRecord, TaskStatus
 from .store import TaskStore
 
@@ -86,9 +87,11 @@ class Persister:
         store: TaskStore,
         owner: str,
         settings: DurabilitySettings,
+        loop_ref: LoopRef,
         on_claim: ClaimHandler | None = None,
     ) -> None:
         self.backend = backend
+        self._loop_ref = loop_ref
         self.store = store
         self.owner = owner
         self.settings = settings
@@ -106,8 +109,6 @@ class Persister:
         self._wake: asyncio.Event | None = None
         self._history_due: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._claiming = True
         self._healthy = True
@@ -120,8 +121,6 @@ class Persister:
     async def start(self) -> None:
         """Take the lease, seed counters, claim orphans, then start the background loops."""
         self._wake, self._history_due, self._stopping = (asyncio.Event() for _ in range(3))
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         sent = time.monotonic()
         await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
         self._lease_until = sent + self.settings.lease_ttl
@@ -232,7 +231,7 @@ class Persister:
         if not journaled:
             self.store.mark_dirty(record)
             if self.store.dirty_count >= self._history_batch and self._history_due is not None:
-                self._call_on_loop(self._history_due.set)
+                self._loop_ref.call(self._history_due.set)
             return
         with self._lock:
             task_id = record.task_id
@@ -264,14 +263,7 @@ class Persister:
 
     def _kick(self) -> None:
         if self._wake is not None:
-            self._call_on_loop(self._wake.set)
-
-    def _call_on_loop(self, callback: Callable[[], None]) -> None:
-        # Sync routes enqueue from worker threads; an asyncio.Event is set on its own loop only.
-        if threading.get_ident() == self._loop_thread:
-            callback()
-        elif self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(callback)
+            self._loop_ref.call(self._wake.set)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -320,9 +312,9 @@ class Persister:
         """Wait until journal write ``seq`` is committed; False on timeout or a failed write."""
         if seq <= self._written:
             return True
-        if not self._healthy or self._loop is None:
+        if not self._healthy or self._loop_ref.loop is None:
             return False
-        waiter: asyncio.Future[bool] = self._loop.create_future()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, waiter))
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..loggers.chain import ObserverChain
+from ..loopref import LoopRef
 from ..models import LifecycleEvent, LogEvent, TaskContext, TaskRecord, TaskStatus, utcnow
 from ..store import TaskStore
 
@@ -25,17 +25,14 @@ PROGRESS_INTERVAL = 0.05  # seconds between progress notifications of one task
 class EventHub:
     """Owns the observer queue and the loop hand-off for everything a running task reports."""
 
-    def __init__(self, store: TaskStore, observers: ObserverChain) -> None:
+    def __init__(self, store: TaskStore, observers: ObserverChain, loop_ref: LoopRef) -> None:
         self.store = store
         self.observers = observers
+        self.loop_ref = loop_ref
         self._queue: asyncio.Queue[LogEvent | LifecycleEvent | None] | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         if self.observers:
             self._queue = asyncio.Queue()
             await self.observers.startup()
@@ -53,13 +50,6 @@ class EventHub:
         """Return once every event emitted so far has reached the observers."""
         if self._queue is not None:
             await self._queue.join()
-
-    def call_on_loop(self, func: Callable[..., Any], *args: Any) -> None:
-        """Run ``func`` on the event loop thread: now when already there, else soon."""
-        if self._loop is None or threading.get_ident() == self._loop_thread:
-            func(*args)
-        else:
-            self._loop.call_soon_threadsafe(func, *args)
 
     # ---- what tasks report -----------------------------------------------------------------
 
@@ -93,7 +83,7 @@ class EventHub:
         level: str,
         extra: dict[str, Any],
     ) -> None:
-        self.call_on_loop(self._log_on_loop, record, context, message, level, extra)
+        self.loop_ref.call(self._log_on_loop, record, context, message, level, extra)
 
     def _log_on_loop(
         self,
@@ -131,7 +121,7 @@ class EventHub:
         now = time.monotonic()
         if fraction >= 1.0 or now - last_notified[0] >= PROGRESS_INTERVAL:
             last_notified[0] = now
-            self.call_on_loop(self.store.touch, record)
+            self.loop_ref.call(self.store.touch, record)
 
     async def _deliver(self) -> None:
         assert self._queue is not None
