@@ -71,8 +71,10 @@ class ManagedBackgroundTasks(BackgroundTasks):
         self._manager = manager
         # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
         self._request_tasks = request_tasks
-        # Jobs held until the response is sent; one BackgroundTask starts them all.
+        # Jobs held until the response is sent, then started together by ``__call__``.
         self._held: list[Job] = []
+        # The response was sent (``__call__`` ran): later tasks start at once, never held.
+        self._released = False
 
     def add_task(  # type: ignore[override]
         self,
@@ -102,15 +104,29 @@ class ManagedBackgroundTasks(BackgroundTasks):
         )
 
     def _after_response(self, job: Job) -> None:
+        if self._released:
+            self._manager.submit_many([job])
+            return
         if not self._held:
-            # One Starlette BackgroundTask per request, not per task: each costs an inspect
-            # call and a coroutine, which a fan-out of thousands of tasks pays for nothing.
-            if self._request_tasks is not None and self._request_tasks is not self:
-                self._request_tasks.add_task(self._start_held)
-            else:
-                super().add_task(self._start_held)
+            # This object joins the request's own background tasks once (it is a Starlette
+            # BackgroundTask): Starlette awaits ``self()`` after the response. No BackgroundTask
+            # per task: each costs an inspect call and a coroutine.
+            request_tasks = self._request_tasks
+            if request_tasks is not None and request_tasks is not self:
+                request_tasks.tasks.append(self)
         self._held.append(job)
 
-    async def _start_held(self) -> None:
+    # What a Starlette BackgroundTask exposes (FastAPI's runner names its telemetry after
+    # ``func``): a property, so no per-request bound method and reference cycle is made.
+    is_async = True
+
+    @property
+    def func(self) -> Callable[[], Any]:  # type: ignore[override]
+        return self.__call__
+
+    async def __call__(self) -> None:
+        """Run by Starlette after the response is sent: start the held tasks."""
+        self._released = True
         held, self._held = self._held, []
-        self._manager.submit_many(held)
+        if held:
+            self._manager.submit_many(held)

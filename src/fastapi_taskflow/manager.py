@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -179,7 +180,7 @@ class TaskManager:
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
-        self.store.add_listener(self._wake_idle)
+        self.store.on_idle = self._wake_idle
         # Resumes or settles journaled tasks no live instance owns (set up with a backend).
         self.recovery: Recovery | None = None
 
@@ -297,6 +298,12 @@ class TaskManager:
 
     def submit_many(self, jobs: list[Job]) -> None:
         """Start jobs that were held (until a response was sent), in their order."""
+        loop_ref = self._loop_ref
+        if loop_ref.loop is not None and threading.get_ident() == loop_ref.thread:
+            submit = self.dispatcher.submit  # the usual case: straight in, no per-job hand-off
+            for job in jobs:
+                submit(job)
+            return
         for job in jobs:
             self._submit_now(job)
 
@@ -455,7 +462,8 @@ class TaskManager:
             await self.backend.close()
         self._started = False
         self._loop_ref.clear()
-        self._wake_idle(None)
+        if self.store.active == 0:
+            self._wake_idle()
 
     def _settle_waiting(self) -> None:
         """Waiting tasks: kept in the journal (requeue) or recorded INTERRUPTED, never dropped."""
@@ -488,8 +496,8 @@ class TaskManager:
                 self._idle.append(waiter)
                 await waiter
 
-    def _wake_idle(self, _record: TaskRecord | None) -> None:
-        if self._idle and self.store.active == 0:
+    def _wake_idle(self) -> None:
+        if self._idle:
             self._loop_ref.call(self._resolve_idle)
 
     def _resolve_idle(self) -> None:

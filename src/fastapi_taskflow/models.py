@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -41,8 +43,9 @@ ACTIVE_STATUSES = _ACTIVE
 IDEMPOTENCY_BLOCKING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS})
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+# The current time, timezone-aware. A partial, not a def: it is called three times per task,
+# and a partial reaches datetime.now without a Python frame.
+utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -71,7 +74,9 @@ class TaskRecord:
     end_time: datetime | None = None
     retries_used: int = 0
     error: str | None = None
-    logs: list[str] = field(default_factory=list)
+    # An empty tuple until the first line (see add_log): most tasks never log, and a list per
+    # record would be one more object for every garbage collection to walk, for all history.
+    logs: Sequence[str] = ()
     stacktrace: str | None = None
     idempotency_key: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -89,6 +94,13 @@ class TaskRecord:
     encrypted_error: bytes | None = None
     # The arguments' lossless encoding, made once and shared by the journal and the history row.
     encoded_call: bytes | None = field(default=None, repr=False)
+
+    def add_log(self, line: str) -> None:
+        """Append one line to the task's log."""
+        if isinstance(self.logs, list):
+            self.logs.append(line)
+        else:
+            self.logs = [*self.logs, line]
 
     @property
     def encrypted(self) -> bool:

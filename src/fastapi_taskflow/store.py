@@ -23,6 +23,7 @@ from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
 logger = logging.getLogger("fastapi_taskflow")
 
 Listener = Callable[[TaskRecord], None]
+_PENDING, _RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
 
 
 class DurationHistogram:
@@ -70,6 +71,8 @@ class TaskStore:
         self._keys: dict[str, str] = {}
         self._dirty: dict[str, TaskRecord] = {}
         self._listeners: list[Listener] = []
+        # Called when the last active (pending or running) record finishes: what join() awaits.
+        self.on_idle: Callable[[], None] | None = None
         self._lock = threading.RLock()
         self.durations = DurationHistogram()
         self.evicted = 0
@@ -118,12 +121,9 @@ class TaskStore:
     def add(self, record: TaskRecord) -> None:
         """Insert a new record (any status; loaded history arrives finished)."""
         with self._lock:
-            self._records[record.task_id] = record
-            self._count(record, +1)
-            if record.status.finished:
-                self._finished[record.task_id] = None
-                self._evict()
-        self._notify(record)
+            self._insert(record)
+        if self._listeners:
+            self._notify(record)
 
     def has_room(self, queue: str, max_size: int | None) -> bool:
         """Fewer than ``max_size`` PENDING tasks in ``queue`` (``None``: no cap). To add only
@@ -138,10 +138,12 @@ class TaskStore:
         """Add ``record`` only if its queue has room, in one critical section (threads adding
         at once cannot push the queue past ``max_size``); False when nothing was added."""
         with self._lock:
-            if not self.has_room(record.queue, max_size):
+            if max_size is not None and not self.has_room(record.queue, max_size):
                 return False
-            self.add(record)
-            return True
+            self._insert(record)
+        if self._listeners:
+            self._notify(record)
+        return True
 
     def add_with_key(self, key: str, make: Callable[[], TaskRecord]) -> tuple[TaskRecord, bool]:
         """Atomically return the live record holding ``key``, or add ``make()`` under it.
@@ -156,8 +158,10 @@ class TaskStore:
                 return holder, False
             record = make()
             self._keys[key] = record.task_id
-            self.add(record)
-            return record, True
+            self._insert(record)
+        if self._listeners:
+            self._notify(record)
+        return record, True
 
     def transition(self, record: TaskRecord, status: TaskStatus, **changes: Any) -> None:
         """Move ``record`` to ``status`` with field changes, keeping every counter right."""
@@ -168,7 +172,9 @@ class TaskStore:
                 setattr(record, name, value)
             if status.finished and not previous.finished:
                 self._on_finished(record)
-        self._notify(record)
+        if self._listeners:
+            self._notify(record)
+        self._check_idle()
 
     # The two transitions every task makes get their own short paths (the per-task hot path).
 
@@ -177,7 +183,8 @@ class TaskStore:
             self._move(record, TaskStatus.RUNNING)
             if record.start_time is None:
                 record.start_time = now
-        self._notify(record)
+        if self._listeners:
+            self._notify(record)
 
     def mark_finished(
         self,
@@ -197,7 +204,9 @@ class TaskStore:
             record.error = error
             record.stacktrace = stacktrace
             self._on_finished(record)
-        self._notify(record)
+        if self._listeners:
+            self._notify(record)
+        self._check_idle()
 
     def touch(self, record: TaskRecord) -> None:
         """Tell listeners a record changed in place (progress, logs)."""
@@ -213,6 +222,7 @@ class TaskStore:
             self._dirty.pop(task_id, None)
             if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
                 del self._keys[record.idempotency_key]
+        self._check_idle()
         return record
 
     def clear_finished(self, keep: Callable[[TaskRecord], bool] | None = None) -> list[str]:
@@ -268,6 +278,18 @@ class TaskStore:
             self._listeners.remove(listener)
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _insert(self, record: TaskRecord) -> None:  # under the lock
+        self._records[record.task_id] = record
+        self._count(record, +1)
+        if record.status.finished:
+            self._finished[record.task_id] = None
+            self._evict()
+
+    def _check_idle(self) -> None:
+        counts = self._counts
+        if self.on_idle is not None and counts[_PENDING] + counts[_RUNNING] == 0:
+            self.on_idle()
 
     def _notify(self, record: TaskRecord) -> None:
         for listener in self._listeners:

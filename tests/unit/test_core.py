@@ -182,6 +182,36 @@ async def test_tasks_added_in_a_request_start_after_the_response_is_sent() -> No
     assert events == ["handler returned", "response sent", "task started"]
 
 
+async def test_a_task_added_after_the_response_went_out_starts_at_once() -> None:
+    """``tasks`` kept past its request starts what it is given at once, instead of holding it
+    for a response that is long gone (it would stay PENDING forever)."""
+    manager = TaskManager()
+    inner = FastAPI()
+    manager.init_app(inner)
+    kept: list[ManagedBackgroundTasks] = []
+    ran: list[str] = []
+
+    @manager.task()
+    async def note(word: str) -> None:
+        ran.append(word)
+
+    @inner.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> dict[str, str]:
+        tasks.add_task(note, "in the request")
+        kept.append(tasks)
+        return {}
+
+    async with client_for(inner) as client:
+        assert (await client.post("/go")).status_code == 200
+        await manager.join(timeout=5)
+        handle = kept[0].add_task(note, "after the response")
+        await manager.join(timeout=5)
+        assert handle.status is TaskStatus.SUCCESS
+    assert ran == ["in the request", "after the response"]
+
+
 async def test_join_returns_when_nothing_is_pending_or_running() -> None:
     """join() waits for every task, including retries, and returns at once when idle."""
     async with started() as manager:

@@ -231,7 +231,7 @@ def row_to_record(data: str | bytes) -> TaskRecord:
             end_time=_parse_dt(doc.get("end_time")),
             retries_used=int(doc.get("retries_used") or 0),
             error=doc.get("error"),
-            logs=list(doc.get("logs") or []),
+            logs=list(doc["logs"]) if doc.get("logs") else (),
             stacktrace=doc.get("stacktrace"),
             idempotency_key=doc.get("idempotency_key"),
             tags=dict(doc.get("tags") or {}),

@@ -83,7 +83,7 @@ class Dispatcher:
         job.retry_timer = None
         if job.cancelled or job.record.status is not TaskStatus.PENDING:
             return  # cancelled (or kept at shutdown) while it waited to be submitted
-        self.jobs[job.task_id] = job
+        self.jobs[job.record.task_id] = job
         self.queues.push(self.queues.resolve(job.record.queue), job, job.record.priority)
 
     def _start(self, job: Job, queue: QueueState) -> None:
@@ -92,11 +92,13 @@ class Dispatcher:
         # (max_size) counts only those.
         record = job.record
         self.store.mark_running(record, utcnow())
-        self.hub.lifecycle(record, TaskStatus.RUNNING, record.retries_used + 1)
+        if self.hub.observing:
+            self.hub.lifecycle(record, TaskStatus.RUNNING, record.retries_used + 1)
         job.slot, job.started = queue, False
         # No done callback (it costs a loop callback per task): the attempt frees its slot in a
-        # ``finally``, and stop_attempt() settles an attempt cancelled before it began.
-        job.task = self._loop.create_task(self._run(job), name=f"taskflow:{job.task_id}")
+        # ``finally``, and stop_attempt() settles an attempt cancelled before it began. No task
+        # name either: set_name costs as much as creating the task.
+        job.task = self._loop.create_task(self._run(job))
 
     def _attempt_ended(self, job: Job) -> None:
         job.task = None
@@ -125,69 +127,79 @@ class Dispatcher:
     # ---- one attempt -----------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        """One attempt, from its first step to a status; its slot is freed whatever happens.
+
+        One coroutine per attempt on purpose: an extra await layer costs a coroutine per task.
+        """
         job.started = True
+        record = job.record
+        attempt = record.retries_used + 1
         try:
-            await self._attempt(job)
+            if record.status is not TaskStatus.RUNNING:
+                return
+            # Only keyed tasks on a shared backend pay for the reservation's await.
+            if (
+                self.key_guard is not None
+                and record.idempotency_key is not None
+                and not job.reserved
+                and not await self._reserve(job)
+            ):
+                return
+            sink = AttemptSink(self.hub, record, attempt)
+            span = self.tracing.start_attempt(job, attempt) if self.tracing is not None else NO_SPAN
+            token = current_sink.set(sink)
+            try:
+                with span:
+                    args, kwargs = self._arguments(job)
+                    if self.privacy is not None:
+                        self._protect(job, sink, args, kwargs)
+                    definition = job.definition
+                    kind = definition.executor
+                    timeout = job.options.timeout or self.default_timeout
+                    if kind == "async" and timeout is None:
+                        await definition.func(*args, **kwargs)  # nothing to enforce: call it
+                    else:
+                        await self.executors.run(
+                            kind,
+                            definition.func,
+                            args,
+                            kwargs,
+                            sink=sink,
+                            timeout=timeout,
+                            trace_carrier=span.carrier() if kind == "process" else None,
+                        )
+            except Exception as exc:
+                self._failed(job, attempt, exc)
+            except asyncio.CancelledError:
+                self._stopped(job, attempt)
+            else:
+                self._finish(job, TaskStatus.SUCCESS, attempt)
+            finally:
+                current_sink.reset(token)
+                span.end(record)
         except asyncio.CancelledError:
             # Cancelled outside the task's own call (e.g. during the key reservation).
-            if not job.record.status.finished and job.retry_timer is None:
+            if not record.status.finished and job.retry_timer is None:
                 self._never_started(job)
             raise
         except Exception as exc:  # a bug in this loop, not in the task: never leave it RUNNING
             logger.error("task %s: internal error in the attempt loop", job.task_id, exc_info=exc)
-            self._fail(job, job.record.retries_used + 1, exc)
+            self._fail(job, attempt, exc)
         finally:
             self._attempt_ended(job)
 
-    async def _attempt(self, job: Job) -> None:
-        record = job.record
-        if record.status is not TaskStatus.RUNNING:
-            return
-        # Only keyed tasks on a shared backend pay for the reservation's await.
-        needs_key = self.key_guard is not None and record.idempotency_key is not None
-        if needs_key and not job.reserved and not await self._reserve(job):
-            return
-        attempt = record.retries_used + 1
-        sink = AttemptSink(self.hub, record, attempt)
-        span = self.tracing.start_attempt(job, attempt) if self.tracing is not None else NO_SPAN
-        token = current_sink.set(sink)
-        try:
-            with span:
-                args, kwargs = self._arguments(job)
-                if self.privacy is not None:
-                    self._protect(job, sink, args, kwargs)
-                kind = job.definition.executor
-                await self.executors.run(
-                    kind,
-                    job.definition.func,
-                    args,
-                    kwargs,
-                    sink=sink,
-                    timeout=job.options.timeout or self.default_timeout,
-                    trace_carrier=span.carrier() if kind == "process" else None,
-                )
-        except asyncio.CancelledError:
-            self._stopped(job, attempt)
-        except ArgumentDecryptionError as exc:
+    def _failed(self, job: Job, attempt: int, exc: Exception) -> None:
+        """The attempt raised: a retry after the backoff, or FAILED."""
+        if isinstance(exc, ArgumentDecryptionError):
             self._fail(job, attempt, exc)  # no key will appear between retries
-        except WorkerCrashedError as exc:
-            if exc.shutdown:  # the pool closed under it: the app is stopping, not the task failing
-                job.stop_reason = "shutdown"
-                self._stopped(job, attempt)
-            elif self._should_retry(job, exc):
-                self._retry_later(job, attempt, exc)
-            else:
-                self._fail(job, attempt, exc)
-        except Exception as exc:
-            if self._should_retry(job, exc):
-                self._retry_later(job, attempt, exc)
-            else:
-                self._fail(job, attempt, exc)
+        elif isinstance(exc, WorkerCrashedError) and exc.shutdown:
+            # The pool closed under it: the app is stopping, not the task failing.
+            job.stop_reason = "shutdown"
+            self._stopped(job, attempt)
+        elif self._should_retry(job, exc):
+            self._retry_later(job, attempt, exc)
         else:
-            self._finish(job, TaskStatus.SUCCESS, attempt, error=None, stacktrace=None)
-        finally:
-            current_sink.reset(token)
-            span.end(record)
+            self._fail(job, attempt, exc)
 
     def _protect(
         self, job: Job, sink: AttemptSink, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -308,7 +320,8 @@ class Dispatcher:
             return
         record.encrypted_error = sealed
         self.store.mark_finished(record, status, utcnow(), error, stacktrace)
-        self.hub.lifecycle(record, status, attempt)
+        if self.hub.observing:
+            self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
         if self.key_guard is not None and job.reserved:
             self.key_guard.release(record)
@@ -342,7 +355,7 @@ class Dispatcher:
 
     def track(self, job: Job) -> None:
         """Know a job before it is submitted (deferred until the response is sent)."""
-        self.jobs[job.task_id] = job
+        self.jobs[job.record.task_id] = job
 
     def running_jobs(self) -> list[Job]:
         # list(...) copies in one C call: sync routes may track() jobs from worker threads.

@@ -108,9 +108,12 @@ class Enqueuer:
     ) -> tuple[TaskRecord, bool]:
         """Create (or find, by idempotency key) the task; returns ``(record, created)``."""
         opts = options or definition.options
-        clean_tags = check_call_options(
-            idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
-        )
+        if idempotency_key is None and priority is None and queue is None and tags is None:
+            clean_tags: dict[str, str] = {}  # the usual call: nothing to check
+        else:
+            clean_tags = check_call_options(
+                idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
+            )
         if definition.executor == "process":
             self.check_arguments(definition.executor, definition.func, args, kwargs)
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)

@@ -31,14 +31,19 @@ class EventHub:
         self.loop_ref = loop_ref
         self._queue: asyncio.Queue[LogEvent | LifecycleEvent | None] | None = None
         self._pump: asyncio.Task[None] | None = None
+        # True while observers receive events; callers on the hot path test it before
+        # building an event at all.
+        self.observing = False
 
     async def start(self) -> None:
         if self.observers:
             self._queue = asyncio.Queue()
             await self.observers.startup()
             self._pump = asyncio.create_task(self._deliver(), name="taskflow-observers")
+            self.observing = True
 
     async def stop(self) -> None:
+        self.observing = False
         if self._pump is not None and self._queue is not None:
             self._queue.put_nowait(None)
             await self._pump
@@ -56,7 +61,7 @@ class EventHub:
     def lifecycle(
         self, record: TaskRecord, status: TaskStatus, attempt: int, *, retrying: bool = False
     ) -> None:
-        if self._queue is None:
+        if self._queue is None:  # hot paths test ``observing`` first and skip the call
             return
         self._queue.put_nowait(
             LifecycleEvent(
@@ -94,7 +99,7 @@ class EventHub:
         extra: dict[str, Any],
     ) -> None:
         now = utcnow()
-        record.logs.append(f"{now.isoformat()} [{level.upper()}] {message}")
+        record.add_log(f"{now.isoformat()} [{level.upper()}] {message}")
         self.store.touch(record)
         if self._queue is not None:
             self._queue.put_nowait(
@@ -112,16 +117,18 @@ class EventHub:
             )
 
     def progress(
-        self, record: TaskRecord, fraction: float, message: str | None, last_notified: list[float]
-    ) -> None:
-        """Record progress at once; notify listeners at most every PROGRESS_INTERVAL."""
+        self, record: TaskRecord, fraction: float, message: str | None, last_notified: float
+    ) -> float:
+        """Record progress at once; notify listeners at most every PROGRESS_INTERVAL (and at
+        1.0). Returns when listeners were last notified, for the next call."""
         record.progress = fraction
         if message is not None:
             record.progress_message = message
         now = time.monotonic()
-        if fraction >= 1.0 or now - last_notified[0] >= PROGRESS_INTERVAL:
-            last_notified[0] = now
+        if fraction >= 1.0 or now - last_notified >= PROGRESS_INTERVAL:
             self.loop_ref.call(self.store.touch, record)
+            return now
+        return last_notified
 
     async def _deliver(self) -> None:
         assert self._queue is not None
@@ -149,7 +156,7 @@ class AttemptSink:
         self.record = record
         self.attempt = attempt
         self._context: TaskContext | None = None
-        self._last = [0.0]
+        self._last = 0.0
         # (message, extra) -> redacted (message, extra); set when redaction is on.
         self.redact: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
 
@@ -167,4 +174,4 @@ class AttemptSink:
         self.hub.log(self.record, self.context, message, level, extra)
 
     def progress(self, fraction: float, message: str | None) -> None:
-        self.hub.progress(self.record, fraction, message, self._last)
+        self._last = self.hub.progress(self.record, fraction, message, self._last)

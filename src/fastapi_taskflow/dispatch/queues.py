@@ -80,7 +80,12 @@ class QueueSet:
         return self._queues.get(name)
 
     def push(self, queue: QueueState, job: Any, priority: int | None) -> None:
-        if not queue.waiting and queue.has_room() and self._global_room():
+        cap, limit = queue.config.concurrency, self.global_limit
+        if (
+            not queue.waiting
+            and (cap is None or queue.running < cap)
+            and (limit is None or self.global_running < limit)
+        ):
             # Nobody waits and there is room: start it without a trip through the heap.
             self._admit(job, queue)
             return
