@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTasks
@@ -66,11 +67,22 @@ class ManagedBackgroundTasks(BackgroundTasks):
     Tasks start after the response is sent, like FastAPI's, unless ``eager=True``.
     """
 
-    def __init__(self, manager: TaskManager, request_tasks: BackgroundTasks | None = None) -> None:
+    def __init__(
+        self,
+        manager: TaskManager,
+        request_tasks: BackgroundTasks | None = None,
+        *,
+        request_scope: MutableMapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._manager = manager
         # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
         self._request_tasks = request_tasks
+        # FastAPI's per-request exit stack: it closes after the response and its background
+        # tasks, which is where held tasks that nothing started are settled (``_request_ended``).
+        self._request_stack: AsyncExitStack | None = (
+            request_scope.get("fastapi_inner_astack") if request_scope is not None else None
+        )
         # Jobs held until the response is sent, then started together by ``__call__``.
         self._held: list[Job] = []
         # The response was sent (``__call__`` ran): later tasks start at once, never held.
@@ -114,6 +126,8 @@ class ManagedBackgroundTasks(BackgroundTasks):
             request_tasks = self._request_tasks
             if request_tasks is not None and request_tasks is not self:
                 request_tasks.tasks.append(self)
+            if self._request_stack is not None:
+                self._request_stack.push(self._request_ended)
         self._held.append(job)
 
     # What a Starlette BackgroundTask exposes (FastAPI's runner names its telemetry after
@@ -126,7 +140,32 @@ class ManagedBackgroundTasks(BackgroundTasks):
 
     async def __call__(self) -> None:
         """Run by Starlette after the response is sent: start the held tasks."""
+        self._start_held()
+
+    def _start_held(self) -> None:
         self._released = True
         held, self._held = self._held, []
         if held:
             self._manager.submit_many(held)
+
+    def _request_ended(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        """The request is over and held tasks never started: never leave them PENDING.
+
+        A request that raised runs no background tasks, as in FastAPI: they are CANCELLED with
+        the reason. A response with its own ``background=`` replaced the request's tasks: they
+        start now.
+        """
+        if self._held and not self._released:
+            if exc_type is None:
+                self._start_held()
+            else:
+                self._released = True
+                held, self._held = self._held, []
+                reason = (
+                    f"not started: the request ended with {exc_type.__name__} "
+                    "before its background tasks ran"
+                )
+                self._manager.discard_held(held, reason)
+        return False  # never swallows the request's exception

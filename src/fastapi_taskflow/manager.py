@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.from_thread
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks, FastAPI, Request
 
 from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 from .crypto import ArgumentCipher, KeyLike
@@ -296,6 +296,11 @@ class TaskManager:
         )
         return TaskHandle(record, self)
 
+    def discard_held(self, jobs: list[Job], reason: str) -> None:
+        """Held jobs that will never start (their request failed): CANCELLED with ``reason``."""
+        for job in jobs:
+            self._loop_ref.call(self.dispatcher.finish_waiting, job, TaskStatus.CANCELLED, reason)
+
     def submit_many(self, jobs: list[Job]) -> None:
         """Start jobs that were held (until a response was sent), in their order."""
         loop_ref = self._loop_ref
@@ -344,13 +349,15 @@ class TaskManager:
 
     # ---- FastAPI ---------------------------------------------------------------------------
 
-    async def get_tasks(self, background_tasks: BackgroundTasks) -> ManagedBackgroundTasks:
+    async def get_tasks(
+        self, request: Request, background_tasks: BackgroundTasks
+    ) -> ManagedBackgroundTasks:
         """FastAPI dependency: ``tasks = Depends(task_manager.get_tasks)``.
 
         Async on purpose (a sync dependency costs a threadpool hop per request). Deferred tasks
         ride on the request's own ``BackgroundTasks``, so they start after the response.
         """
-        return ManagedBackgroundTasks(self, background_tasks)
+        return ManagedBackgroundTasks(self, background_tasks, request_scope=request.scope)
 
     background_tasks = get_tasks
 

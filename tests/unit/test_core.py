@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import BackgroundTasks, Depends, FastAPI
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from fastapi_taskflow import (
     InMemoryLogger,
@@ -210,6 +212,65 @@ async def test_a_task_added_after_the_response_went_out_starts_at_once() -> None
         await manager.join(timeout=5)
         assert handle.status is TaskStatus.SUCCESS
     assert ran == ["in the request", "after the response"]
+
+
+async def test_tasks_still_start_when_a_response_brings_its_own_background() -> None:
+    """A route returning ``Response(background=...)`` makes FastAPI drop the request's
+    background tasks; the tasks added through ``tasks`` start anyway when the request ends."""
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    ran: list[str] = []
+
+    @manager.task()
+    async def note(word: str) -> None:
+        ran.append(word)
+
+    def plain_background() -> None:
+        ran.append("response's own")
+
+    @app.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> Response:
+        handle = tasks.add_task(note, "managed")
+        return JSONResponse({"id": handle}, background=BackgroundTask(plain_background))
+
+    async with client_for(app) as client:
+        response = await client.post("/go")
+        await manager.join(timeout=5)
+        record = manager.store.get(response.json()["id"])
+    assert record is not None
+    assert record.status is TaskStatus.SUCCESS
+    assert sorted(ran) == ["managed", "response's own"]
+
+
+async def test_tasks_of_a_request_that_raised_are_cancelled_with_the_reason() -> None:
+    """A route that raises after adding tasks gets no background tasks, as in FastAPI: they are
+    CANCELLED, saying why, instead of waiting forever as PENDING."""
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    added: list[TaskHandle] = []
+
+    @manager.task()
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    @app.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> None:
+        added.append(tasks.add_task(never))
+        raise HTTPException(status_code=409, detail="conflict")
+
+    async with client_for(app) as client:
+        assert (await client.post("/go")).status_code == 409
+        await manager.join(timeout=5)
+    (handle,) = added
+    assert handle.status is TaskStatus.CANCELLED
+    assert "HTTPException" in (handle.record.error or "")
+    assert manager.metrics()["pending"] == 0
 
 
 async def test_join_returns_when_nothing_is_pending_or_running() -> None:

@@ -203,7 +203,7 @@ async def get_tasks(request: Request, background_tasks: BackgroundTasks) -> Mana
     FastAPI's solver a few tens of microseconds per request, on the hottest route of most apps.
     """
     manager: TaskManager = await resolve(container_of(request).task_manager)
-    return ManagedBackgroundTasks(manager, background_tasks)
+    return ManagedBackgroundTasks(manager, background_tasks, request_scope=request.scope)
 
 
 async def get_task_handle(
