@@ -28,7 +28,7 @@ class TaskHandle(str):
     _record: TaskRecord
 
     def __new__(cls, record: TaskRecord, manager: TaskManager) -> TaskHandle:
-        handle = super().__new__(cls, record.task_id)
+        handle = str.__new__(cls, record.task_id)
         handle._manager = manager
         handle._record = record
         return handle

@@ -23,6 +23,7 @@ from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
 logger = logging.getLogger("fastapi_taskflow")
 
 Listener = Callable[[TaskRecord], None]
+# Module constants for the hot path: Enum member access is slow on Python 3.11.
 _PENDING, _RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
 
 
@@ -114,7 +115,7 @@ class TaskStore:
 
     @property
     def active(self) -> int:
-        return self._counts[TaskStatus.PENDING] + self._counts[TaskStatus.RUNNING]
+        return self._counts[_PENDING] + self._counts[_RUNNING]
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class TaskStore:
         if max_size is None:
             return True
         per_queue = self._queue_counts.get(queue)
-        return per_queue is None or per_queue[TaskStatus.PENDING] < max_size
+        return per_queue is None or per_queue[_PENDING] < max_size
 
     def add_if_room(self, record: TaskRecord, max_size: int | None) -> bool:
         """Add ``record`` only if its queue has room, in one critical section (threads adding
@@ -180,7 +181,7 @@ class TaskStore:
 
     def mark_running(self, record: TaskRecord, now: datetime) -> None:
         with self._lock:
-            self._move(record, TaskStatus.RUNNING)
+            self._move(record, _RUNNING)
             if record.start_time is None:
                 record.start_time = now
         if self._listeners:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from ..tracing import Tracing
 
 logger = logging.getLogger("fastapi_taskflow")
+# Enum member access goes through the metaclass on Python 3.11 (5x a plain attribute): the hot
+# path reads these module constants instead.
+_PENDING, _RUNNING, _SUCCESS = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS
 
 # Called once per job as it leaves the dispatcher: finished, or kept PENDING at shutdown.
 FinishedCallback = Callable[[Job], None]
@@ -81,7 +84,7 @@ class Dispatcher:
     def submit(self, job: Job) -> None:
         """Put a PENDING job in its queue. Event-loop thread only."""
         job.retry_timer = None
-        if job.cancelled or job.record.status is not TaskStatus.PENDING:
+        if job.cancelled or job.record.status is not _PENDING:
             return  # cancelled (or kept at shutdown) while it waited to be submitted
         self.jobs[job.record.task_id] = job
         self.queues.push(self.queues.resolve(job.record.queue), job, job.record.priority)
@@ -93,7 +96,7 @@ class Dispatcher:
         record = job.record
         self.store.mark_running(record, utcnow())
         if self.hub.observing:
-            self.hub.lifecycle(record, TaskStatus.RUNNING, record.retries_used + 1)
+            self.hub.lifecycle(record, _RUNNING, record.retries_used + 1)
         job.slot, job.started = queue, False
         # No done callback (it costs a loop callback per task): the attempt frees its slot in a
         # ``finally``, and stop_attempt() settles an attempt cancelled before it began. No task
@@ -135,7 +138,7 @@ class Dispatcher:
         record = job.record
         attempt = record.retries_used + 1
         try:
-            if record.status is not TaskStatus.RUNNING:
+            if record.status is not _RUNNING:
                 return
             # Only keyed tasks on a shared backend pay for the reservation's await.
             if (
@@ -150,7 +153,9 @@ class Dispatcher:
             token = current_sink.set(sink)
             try:
                 with span:
-                    args, kwargs = self._arguments(job)
+                    args, kwargs = job.args, job.kwargs
+                    if args is None or kwargs is None:  # encrypted: decrypted here, per attempt
+                        args, kwargs = self._decrypted_arguments(job)
                     if self.privacy is not None:
                         self._protect(job, sink, args, kwargs)
                     definition = job.definition
@@ -173,7 +178,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self._stopped(job, attempt)
             else:
-                self._finish(job, TaskStatus.SUCCESS, attempt)
+                self._finish(job, _SUCCESS, attempt)
             finally:
                 current_sink.reset(token)
                 span.end(record)
@@ -232,9 +237,7 @@ class Dispatcher:
         )
         return False
 
-    def _arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if job.args is not None and job.kwargs is not None:
-            return job.args, job.kwargs
+    def _decrypted_arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
         payload = job.record.encrypted_payload
         if payload is None:
             return (), {}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..tracing import Tracing
 
 Submit = Callable[[Job], None]
+_REJECTED = TaskStatus.REJECTED  # a module constant: Enum member access is slow on 3.11
 
 
 def check_tags(tags: Any) -> dict[str, str]:
@@ -145,7 +146,7 @@ class Enqueuer:
                 return record
 
             record, created = self.store.add_with_key(idempotency_key, if_room)
-        if created and record.status is TaskStatus.REJECTED:
+        if created and record.status is _REJECTED:
             # Kept as REJECTED (and saved) so the refusal shows; the caller gets the error.
             assert max_size is not None
             self.store.mark_dirty(record)
