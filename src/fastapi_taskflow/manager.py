@@ -278,7 +278,9 @@ class TaskManager:
         """The one entry point behind every ``add_task``. ``defer`` delays the start."""
         if eager is not None and not isinstance(eager, bool):
             raise ValueError(f"eager must be True, False or None, got {eager!r}")
-        definition = _with_options(self.registry.definition_for(func), task_options)
+        definition = self.registry.definition_for(func)
+        if task_options is not None:
+            definition = _with_options(definition, task_options)
         options = definition.options
         run_now = defer is None or (eager if eager is not None else options.eager)
         submit = self._submit_now if run_now or defer is None else defer
