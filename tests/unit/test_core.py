@@ -273,6 +273,39 @@ async def test_tasks_of_a_request_that_raised_are_cancelled_with_the_reason() ->
     assert manager.metrics()["pending"] == 0
 
 
+async def test_a_large_burst_starts_in_slices_so_the_loop_keeps_turning() -> None:
+    """600 tasks from one request start START_SLICE at a time with a turn of the event loop in
+    between: the first tasks run while later ones still wait to be started, and all run once."""
+    from fastapi_taskflow.handles import START_SLICE
+
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    waiting_when_first_ran: list[int] = []
+    ran: list[int] = []
+
+    @manager.task()
+    async def probe(i: int) -> None:
+        if not ran:
+            waiting_when_first_ran.append(manager.metrics()["pending"])
+        ran.append(i)
+
+    @app.post("/burst")
+    async def burst(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> dict[str, int]:
+        for i in range(600):
+            tasks.add_task(probe, i)
+        return {"queued": 600}
+
+    async with client_for(app) as client:
+        assert (await client.post("/burst")).json() == {"queued": 600}
+        await manager.join(timeout=5)
+    assert START_SLICE < 600
+    assert waiting_when_first_ran == [600 - START_SLICE]
+    assert sorted(ran) == list(range(600))
+
+
 async def test_join_returns_when_nothing_is_pending_or_running() -> None:
     """join() waits for every task, including retries, and returns at once when idle."""
     async with started() as manager:
