@@ -130,7 +130,7 @@ class QueueSet:
         self.global_running -= 1
         if self.global_limit is not None:
             self.pump_all()
-        else:
+        elif queue.waiting:  # the usual case has nobody waiting: no call
             self.pump(queue)
 
     def _global_room(self) -> bool:
