@@ -434,7 +434,7 @@ class TaskManager:
             max_requeues=s.max_requeues,
             submit=self._submit_if_running,
         )
-        self.store.add_listener(self.persister.on_change)
+        self.dispatcher.on_journaled_start = self.persister.started
         if backend.shared:
             days = s.retention_days
             ttl = days * 86400.0 if days is not None else None
@@ -465,7 +465,7 @@ class TaskManager:
             self.dispatcher.key_guard = None
         if self.persister is not None:
             await self.persister.stop()
-            self.store.remove_listener(self.persister.on_change)
+            self.dispatcher.on_journaled_start = None
         await self.executors.close()
         if self.backend is not None and self._close_backend:
             await self.backend.close()

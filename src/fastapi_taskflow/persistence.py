@@ -34,7 +34,7 @@ from typing import Any
 from .backends.base import JournalEntry, TaskBackend
 from .barrier import note_journal_write
 from .loopref import LoopRef
-from .models import TaskRecord, TaskStatus
+from .models import TaskRecord
 from .store import TaskStore
 
 logger = logging.getLogger("fastapi_taskflow.persistence")
@@ -210,9 +210,10 @@ class Persister:
             if entry.requeue:
                 self._unmarked.add(entry.task_id)
 
-    def on_change(self, record: TaskRecord) -> None:
-        """Store listener: the first start of a requeueable task rewrites its entry (mark)."""
-        if record.status is not TaskStatus.RUNNING or record.task_id not in self._unmarked:
+    def started(self, record: TaskRecord) -> None:
+        """A journaled task started: its first start rewrites its entry (the mark), so a crash
+        during the run counts an attempt."""
+        if record.task_id not in self._unmarked:
             return
         with self._lock:
             entry = self._active.get(record.task_id)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..models import TaskRecord, TaskStatus
-from ..serialization import decode_call, record_call
+from ..serialization import compact_json, decode_call, record_call
 
 logger = logging.getLogger("fastapi_taskflow.backends")
 
@@ -115,7 +115,7 @@ class JournalEntry:
     trace_context: dict[str, str] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
+        return compact_json(
             {
                 "task_id": self.task_id,
                 "func_name": self.func_name,
@@ -131,8 +131,7 @@ class JournalEntry:
                 "requeue_count": self.requeue_count,
                 "requeue": self.requeue,
                 "trace": self.trace_context,
-            },
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
@@ -205,7 +204,7 @@ def record_to_row(record: TaskRecord) -> Row:
         "end_time": record.end_time.timestamp() if record.end_time else None,
         # A column of its own so backends can search errors without parsing ``data``.
         "error": record.error,
-        "data": json.dumps(document, separators=(",", ":")),
+        "data": compact_json(document),
     }
 
 

@@ -19,7 +19,7 @@ from ..context import current_sink
 from ..crypto import ArgumentCipher
 from ..errors import ArgumentDecryptionError, WorkerCrashedError
 from ..executors import ExecutorSet
-from ..models import QueueConfig, TaskStatus, utcnow
+from ..models import QueueConfig, TaskRecord, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
 from ..tracing import NO_SPAN
@@ -67,6 +67,8 @@ class Dispatcher:
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).
         self._keeps = keeps
+        # Set by the manager with a backend: told when a journaled, requeueable job starts.
+        self.on_journaled_start: Callable[[TaskRecord], None] | None = None
         # Set by the manager when the backend is shared (see dispatch/keys.py).
         self.key_guard: KeyGuard | None = None
         # Set by the manager when on: one span per attempt; redaction and sealed errors.
@@ -95,6 +97,8 @@ class Dispatcher:
         # (max_size) counts only those.
         record = job.record
         self.store.mark_running(record, utcnow())
+        if job.requeue and job.journaled and self.on_journaled_start is not None:
+            self.on_journaled_start(record)
         if self.hub.observing:
             self.hub.lifecycle(record, _RUNNING, record.retries_used + 1)
         job.slot, job.started = queue, False
