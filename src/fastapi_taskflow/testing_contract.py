@@ -147,6 +147,17 @@ class BackendContract:
         assert got.to_dict(include_args=True) == record.to_dict(include_args=True)
         assert got.requeue_count == 1
 
+    async def test_round_trip_keeps_defaults_and_zero_values(self, backend: TaskBackend) -> None:
+        """Rows leave out fields at their default; they come back the same, and a zero
+        priority or progress stays zero (not "unset")."""
+        bare = make_record("bare")
+        zeros = make_record("zeros", priority=0, progress=0.0, progress_message="")
+        await backend.save_records([bare, zeros])
+        for record in (bare, zeros):
+            got = await backend.get_record(record.task_id)
+            assert got is not None
+            assert got.to_dict(include_args=True) == record.to_dict(include_args=True)
+
     async def test_encrypted_payload_round_trips(self, backend: TaskBackend) -> None:
         """An encrypted record keeps its ciphertext and has no clear arguments."""
         await backend.save_records([make_record("enc", encrypted_payload=b"gAAAA\x00cipher")])

@@ -171,28 +171,39 @@ def record_to_row(record: TaskRecord) -> Row:
         if record.encrypted_payload is not None
         else {"call": record_call(record).decode()}
     )
-    document = {
+    document: dict[str, Any] = {
         "task_id": record.task_id,
         "func_name": record.func_name,
         "status": record.status.value,
-        "created_at": _dt(record.created_at),
-        "start_time": _dt(record.start_time),
-        "end_time": _dt(record.end_time),
-        "retries_used": record.retries_used,
-        "error": record.error,
-        "logs": record.logs,
-        "stacktrace": record.stacktrace,
-        "idempotency_key": record.idempotency_key,
-        "tags": record.tags,
+        "created_at": record.created_at.isoformat(),
         "source": record.source,
-        "priority": record.priority,
         "executor": record.executor,
         "queue": record.queue,
-        "progress": record.progress,
-        "progress_message": record.progress_message,
-        "requeue_count": record.requeue_count,
         **payload,
     }
+    # Fields still at their default are left out (row_to_record fills them in): most rows
+    # have no error, logs, tags, progress or retries, and every row is encoded once per task.
+    for name, value in (
+        ("start_time", _dt(record.start_time)),
+        ("end_time", _dt(record.end_time)),
+        ("error", record.error),
+        ("stacktrace", record.stacktrace),
+        ("idempotency_key", record.idempotency_key),
+        ("priority", record.priority),
+        ("progress", record.progress),
+        ("progress_message", record.progress_message),
+    ):
+        if value is not None:
+            document[name] = value
+    counts_and_lists: tuple[tuple[str, Any], ...] = (
+        ("retries_used", record.retries_used),
+        ("requeue_count", record.requeue_count),
+        ("logs", record.logs),
+        ("tags", record.tags),
+    )
+    for name, filled in counts_and_lists:
+        if filled:
+            document[name] = filled
     if record.encrypted_error is not None:
         document["encrypted_error"] = base64.b64encode(record.encrypted_error).decode("ascii")
     return {
