@@ -15,7 +15,7 @@ help:
 	@echo "make run    serve examples/app.py on http://localhost:$(PORT) (dashboard: /tasks/dashboard)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff check, ruff format --check, mypy"
-	@echo "make bench  run the core benchmark (BENCH=admin|di|task_control for the others)"
+	@echo "make bench  run the core benchmark (BENCH=admin|di|durability|task_control|instructions for the others)"
 	@echo "make docs   build the documentation site into site/"
 
 $(BIN)/python:
