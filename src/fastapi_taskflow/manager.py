@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.from_thread
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI
+from starlette.requests import HTTPConnection
 
 from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 from .crypto import ArgumentCipher, KeyLike
@@ -352,14 +353,15 @@ class TaskManager:
     # ---- FastAPI ---------------------------------------------------------------------------
 
     async def get_tasks(
-        self, request: Request, background_tasks: BackgroundTasks
+        self, connection: HTTPConnection, background_tasks: BackgroundTasks
     ) -> ManagedBackgroundTasks:
         """FastAPI dependency: ``tasks = Depends(task_manager.get_tasks)``.
 
         Async on purpose (a sync dependency costs a threadpool hop per request). Deferred tasks
         ride on the request's own ``BackgroundTasks``, so they start after the response.
         """
-        return ManagedBackgroundTasks(self, background_tasks, request_scope=request.scope)
+        # HTTPConnection, not Request: the same dependency serves websocket routes.
+        return ManagedBackgroundTasks(self, background_tasks, request_scope=connection.scope)
 
     background_tasks = get_tasks
 

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response, WebSocket
 from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
 from starlette.background import BackgroundTask
 
 from fastapi_taskflow import (
@@ -304,6 +305,36 @@ async def test_a_large_burst_starts_in_slices_so_the_loop_keeps_turning() -> Non
     assert START_SLICE < 600
     assert waiting_when_first_ran == [600 - START_SLICE]
     assert sorted(ran) == list(range(600))
+
+
+def test_tasks_added_in_a_websocket_route_start_when_the_session_ends() -> None:
+    """``Depends(manager.get_tasks)`` also serves websocket routes: FastAPI runs no background
+    tasks there, so what the route adds starts when the session ends."""
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    ran: list[str] = []
+
+    @manager.task()
+    async def note(word: str) -> None:
+        ran.append(word)
+
+    @app.websocket("/ws")
+    async def session(
+        websocket: WebSocket,
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> None:
+        await websocket.accept()
+        tasks.add_task(note, "from the socket")
+        await websocket.send_text("added")
+        await websocket.close()
+
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws") as socket:
+            assert socket.receive_text() == "added"
+        assert client.portal is not None
+        client.portal.call(manager.join, 5)
+    assert ran == ["from the socket"]
 
 
 async def test_join_returns_when_nothing_is_pending_or_running() -> None:
