@@ -59,8 +59,6 @@ def build(scenario: str, manager: TaskManager, counter: Counter) -> tuple[FastAP
     async def get_background(background_tasks: BackgroundTasks) -> BackgroundTasks:
         return background_tasks
 
-    routes: dict[str, tuple[Callable[..., Any], int]] = {}
-
     async def empty() -> dict[str, bool]:
         return {"ok": True}
 
@@ -93,7 +91,7 @@ def build(scenario: str, manager: TaskManager, counter: Counter) -> tuple[FastAP
             tasks.add_task(counter.hit)
         return {"ok": True}
 
-    routes = {
+    routes: dict[str, tuple[Callable[..., Any], int]] = {
         "empty": (empty, 0),
         "plain": (plain, 1),
         "depends": (depends, 1),

@@ -54,6 +54,20 @@ async def client_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def noting_app() -> tuple[TaskManager, FastAPI, list[str], Callable[..., Any]]:
+    """A manager wired to a new app, and its registered task ``note(word)`` that records words."""
+    manager = TaskManager()
+    app = FastAPI()
+    manager.init_app(app)
+    ran: list[str] = []
+
+    @manager.task()
+    async def note(word: str) -> None:
+        ran.append(word)
+
+    return manager, app, ran, note
+
+
 # ---- TaskHandle ------------------------------------------------------------------------------
 
 
@@ -98,21 +112,14 @@ def test_get_tasks_is_an_async_dependency_and_background_tasks_is_its_alias() ->
 
 async def test_depends_background_tasks_alias_enqueues_managed_tasks() -> None:
     """Depends(task_manager.background_tasks) gives a ManagedBackgroundTasks like get_tasks."""
-    manager = TaskManager()
-    app = FastAPI()
-    manager.init_app(app)
-    ran: list[str] = []
-
-    @manager.task()
-    async def work(name: str) -> None:
-        ran.append(name)
+    manager, app, ran, note = noting_app()
 
     @app.post("/go")
     async def go(
         tasks: ManagedBackgroundTasks = Depends(manager.background_tasks),  # noqa: B008
     ) -> dict[str, str]:
         assert isinstance(tasks, ManagedBackgroundTasks)
-        return {"id": tasks.add_task(work, "a")}
+        return {"id": tasks.add_task(note, "a")}
 
     async with client_for(app) as client:
         task_id = (await client.post("/go")).json()["id"]
@@ -188,15 +195,8 @@ async def test_tasks_added_in_a_request_start_after_the_response_is_sent() -> No
 async def test_a_task_added_after_the_response_went_out_starts_at_once() -> None:
     """``tasks`` kept past its request starts what it is given at once, instead of holding it
     for a response that is long gone (it would stay PENDING forever)."""
-    manager = TaskManager()
-    inner = FastAPI()
-    manager.init_app(inner)
+    manager, inner, ran, note = noting_app()
     kept: list[ManagedBackgroundTasks] = []
-    ran: list[str] = []
-
-    @manager.task()
-    async def note(word: str) -> None:
-        ran.append(word)
 
     @inner.post("/go")
     async def go(
@@ -218,14 +218,7 @@ async def test_a_task_added_after_the_response_went_out_starts_at_once() -> None
 async def test_tasks_still_start_when_a_response_brings_its_own_background() -> None:
     """A route returning ``Response(background=...)`` makes FastAPI drop the request's
     background tasks; the tasks added through ``tasks`` start anyway when the request ends."""
-    manager = TaskManager()
-    app = FastAPI()
-    manager.init_app(app)
-    ran: list[str] = []
-
-    @manager.task()
-    async def note(word: str) -> None:
-        ran.append(word)
+    manager, app, ran, note = noting_app()
 
     def plain_background() -> None:
         ran.append("response's own")
@@ -310,14 +303,7 @@ async def test_a_large_burst_starts_in_slices_so_the_loop_keeps_turning() -> Non
 def test_tasks_added_in_a_websocket_route_start_when_the_session_ends() -> None:
     """``Depends(manager.get_tasks)`` also serves websocket routes: FastAPI runs no background
     tasks there, so what the route adds starts when the session ends."""
-    manager = TaskManager()
-    app = FastAPI()
-    manager.init_app(app)
-    ran: list[str] = []
-
-    @manager.task()
-    async def note(word: str) -> None:
-        ran.append(word)
+    manager, app, ran, note = noting_app()
 
     @app.websocket("/ws")
     async def session(
