@@ -151,10 +151,16 @@ class ManagedBackgroundTasks(BackgroundTasks):
         """
         self._released = True
         held, self._held = self._held, []
-        for first in range(0, len(held), START_SLICE):
-            if first:
-                await asyncio.sleep(0)
-            self._manager.submit_many(held[first : first + START_SLICE])
+        first = 0
+        try:
+            while first < len(held):
+                self._manager.submit_many(held[first : first + START_SLICE])
+                first += START_SLICE
+                if first < len(held):
+                    await asyncio.sleep(0)
+        finally:
+            if first < len(held):  # cancelled between slices: start the rest now, never drop them
+                self._manager.submit_many(held[first:])
 
     def _start_held(self) -> None:
         self._released = True

@@ -300,6 +300,31 @@ async def test_a_large_burst_starts_in_slices_so_the_loop_keeps_turning() -> Non
     assert sorted(ran) == list(range(600))
 
 
+async def test_a_burst_cancelled_between_slices_still_starts_every_task() -> None:
+    """If the request's background step is cancelled after the first slice, the tasks not yet
+    started start at once instead of staying PENDING."""
+    from fastapi_taskflow.handles import START_SLICE
+
+    async with started() as manager:
+        ran: list[int] = []
+
+        @manager.task()
+        async def count(i: int) -> None:
+            ran.append(i)
+
+        tasks = ManagedBackgroundTasks(manager, BackgroundTasks())
+        for i in range(3 * START_SLICE):
+            tasks.add_task(count, i)
+        starting = asyncio.create_task(tasks())
+        await asyncio.sleep(0)  # one turn: the first slice starts, then it yields the loop
+        assert manager.metrics()["pending"] == 2 * START_SLICE
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await manager.join(timeout=5)
+    assert sorted(ran) == list(range(3 * START_SLICE))
+
+
 def test_tasks_added_in_a_websocket_route_start_when_the_session_ends() -> None:
     """``Depends(manager.get_tasks)`` also serves websocket routes: FastAPI runs no background
     tasks there, so what the route adds starts when the session ends."""
