@@ -132,6 +132,9 @@ class ManagedBackgroundTasks(BackgroundTasks):
                 request_tasks.tasks.append(self)
             if self._request_stack is not None:
                 self._request_stack.push(self._request_ended)
+            # Both now hold this object until the request ends; references back to them would
+            # make cycles that only the garbage collector frees, one per request.
+            self._request_tasks = self._request_stack = None
         self._held.append(job)
 
     # What a Starlette BackgroundTask exposes (FastAPI's runner names its telemetry after
@@ -149,8 +152,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
         tasks already started run (and short ones finish) while the rest are started: the loop
         never stalls for the whole burst, and fewer objects are alive at once.
         """
-        self._released = True
-        held, self._held = self._held, []
+        held = self._take_held()
         first = 0
         try:
             while first < len(held):
@@ -162,11 +164,11 @@ class ManagedBackgroundTasks(BackgroundTasks):
             if first < len(held):  # cancelled between slices: start the rest now, never drop them
                 self._manager.submit_many(held[first:])
 
-    def _start_held(self) -> None:
+    def _take_held(self) -> list[Job]:
+        """The held jobs, once; from now on tasks added here start at once."""
         self._released = True
         held, self._held = self._held, []
-        if held:
-            self._manager.submit_many(held)
+        return held
 
     def _request_ended(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -178,11 +180,10 @@ class ManagedBackgroundTasks(BackgroundTasks):
         start now.
         """
         if self._held and not self._released:
+            held = self._take_held()
             if exc_type is None:
-                self._start_held()
+                self._manager.submit_many(held)
             else:
-                self._released = True
-                held, self._held = self._held, []
                 reason = (
                     f"not started: the request ended with {exc_type.__name__} "
                     "before its background tasks ran"

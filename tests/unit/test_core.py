@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import inspect
 import logging
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -323,6 +325,32 @@ async def test_a_burst_cancelled_between_slices_still_starts_every_task() -> Non
             await starting
         await manager.join(timeout=5)
     assert sorted(ran) == list(range(3 * START_SLICE))
+
+
+async def test_a_requests_tasks_object_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle per request: the request's ManagedBackgroundTasks goes away by
+    reference counting once the request is over (a cycle would wait for a full collection)."""
+    manager, app, _ran, note = noting_app()
+    seen: list[weakref.ref[ManagedBackgroundTasks]] = []
+
+    @app.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> dict[str, str]:
+        tasks.add_task(note, "a")
+        seen.append(weakref.ref(tasks))
+        return {}
+
+    async with client_for(app) as client:
+        await client.post("/go")  # warm-up: first-request caches
+        gc.collect()
+        gc.disable()
+        try:
+            await client.post("/go")
+            await manager.join(timeout=5)
+            assert seen[-1]() is None
+        finally:
+            gc.enable()
 
 
 def test_tasks_added_in_a_websocket_route_start_when_the_session_ends() -> None:
