@@ -90,6 +90,29 @@ async def floor(n: int) -> float:
     return elapsed / n * 1e6
 
 
+async def timed_posts(
+    app: FastAPI,
+    counter: Counter,
+    requests: int,
+    settle: Callable[[], Awaitable[None]] | None = None,
+) -> float:
+    """Microseconds per POST /signup after one warm-up; ``settle`` (awaited after the warm-up
+    and inside the timing) waits until the tasks have run when they run apart from requests."""
+    async with await client_for(app) as client:
+        await client.post("/signup")  # warm-up
+        if settle is not None:
+            await settle()
+        counter.n = 0
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(requests):
+            await client.post("/signup")
+        if settle is not None:
+            await settle()
+        elapsed = time.perf_counter() - start
+    return elapsed / requests * 1e6
+
+
 async def plain_requests(requests: int) -> float:
     """Microseconds per request adding one task through FastAPI's BackgroundTasks."""
     counter = Counter()
@@ -100,16 +123,9 @@ async def plain_requests(requests: int) -> float:
         background_tasks.add_task(counter.hit)
         return {"ok": True}
 
-    async with await client_for(app) as client:
-        await client.post("/signup")  # warm-up
-        counter.n = 0
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(requests):
-            await client.post("/signup")
-        elapsed = time.perf_counter() - start
+    per_request = await timed_posts(app, counter, requests)
     check(counter.n == requests, f"plain ran {counter.n} of {requests} tasks")
-    return elapsed / requests * 1e6
+    return per_request
 
 
 async def depends_requests(requests: int) -> float:
@@ -127,16 +143,9 @@ async def depends_requests(requests: int) -> float:
         background_tasks.add_task(counter.hit)
         return {"ok": True}
 
-    async with await client_for(app) as client:
-        await client.post("/signup")  # warm-up
-        counter.n = 0
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(requests):
-            await client.post("/signup")
-        elapsed = time.perf_counter() - start
+    per_request = await timed_posts(app, counter, requests)
     check(counter.n == requests, f"depends ran {counter.n} of {requests} tasks")
-    return elapsed / requests * 1e6
+    return per_request
 
 
 async def managed_requests(requests: int, snapshot_db: str | None) -> float:
@@ -155,16 +164,7 @@ async def managed_requests(requests: int, snapshot_db: str | None) -> float:
 
     await task_manager.startup()
     try:
-        async with await client_for(app) as client:
-            await client.post("/signup")  # warm-up
-            await task_manager.join()
-            counter.n = 0
-            gc.collect()
-            start = time.perf_counter()
-            for _ in range(requests):
-                await client.post("/signup")
-            await task_manager.join()
-            elapsed = time.perf_counter() - start
+        per_request = await timed_posts(app, counter, requests, settle=task_manager.join)
     finally:
         await task_manager.shutdown()
     check(counter.n == requests, f"managed ran {counter.n} of {requests} tasks")
@@ -174,7 +174,7 @@ async def managed_requests(requests: int, snapshot_db: str | None) -> float:
         with sqlite3.connect(snapshot_db) as db:
             (rows,) = db.execute("SELECT COUNT(*) FROM tf_records").fetchone()
         check(rows == requests + 1, f"snapshot_db holds {rows} of {requests + 1} records")
-    return elapsed / requests * 1e6
+    return per_request
 
 
 async def fan_out(n: int) -> float:

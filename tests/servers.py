@@ -51,17 +51,7 @@ class RedisServer:
         """Start the server (no-op when running) and wait until it answers PING."""
         if self.running:
             return
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *self.options()]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -73,6 +63,10 @@ class RedisServer:
                 self.stop()
                 raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
             time.sleep(0.02)
+
+    def options(self) -> list[str]:
+        """Persistence options: none, the data lives only as long as the process."""
+        return ["--save", "", "--appendonly", "no"]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server and wait for it; kill it if it does not go."""

@@ -109,7 +109,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
         return self._manager.enqueue(
             func,
             args,
-            kwargs if task_kwargs is None else merge_task_kwargs(kwargs, task_kwargs),
+            merge_task_kwargs(kwargs, task_kwargs),
             idempotency_key=idempotency_key,
             tags=tags,
             eager=eager,

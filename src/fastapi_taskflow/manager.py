@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -307,7 +306,7 @@ class TaskManager:
     def submit_many(self, jobs: list[Job]) -> None:
         """Start jobs that were held (until a response was sent), in their order."""
         loop_ref = self._loop_ref
-        if loop_ref.loop is not None and threading.get_ident() == loop_ref.thread:
+        if loop_ref.loop is not None and loop_ref.on_loop_thread():
             submit = self.dispatcher.submit  # the usual case: straight in, no per-job hand-off
             for job in jobs:
                 submit(job)

@@ -288,8 +288,7 @@ class TaskStore:
             self._evict()
 
     def _check_idle(self) -> None:
-        counts = self._counts
-        if self.on_idle is not None and counts[_PENDING] + counts[_RUNNING] == 0:
+        if self.on_idle is not None and self.active == 0:
             self.on_idle()
 
     def _notify(self, record: TaskRecord) -> None:

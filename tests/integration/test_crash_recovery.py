@@ -238,15 +238,8 @@ class PersistentRedis(RedisServer):
         super().__init__(binary)
         self.directory = directory
 
-    def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
+    def options(self) -> list[str]:
+        return [
             "--save",
             "",
             "--appendonly",
@@ -256,15 +249,6 @@ class PersistentRedis(RedisServer):
             "--dir",
             str(self.directory),
         ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(lambda: self._up(), timeout, "redis-server answers")
-
-    def _up(self) -> bool:
-        from servers import redis_answers
-
-        return redis_answers(self.port)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from control_helpers import running as started
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -34,17 +35,6 @@ from fastapi_taskflow import (
     task_log,
 )
 from fastapi_taskflow.loggers import FileLogger
-
-
-@asynccontextmanager
-async def started(**options: Any) -> AsyncIterator[TaskManager]:
-    """A started manager, shut down at the end."""
-    manager = TaskManager(**options)
-    await manager.startup()
-    try:
-        yield manager
-    finally:
-        await manager.shutdown()
 
 
 @asynccontextmanager
