@@ -113,6 +113,10 @@ class TaskStore:
     def queue_counts(self, queue: str) -> dict[TaskStatus, int]:
         return dict(self._queue_counts.get(queue) or dict.fromkeys(TaskStatus, 0))
 
+    def queue_names(self) -> list[str]:
+        """Queues this store has counted records in."""
+        return list(self._queue_counts)
+
     @property
     def active(self) -> int:
         return self._counts[_PENDING] + self._counts[_RUNNING]

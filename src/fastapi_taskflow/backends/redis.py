@@ -18,7 +18,13 @@ key                            type    holds
 ``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
 ``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
 ``P:meta``                     hash    metadata
+``P:stats``                    hash    counters of the stored records (keys in ``stats.py``)
+``P:tput:<bucket>``            hash    ``success``/``failed``: records that ended in that bucket
+``P:changes``                  stream  one entry per record write batch: ``o`` origin, ``i`` ids
 =============================  ======  ============================================================
+
+Stats, throughput and the change feed are written by the script that writes the rows, so they
+never disagree with them; the feed is trimmed to about ``CHANGES_KEPT`` entries.
 
 Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
 member bytes, so a reverse range gives exactly that order, and a cursor (created_at, task_id)
@@ -43,25 +49,57 @@ from redis.exceptions import RedisError
 
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
+from ..stats import add_delta, histogram_bucket, throughput_key
 from .base import RecordQuery, Row, TaskBackend
 
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
+_FINISHED_JSON = json.dumps(_FINISHED)
 _BATCH = 500
+CHANGES_KEPT = 10_000
 
-# ARGV: prefix, ttl_ms (0: none), then 7 values per row.
-_SAVE = """
-local p, ttl = ARGV[1], tonumber(ARGV[2])
-for i = 3, #ARGV, 7 do
-  local id, created, status, func, queue, ended, data =
-    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+# Adds (sign 1) or takes away (sign -1) one row's share of the stats (see stats.py).
+_COUNT = """
+local function count(stats, st, q, hb, d, sign)
+  redis.call('HINCRBY', stats, 's|' .. st, sign)
+  redis.call('HINCRBY', stats, 'q|' .. q .. '|' .. st, sign)
+  if hb and hb ~= '' then
+    redis.call('HINCRBY', stats, 'h|' .. hb, sign)
+    redis.call('HINCRBYFLOAT', stats, 'hsum', sign * tonumber(d))
+  end
+end
+"""
+
+# ARGV: prefix, ttl_ms (0: none), origin, the finished statuses as a JSON list, entries kept in
+# the change feed, then 10 values per row: the 7 columns, duration, histogram bucket and
+# throughput bucket ('' for none). The row's info keeps what its stats share needs.
+_SAVE = (
+    _COUNT
+    + """
+local p, ttl, origin = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local finished = {}
+for _, s in ipairs(cjson.decode(ARGV[4])) do finished[s] = true end
+local stats, ids = p .. ':stats', {}
+for i = 6, #ARGV, 10 do
+  local id, created, status, func, queue, ended, data, dur, hb, tb =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6],
+    ARGV[i+7], ARGV[i+8], ARGV[i+9]
   local old = redis.call('HGET', p .. ':info', id)
+  local was = nil
   if old then
     local o = cjson.decode(old)
+    was = o[1]
     redis.call('ZREM', p .. ':status:' .. o[1], id)
     redis.call('ZREM', p .. ':func:' .. o[2], id)
     redis.call('ZREM', p .. ':queue:' .. o[3], id)
+    count(stats, o[1], o[3], o[4], o[5], -1)
   end
-  redis.call('HSET', p .. ':info', id, cjson.encode({status, func, queue}))
+  count(stats, status, queue, hb, dur, 1)
+  if tb ~= '' and not (was and finished[was]) then
+    local tk = p .. ':tput:' .. tb
+    redis.call('HINCRBY', tk, status, 1)
+    redis.call('EXPIRE', tk, 3600)
+  end
+  redis.call('HSET', p .. ':info', id, cjson.encode({status, func, queue, hb, dur}))
   redis.call('ZADD', p .. ':idx', created, id)
   redis.call('ZADD', p .. ':status:' .. status, created, id)
   redis.call('ZADD', p .. ':func:' .. func, created, id)
@@ -76,14 +114,20 @@ for i = 3, #ARGV, 7 do
   else
     redis.call('SET', p .. ':rec:' .. id, data)
   end
+  ids[#ids + 1] = id
 end
+redis.call('XADD', p .. ':changes', 'MAXLEN', '~', ARGV[5], '*', 'o', origin,
+           'i', cjson.encode(ids))
 return 0
 """
+)
 
 # ARGV: prefix, mode, the finished statuses as a JSON list, then task ids. Mode 'all' deletes
 # each; 'missing' only drops index entries whose record expired; 'finished' deletes only
 # records in a finished status. Returns how many record keys were deleted.
-_REMOVE = """
+_REMOVE = (
+    _COUNT
+    + """
 local p, mode = ARGV[1], ARGV[2]
 local finished = {}
 for _, s in ipairs(cjson.decode(ARGV[3])) do finished[s] = true end
@@ -102,6 +146,7 @@ for i = 4, #ARGV do
       redis.call('ZREM', p .. ':func:' .. o[2], id)
       redis.call('ZREM', p .. ':queue:' .. o[3], id)
       redis.call('HDEL', p .. ':info', id)
+      count(p .. ':stats', o[1], o[3], o[4], o[5], -1)
     end
     redis.call('ZREM', p .. ':idx', id)
     redis.call('ZREM', p .. ':ended', id)
@@ -110,6 +155,7 @@ for i = 4, #ARGV do
 end
 return removed
 """
+)
 
 # KEYS: the index zset. ARGV: record key prefix, max score (with '(' when exclusive),
 # tie member ('' for none: ties at max are taken whole), min score, count.
@@ -227,6 +273,11 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _stream_id(value: str) -> tuple[int, int]:
+    milliseconds, _, sequence = value.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -259,6 +310,7 @@ class RedisBackend(TaskBackend):
     """History, journal, leases, idempotency keys and locks in Redis, shared across machines."""
 
     shared = True
+    system_of_record = True
 
     def __init__(
         self,
@@ -313,6 +365,23 @@ class RedisBackend(TaskBackend):
             )
         }
         self._client = client
+        await self._count_existing()
+
+    async def _count_existing(self) -> None:
+        """Records written before this version kept no stats: count them once (the first
+        instance to get here does it; durations of those rows are not known)."""
+        async with self._errors() as client:
+            if not await self._call(client.set(self.key("stats", "ready"), "1", nx=True)):
+                return
+            deltas: dict[str, float] = {}
+            async for _, info in client.hscan_iter(self.key("info")):
+                status, _, queue = json.loads(info)[:3]
+                add_delta(deltas, None, (status, queue, None))
+            if deltas:
+                pipe = client.pipeline(transaction=True)
+                for key, value in deltas.items():
+                    pipe.hincrbyfloat(self.key("stats"), key, value)
+                await pipe.execute()
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -344,12 +413,15 @@ class RedisBackend(TaskBackend):
 
     # ---- records ---------------------------------------------------------------------------
 
-    async def _write_rows(self, rows: list[Row]) -> None:
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         ttl = _ms(self.record_ttl) if self.record_ttl else 0
         for start in range(0, len(rows), _BATCH):
-            args: list[Any] = [self.prefix, ttl]
+            args: list[Any] = [self.prefix, ttl, origin, _FINISHED_JSON, CHANGES_KEPT]
             for row in rows[start : start + _BATCH]:
                 end = row["end_time"]
+                duration = row.get("duration")
+                # The script decides with the old status whether this write counts as throughput.
+                bucket = throughput_key(None, row["status"], end)
                 args += [
                     row["task_id"],
                     repr(float(row["created_at"])),
@@ -358,8 +430,58 @@ class RedisBackend(TaskBackend):
                     row["queue"],
                     "" if end is None else repr(float(end)),
                     row["data"],
+                    "" if duration is None else repr(float(duration)),
+                    "" if duration is None else histogram_bucket(duration),
+                    "" if bucket is None else bucket,
                 ]
             await self._script("save", [], args)
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        async with self._errors() as client:
+            datas = await self._call(client.mget([self.key("rec", t) for t in task_ids]))
+        return [(t, d) for t, d in zip(task_ids, datas, strict=True) if d is not None]
+
+    async def _read_stats(self) -> dict[str, float]:
+        async with self._errors() as client:
+            flat = await self._call(client.hgetall(self.key("stats")))
+        return {key: float(value) for key, value in flat.items()}
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        last = int(time.time() // 5.0) + 1
+        buckets = list(range(first_bucket, last + 1))
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=False)
+            for bucket in buckets:
+                pipe.hmget(self.key("tput", str(bucket)), ["success", "failed"])
+            found = await pipe.execute()
+        return [
+            (b, int(ok or 0), int(bad or 0))
+            for b, (ok, bad) in zip(buckets, found, strict=True)
+            if ok or bad
+        ]
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        stream = self.key("changes")
+        async with self._errors() as client:
+            if cursor is None:
+                newest = await self._call(client.xrevrange(stream, count=1))
+                return [], newest[0][0] if newest else "0-0", False
+            pipe = client.pipeline(transaction=True)
+            pipe.xrange(stream, min="(" + cursor, count=limit)
+            pipe.xinfo_stream(stream)
+            try:
+                found, info = await pipe.execute()
+            except RedisError:
+                if await self._call(client.exists(stream)):
+                    raise
+                return [], cursor, False  # no stream yet: nothing was written
+        entries = [(fields.get("o", ""), list(json.loads(fields["i"]))) for _, fields in found]
+        # Entries trimmed away that this reader had not read yet.
+        trimmed = info.get("max-deleted-entry-id") or "0-0"
+        gap = _stream_id(trimmed) > _stream_id(cursor)
+        return entries, found[-1][0] if found else cursor, gap
 
     async def _read_row(self, task_id: str) -> str | bytes | None:
         async with self._errors() as client:
