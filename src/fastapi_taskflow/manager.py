@@ -29,7 +29,7 @@ from .dispatch.events import EventHub
 from .dispatch.job import Job
 from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
-from .errors import ArgumentDecryptionError, ConfigurationError, UnknownTaskError
+from .errors import ArgumentDecryptionError, BackendError, ConfigurationError, UnknownTaskError
 from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
@@ -45,6 +45,7 @@ from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .scheduling import Scheduler
 from .serialization import decode_call
+from .stats import ClusterStats
 from .store import TaskStore
 from .tracing import build_tracing
 
@@ -315,6 +316,11 @@ class TaskManager:
             self._submit_now(job)
 
     @property
+    def started(self) -> bool:
+        """True between startup() and shutdown()."""
+        return self._started
+
+    @property
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop this manager runs on (None before startup and after shutdown)."""
         return self._loop_ref.loop
@@ -411,6 +417,12 @@ class TaskManager:
 
     async def _start_persistence(self, backend: TaskBackend) -> None:
         await backend.open()
+        if not backend.system_of_record:
+            logger.warning(
+                "backend %s implements the older contract (system_of_record=False): metrics "
+                "and the live dashboard cover this instance only (see docs/backends.md)",
+                backend.describe(),
+            )
         s = self.settings
         self.persister = Persister(
             backend,
@@ -555,10 +567,30 @@ class TaskManager:
         return TaskHandle(record, self) if record is not None else None
 
     async def get_record(self, task_id: str) -> TaskRecord | None:
+        """A task by id, whichever instance runs it.
+
+        With a backend, memory answers only for what it knows best (this instance's active
+        tasks and changes not written yet); everything else is read from the backend, so a
+        record deleted by another instance is gone here too.
+        """
         record = self.store.get(task_id)
-        if record is None and self.backend is not None and self._started:
-            record = await self.backend.get_record(task_id)
-        return record
+        backend, persister = self.backend, self.persister
+        if backend is None or not self._started or persister is None:
+            return record
+        if record is not None and (not record.status.finished or persister.unwritten(task_id)):
+            return record
+        try:
+            return await backend.get_record(task_id)
+        except BackendError:
+            if record is None:
+                raise
+            logger.warning(
+                "reading task %s from %s failed; answering from memory",
+                task_id,
+                backend.describe(),
+                exc_info=True,
+            )
+            return record
 
     async def retry(self, task_id: str, *, source: str = "retry") -> TaskHandle:
         """Run a failed, interrupted or cancelled task again with the same arguments."""
@@ -583,6 +615,8 @@ class TaskManager:
         )
         if self.settings.retry_replaces_original:
             self.store.remove(task_id)
+            if self.persister is not None:
+                self.persister.forget([task_id])
             if self.backend is not None and self._started:
                 await self.backend.delete_records([task_id])
         return handle
@@ -647,14 +681,55 @@ class TaskManager:
 
     async def list_records(self, query: RecordQuery) -> RecordPage:
         """One page of tasks, newest first, from memory and the backend together."""
-        backend = self.backend if self._started else None
-        return await merged_page(self.store, backend, query)
+        persister = self.persister if self._started else None
+        if persister is None:
+            return await merged_page(self.store, None, query)
+        # Memory adds what the backend cannot know yet or knows less well: this instance's
+        # active tasks (freshest progress) and changes still on their way to the backend.
+        return await merged_page(
+            self.store,
+            persister.backend,
+            query,
+            from_memory=lambda r: not r.status.finished or persister.unwritten(r.task_id),
+        )
 
     def metrics(self) -> dict[str, Any]:
-        data = metrics_snapshot(self.store, self.dispatcher.queues)
+        """This instance's numbers from memory (no I/O); see :meth:`read_metrics`."""
+        return self.metrics_from(ClusterStats.from_store(self.store))
+
+    async def read_metrics(self, *, throughput: bool = False) -> dict[str, Any]:
+        """The metrics of every instance on the backend (what the API serves).
+
+        With a backend that keeps stats (``system_of_record``), counts, queue counts and the
+        duration histogram are read from it: the same on every instance, kept across
+        restarts. Otherwise (no backend, an older custom one, or a failed read) this
+        instance's own counters. ``throughput`` adds the cluster's throughput samples.
+        """
+        stats = await self.read_stats(throughput=throughput)
+        return self.metrics_from(stats)
+
+    async def read_stats(self, *, throughput: bool = False) -> ClusterStats:
+        """Counters and histogram of every instance (see :meth:`read_metrics`)."""
+        backend = self.backend
+        if backend is not None and self._started and backend.system_of_record:
+            try:
+                return await backend.read_stats(throughput=throughput)
+            except BackendError:
+                logger.warning(
+                    "reading stats from %s failed; answering with this instance's counters",
+                    backend.describe(),
+                    exc_info=True,
+                )
+        return ClusterStats.from_store(self.store)
+
+    def metrics_from(self, stats: ClusterStats) -> dict[str, Any]:
+        """The metrics JSON from ``stats`` plus this instance's health counters."""
+        data = metrics_snapshot(stats, self.dispatcher.queues)
         data["unknown_queue_fallbacks"] = self.dispatcher.queues.unknown_queue_fallbacks
         data["schedule_failures"] = self.scheduler.failures
         data.update(self._durability_metrics())
+        if stats.throughput:
+            data["throughput"] = [list(sample) for sample in stats.throughput]
         return data
 
     def _durability_metrics(self) -> dict[str, Any]:
@@ -672,7 +747,7 @@ class TaskManager:
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
-        return queue_snapshot(self.store, self.dispatcher.queues)
+        return queue_snapshot(ClusterStats.from_store(self.store), self.dispatcher.queues)
 
     def update_queue_config(
         self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET
@@ -700,6 +775,8 @@ class TaskManager:
         if backend is not None and before is not None and self.persister is not None:
             await self.persister.flush_history()  # the recount below must see every record
         dropped = self.store.clear_finished(keep if before is not None else None)
+        if self.persister is not None:
+            self.persister.forget(dropped)
         deleted = 0
         if backend is not None:
             cutoff = before if before is not None else utcnow() + timedelta(days=36_500)

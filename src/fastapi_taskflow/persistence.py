@@ -7,8 +7,12 @@
 * Start marks: when a requeueable task starts, its entry is rewritten with ``requeue_count + 1``
   (in the same batch when it starts at once), so a crash mid-run counts one attempt and a
   poison task stops after ``max_requeues`` instead of crashing every restart.
-* History: finished records are written in batches, at most ``snapshot_interval`` after they
-  finish, and at shutdown (only what changed, so shutdown time does not grow with history).
+* Live records: every change of a task (added PENDING, RUNNING, progress, finished) joins the
+  same per-tick batch, coalesced per task, so its row in the backend follows it within a tick
+  or two and every instance sees it. Pending rows are written before the batch's journal
+  writes count as committed, so a response the barrier let go has a visible task behind it.
+* History: records changed outside the task lifecycle (``mark_dirty``) are written in batches,
+  at most ``snapshot_interval`` later, and at shutdown.
 * The lease: this instance renews its owner lease every ``heartbeat_interval`` and then claims
   journal entries whose owner's lease expired (a dead instance) or that were released (a clean
   shutdown); ``on_claim`` runs them again or records why not.
@@ -115,6 +119,7 @@ class Persister:
         self._full_warned = False
         self._lease_until = 0.0
         self._lease_failing = False
+        self._writing: dict[str, TaskRecord] = {}  # records of the batch in flight
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -126,7 +131,12 @@ class Persister:
         self._lease_until = sent + self.settings.lease_ttl
         # The backend's count is the whole finished history, including whatever this store
         # still holds from an earlier run of the same manager (written at its shutdown).
-        self.store.set_finished_counts(await self.backend.count_by_status())
+        if self.backend.system_of_record:
+            stats = await self.backend.read_stats()
+            self.store.set_finished_counts({s.value: n for s, n in stats.counts.items()})
+        else:
+            self.store.set_finished_counts(await self.backend.count_by_status())
+        self.store.add_listener(self._changed)
         await self._guarded("claim", self.claim)
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("journal", self._writer),
@@ -152,6 +162,7 @@ class Persister:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._final_flush()
+        self.store.remove_listener(self._changed)
         try:
             await self.backend.journal_release(self.owner)
             await self.backend.drop_owner(self.owner)
@@ -186,6 +197,28 @@ class Persister:
         )
 
     # ---- what the manager reports ----------------------------------------------------------
+
+    def _changed(self, record: TaskRecord) -> None:
+        """Store listener: the record's row is rewritten in the next batch (coalesced)."""
+        with self._lock:
+            self._urgent.records[record.task_id] = record
+        self._kick()
+
+    def forget(self, task_ids: list[str]) -> None:
+        """Records deleted on purpose (history cleared, a replaced retry): write them no more."""
+        with self._lock:
+            for task_id in task_ids:
+                self._urgent.records.pop(task_id, None)
+        for task_id in task_ids:
+            self.store.forget_dirty(task_id)
+
+    def unwritten(self, task_id: str) -> bool:
+        """True while a change of this record has not reached the backend yet."""
+        return (
+            task_id in self._urgent.records
+            or task_id in self._writing
+            or self.store.is_dirty(task_id)
+        )
 
     def journal(self, entry: JournalEntry) -> int:
         """A new task must survive the process; returns its write's sequence number."""
@@ -228,11 +261,9 @@ class Persister:
         self._kick()
 
     def finished(self, record: TaskRecord, journaled: bool) -> None:
-        """A task ended: journaled ones are settled at once, others join the next batch."""
+        """A task ended: its journal entry (if any) is removed in the next batch; its record
+        is already in that batch (the store listener put it there)."""
         if not journaled:
-            self.store.mark_dirty(record)
-            if self.store.dirty_count >= self._history_batch and self._history_due is not None:
-                self._loop_ref.call(self._history_due.set)
             return
         with self._lock:
             task_id = record.task_id
@@ -253,10 +284,6 @@ class Persister:
             self._unmarked.discard(record.task_id)
             self._urgent.records[record.task_id] = record
         self._kick()
-
-    @property
-    def _history_batch(self) -> int:
-        return max(1000, self.settings.max_buffered // 4)
 
     def buffered(self) -> int:
         """Writes waiting for the backend (journal changes and finished records)."""
@@ -285,15 +312,20 @@ class Persister:
             seq = self._seq
             self._sent.update(batch.puts)
         if batch:
+            journaled = False
+            self._writing = batch.records
             try:
                 await self.backend.journal_put(list(batch.puts.values()), self.owner)
-                self._committed(seq)  # new entries are durable: held responses may go
-                await self.backend.save_records(list(batch.records.values()))
+                journaled = True
+                await self.backend.save_records(list(batch.records.values()), self.owner)
+                self._committed(seq)  # durable and visible everywhere: held responses may go
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
                 self._put_back(batch)
-                self._committed(None)
+                self._committed(seq if journaled else None)
                 raise
+            finally:
+                self._writing = {}
         self._committed(seq)
 
     def _committed(self, seq: int | None) -> None:
@@ -533,7 +565,9 @@ class Persister:
         if days is None:
             return
         cutoff = datetime.now(UTC) - timedelta(days=days)
-        self.store.clear_finished(keep=lambda r: r.end_time is None or r.end_time >= cutoff)
+        self.forget(
+            self.store.clear_finished(keep=lambda r: r.end_time is None or r.end_time >= cutoff)
+        )
         deleted = await self.backend.delete_records_before(cutoff)
         if deleted:
             logger.info("retention: deleted %d records finished before %s", deleted, cutoff)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .backends.base import RecordPage, RecordQuery, TaskBackend, decode_cursor, encode_cursor
 from .dispatch.queues import QueueSet
 from .models import TaskRecord, TaskStatus
+from .stats import ClusterStats
 from .store import TaskStore
 
 
@@ -14,26 +16,51 @@ def _key(record: TaskRecord) -> tuple[float, str]:
     return (record.created_at.timestamp(), record.task_id)
 
 
-def memory_page(store: TaskStore, query: RecordQuery, limit: int) -> list[TaskRecord]:
+def memory_page(
+    store: TaskStore,
+    query: RecordQuery,
+    limit: int,
+    from_memory: Callable[[TaskRecord], bool] | None = None,
+) -> list[TaskRecord]:
     """Up to ``limit`` matching records from memory, newest first, after the cursor."""
     after = decode_cursor(query.cursor) if query.cursor else None
 
     def accept(record: TaskRecord) -> bool:
-        return (after is None or _key(record) < after) and query.matches(record)
+        return (
+            (after is None or _key(record) < after)
+            and query.matches(record)
+            and (from_memory is None or from_memory(record))
+        )
 
     return store.first_newest(limit, accept)
 
 
 async def merged_page(
-    store: TaskStore, backend: TaskBackend | None, query: RecordQuery
+    store: TaskStore,
+    backend: TaskBackend | None,
+    query: RecordQuery,
+    from_memory: Callable[[TaskRecord], bool] | None = None,
 ) -> RecordPage:
-    """Memory and backend pages merged: memory wins for a task in both (it is fresher)."""
+    """Memory and backend pages merged: memory wins for a task in both (it is fresher).
+
+    ``from_memory`` picks the memory records that may answer (with a backend: those the backend
+    does not know as well yet); a backend row of such a record is replaced by it, or dropped
+    when the fresher memory copy no longer matches the query.
+    """
     want = query.limit + 1
-    records = {r.task_id: r for r in memory_page(store, query, want)}
+    records = {r.task_id: r for r in memory_page(store, query, want, from_memory)}
     if backend is not None:
         page = await backend.query_records(RecordQuery(**{**_fields(query), "limit": want}))
         for record in page.records:
-            records.setdefault(record.task_id, record)
+            if record.task_id in records:
+                continue
+            fresher = store.get(record.task_id)
+            if fresher is not None and (from_memory is None or from_memory(fresher)):
+                # Memory knows better (the cursor position, made of fixed fields, holds).
+                if query.matches(fresher):
+                    records[record.task_id] = fresher
+                continue
+            records[record.task_id] = record
     ordered = sorted(records.values(), key=_key, reverse=True)
     page_records = ordered[: query.limit]
     next_cursor = None
@@ -47,11 +74,11 @@ def _fields(query: RecordQuery) -> dict[str, Any]:
     return {name: getattr(query, name) for name in query.__slots__}
 
 
-def metrics_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, Any]:
+def metrics_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, Any]:
     """The reference's metrics shape plus percentiles; O(1) in the number of records."""
-    counts = store.counts()
+    counts = stats.counts
     total = sum(counts.values())
-    histogram = store.durations
+    histogram = stats.durations
     data: dict[str, Any] = {"total": total}
     data.update({status.value: counts[status] for status in TaskStatus})
     data["success_rate"] = counts[TaskStatus.SUCCESS] / total if total else 0.0
@@ -59,15 +86,16 @@ def metrics_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, Any]:
     data["duration_p50"] = histogram.percentile(0.50)
     data["duration_p95"] = histogram.percentile(0.95)
     data["duration_p99"] = histogram.percentile(0.99)
-    data["queues"] = queue_snapshot(store, queues)
+    data["queues"] = queue_snapshot(stats, queues)
     return data
 
 
-def queue_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, dict[str, Any]]:
-    stats: dict[str, dict[str, Any]] = {}
+def queue_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, dict[str, Any]]:
+    """Caps, running and waiting of this instance's queues; counts from ``stats``."""
+    out: dict[str, dict[str, Any]] = {}
     for queue in queues:
-        counts = store.queue_counts(queue.name)
-        stats[queue.name] = {
+        counts = stats.queue(queue.name)
+        out[queue.name] = {
             "concurrency": queue.config.concurrency,
             "max_size": queue.config.max_size,
             "running": queue.running,
@@ -76,4 +104,4 @@ def queue_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, dict[str, An
             "started": queue.started,
             "counts": {status.value: counts[status] for status in TaskStatus},
         }
-    return stats
+    return out

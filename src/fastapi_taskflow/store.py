@@ -268,6 +268,14 @@ class TaskStore:
             dirty, self._dirty = list(self._dirty.values()), {}
         return dirty
 
+    def is_dirty(self, task_id: str) -> bool:
+        return task_id in self._dirty
+
+    def forget_dirty(self, task_id: str) -> None:
+        """Not to be written after all (it was deleted on purpose)."""
+        with self._lock:
+            self._dirty.pop(task_id, None)
+
     @property
     def dirty_count(self) -> int:
         return len(self._dirty)
