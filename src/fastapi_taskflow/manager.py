@@ -333,7 +333,7 @@ class TaskManager:
             self._bind(asyncio.get_running_loop())
         except RuntimeError:
             # A sync (``def``) route runs in an AnyIO worker thread: bind the app's loop from
-            # its own thread instead of failing with "no running event loop" (defect 6).
+            # its own thread instead of failing with "no running event loop".
             try:
                 anyio.from_thread.run_sync(self._bind_here)
             except RuntimeError:

@@ -6,12 +6,13 @@ import asyncio
 import logging
 
 import pytest
+from control_helpers import running
 
-from fastapi_taskflow import TaskObserver
+from fastapi_taskflow import TaskObserver, task_log
 from fastapi_taskflow.dispatch.events import OBSERVER_QUEUE_SIZE, EventHub
 from fastapi_taskflow.loggers.chain import ObserverChain
 from fastapi_taskflow.loopref import LoopRef
-from fastapi_taskflow.models import LifecycleEvent, TaskRecord, TaskStatus
+from fastapi_taskflow.models import LifecycleEvent, LogEvent, TaskRecord, TaskStatus
 from fastapi_taskflow.store import TaskStore
 
 
@@ -67,3 +68,43 @@ def test_the_default_bound_is_documented_size() -> None:
     """A hub made without max_pending holds OBSERVER_QUEUE_SIZE events."""
     hub = EventHub(TaskStore(), ObserverChain(), LoopRef())
     assert hub.max_pending == OBSERVER_QUEUE_SIZE == 10_000
+
+
+class GatedCountingObserver(TaskObserver):
+    """Holds every event (log or lifecycle) until ``gate`` is set, then counts it."""
+
+    def __init__(self) -> None:
+        super().__init__(min_level="debug")
+        self.gate = asyncio.Event()
+        self.seen = 0
+
+    async def on_log(self, event: LogEvent) -> None:
+        await self.gate.wait()
+        self.seen += 1
+
+    async def on_lifecycle(self, event: LifecycleEvent) -> None:
+        await self.gate.wait()
+        self.seen += 1
+
+
+async def test_manager_counts_dropped_events_and_keeps_the_record_whole() -> None:
+    """metrics() reports dropped observer events; the task's own log keeps every line."""
+    observer = GatedCountingObserver()
+    lines = OBSERVER_QUEUE_SIZE + 50
+
+    async def chatty() -> None:
+        for n in range(lines):
+            task_log(f"line {n}")
+
+    async with running(loggers=[observer]) as manager:
+        handle = manager.add_task(chatty)
+        await handle.wait(timeout=30)
+        dropped = manager.metrics()["observer_events_dropped"]
+        assert dropped >= 50
+        record = await manager.get_record(handle)
+        assert record is not None
+        assert len(record.logs) == lines
+        observer.gate.set()
+        await manager.hub.drain()
+        # Every event (the lines, running and success) was either delivered or counted.
+        assert observer.seen + dropped == lines + 2

@@ -5,7 +5,7 @@ queues, registered tasks, the audit trail. Changing: retry, cancel, bulk retry, 
 delete history, queue settings. Every change is validated first (422 and nothing changed on
 bad input), refused when the admin is read-only (403), and written to the audit trail.
 
-List compatibility: ``GET {path}`` answers a plain JSON list of tasks, as the reference did, so
+List compatibility: ``GET {path}`` answers a plain JSON list of tasks, as 0.x releases did, so
 old clients keep reading it. It is one page (newest first, ``limit`` default 50, max 500); the
 next page's cursor is in the ``X-Next-Cursor`` header and a ``Link: <...>; rel="next"`` header.
 """
