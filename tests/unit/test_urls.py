@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fastapi_taskflow.di import TaskflowSettings
 from fastapi_taskflow.di.settings import RedisURL
+from fastapi_taskflow.errors import ConfigurationError
 from fastapi_taskflow.urls import mask_url
 
 
@@ -32,3 +34,15 @@ def test_settings_redis_url_masks_query_passwords_too() -> None:
     url = RedisURL.parse("redis://host:6379/0?password=s3cret")
     assert "s3cret" not in repr(url)
     assert url.masked() == "redis://host:6379/0?password=***"
+
+
+def test_settings_errors_and_dumps_mask_query_passwords() -> None:
+    """A ?password= in backend.redis.url never shows in a config error or in masked_dump()."""
+    with pytest.raises(ConfigurationError) as caught:
+        TaskflowSettings.from_mapping({"backend": {"redis": {"url": "http://h/0?password=S3CRET"}}})
+    assert "S3CRET" not in str(caught.value)
+    assert "http://h/0?password=***" in str(caught.value)
+    settings = TaskflowSettings.from_mapping(
+        {"backend": {"kind": "redis", "redis": {"url": "redis://h:6379/0?password=S3CRET"}}}
+    )
+    assert settings.masked_dump()["backend"]["redis"]["url"] == "redis://h:6379/0?password=***"
