@@ -75,7 +75,7 @@ def _fields(query: RecordQuery) -> dict[str, Any]:
 
 
 def metrics_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, Any]:
-    """The reference's metrics shape plus percentiles; O(1) in the number of records."""
+    """Counts by status (the shape 0.x clients read) plus percentiles; O(1) in the records."""
     counts = stats.counts
     total = sum(counts.values())
     histogram = stats.durations
