@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,9 @@ from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.backends.base import RecordQuery
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.models import TaskStatus, utcnow
+from fastapi_taskflow.testing_contract import eventually
 
 FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.3, "drain_timeout": 0.0}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll an async ``check`` (a backend read) until it holds; fail after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.005)
 
 
 class OlderBackend(MemoryBackend):
