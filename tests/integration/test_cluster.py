@@ -159,13 +159,13 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
     metrics = get(first, "/tasks/metrics").json()
     assert metrics["duration_p50"] is not None
     prometheus = [get(url, "/tasks/metrics/prometheus") for url in (first, second)]
-    if prometheus[0].status_code == 200:
-        lines = [
-            sorted(x for x in p.text.splitlines() if x.startswith("taskflow_tasks{"))
-            for p in prometheus
-        ]
-        assert lines[0] == lines[1]
-        assert 'taskflow_tasks{status="success"} 2.0' in lines[0]
+    assert [p.status_code for p in prometheus] == [200, 200]
+    lines = [
+        sorted(x for x in p.text.splitlines() if x.startswith("taskflow_tasks{"))
+        for p in prometheus
+    ]
+    assert lines[0] == lines[1]
+    assert 'taskflow_tasks{status="success"} 2.0' in lines[0]
     deleted = httpx.delete(f"{second}/tasks/history?all=true", timeout=5)
     assert deleted.status_code == 200, deleted.text
     after = get(first, "/tasks/metrics").json()
