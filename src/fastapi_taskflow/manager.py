@@ -767,16 +767,19 @@ class TaskManager:
         """Delete finished records (all, or those that ended before ``before``) everywhere.
 
         Pending and running tasks are never touched. Returns how many went from memory and
-        from the backend. Counters follow: all history gone restarts them from memory; a partial
-        delete with a backend recounts finished records from the backend (one aggregate query).
+        from the backend. Counters follow: the backend's stats lose the deleted rows' share in
+        the delete's own transaction; this instance's memory counters restart from memory (all
+        history gone) or are read back from the backend (a partial delete).
         """
 
         def keep(record: TaskRecord) -> bool:
             return before is not None and (record.end_time is None or record.end_time >= before)
 
         backend = self.backend if self._started else None
-        if backend is not None and before is not None and self.persister is not None:
-            await self.persister.flush_history()  # the recount below must see every record
+        if backend is not None and self.persister is not None:
+            # Writes still on their way would land after the delete and bring rows back.
+            await self.persister.flush_journal()
+            await self.persister.flush_history()
         dropped = self.store.clear_finished(keep if before is not None else None)
         if self.persister is not None:
             self.persister.forget(dropped)
@@ -787,7 +790,7 @@ class TaskManager:
         if before is None:
             self.store.reset_finished_counts()
         elif backend is not None:
-            self.store.set_finished_counts(await backend.count_by_status())
+            self.store.set_finished_counts(await backend.status_counts())
         return {"store": len(dropped), "backend": deleted}
 
 

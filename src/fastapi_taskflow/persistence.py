@@ -131,11 +131,7 @@ class Persister:
         self._lease_until = sent + self.settings.lease_ttl
         # The backend's count is the whole finished history, including whatever this store
         # still holds from an earlier run of the same manager (written at its shutdown).
-        if self.backend.system_of_record:
-            stats = await self.backend.read_stats()
-            self.store.set_finished_counts({s.value: n for s, n in stats.counts.items()})
-        else:
-            self.store.set_finished_counts(await self.backend.count_by_status())
+        self.store.set_finished_counts(await self.backend.status_counts())
         self.store.add_listener(self._changed)
         await self._guarded("claim", self.claim)
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [

@@ -379,7 +379,16 @@ class TaskBackend(ABC):
         return await self._delete_rows(list(task_ids)) if task_ids else 0
 
     async def count_by_status(self) -> dict[str, int]:
+        """Records per status, counted from the rows (a scan on most backends)."""
         return await self._count_rows()
+
+    async def status_counts(self) -> dict[str, int]:
+        """Records per status: from the kept stats when the backend keeps them (no scan), else
+        :meth:`count_by_status`."""
+        if not self.system_of_record:
+            return await self._count_rows()
+        stats = await self.read_stats()
+        return {status.value: count for status, count in stats.counts.items() if count}
 
     # ---- the system of record: stats, throughput, change feed -------------------------------
 
