@@ -63,10 +63,12 @@ def task(url: str, task_id: str) -> dict[str, Any] | None:
 
 
 class Stream:
-    """A dashboard SSE stream read on a thread: every task row each delta carried, with when."""
+    """An SSE stream read on a thread: every task row a delta (dashboard) or ``task`` event
+    (``/{id}/events``) carried, with when."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, path: str = "/tasks/dashboard/stream") -> None:
         self.url = url
+        self.path = path
         self.rows: list[tuple[float, dict[str, Any]]] = []
         self.instance: str | None = None
         self._ready = threading.Event()
@@ -85,7 +87,7 @@ class Stream:
     def _read(self) -> None:
         with (
             httpx.Client(timeout=httpx.Timeout(5, read=2)) as client,
-            client.stream("GET", f"{self.url}/tasks/dashboard/stream") as response,
+            client.stream("GET", f"{self.url}{self.path}") as response,
         ):
             self.instance = response.headers.get("X-Instance")
             name = ""
@@ -96,6 +98,9 @@ class Stream:
                     elif line.startswith("data: "):
                         if name == "hello":
                             self._ready.set()
+                        elif name == "task":
+                            self._ready.set()
+                            self.rows.append((time.monotonic(), json.loads(line[6:])))
                         elif name == "delta":
                             for row in json.loads(line[6:])["tasks"]:
                                 self.rows.append((time.monotonic(), row))
@@ -145,11 +150,13 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
     searched = get(second, f"/tasks?q={running_id[:8]}").json()
     assert [t["task_id"] for t in searched] == [running_id]
 
-    with Stream(second) as stream:
+    with Stream(second) as stream, Stream(second, f"/tasks/{pending_id}/events") as one:
+        assert one.seen(pending_id, "pending")
         (gates / "a").touch()
         wait_for(lambda: stream.seen(running_id, "success"), 5, "the other's change on SSE")
         (gates / "b").touch()
         wait_for(lambda: stream.seen(pending_id, "success"), 5, "the pending one finishing")
+        wait_for(lambda: one.seen(pending_id, "success"), 5, "its own event stream follows")
 
     def agree() -> bool:
         numbers = [shared(get(url, "/tasks/metrics").json()) for url in (first, *readers)]
