@@ -286,8 +286,11 @@ class Persister:
         return len(self._urgent) + self.store.dirty_count
 
     def _kick(self) -> None:
-        if self._wake is not None:
-            self._loop_ref.call(self._wake.set)
+        wake = self._wake
+        # Already set: the writer has not taken its batch yet, so it will take this change too
+        # (every change is in the batch before the kick), and a kick costs a loop hop per change.
+        if wake is not None and not wake.is_set():
+            self._loop_ref.call(wake.set)
 
     # ---- writing ---------------------------------------------------------------------------
 

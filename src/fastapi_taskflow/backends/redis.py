@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
+from ..serialization import compact_json
 from ..stats import THROUGHPUT_POINTS, add_delta, histogram_bucket, throughput_key
 from ..urls import mask_url
 from .base import RecordQuery, Row, TaskBackend
@@ -70,19 +71,20 @@ end
 """
 
 # ARGV: prefix, ttl_ms (0: none), origin, the finished statuses as a JSON list, entries kept in
-# the change feed, then 10 values per row: the 7 columns, duration, histogram bucket and
-# throughput bucket ('' for none). The row's info keeps what its stats share needs.
+# the change feed, then the rows as one JSON array of 10 strings per row: the 7 columns,
+# duration, histogram bucket and throughput bucket ('' for none). One string, not 10 arguments
+# a row: redis-py packs every argument one by one. The row's info keeps its stats inputs.
 _SAVE = (
     _COUNT
     + """
 local p, ttl, origin = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local finished = {}
 for _, s in ipairs(cjson.decode(ARGV[4])) do finished[s] = true end
-local stats, ids = p .. ':stats', {}
-for i = 6, #ARGV, 10 do
+local stats, ids, rows = p .. ':stats', {}, cjson.decode(ARGV[6])
+for i = 1, #rows, 10 do
   local id, created, status, func, queue, ended, data, dur, hb, tb =
-    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6],
-    ARGV[i+7], ARGV[i+8], ARGV[i+9]
+    rows[i], rows[i+1], rows[i+2], rows[i+3], rows[i+4], rows[i+5], rows[i+6],
+    rows[i+7], rows[i+8], rows[i+9]
   local old = redis.call('HGET', p .. ':info', id)
   local was = nil
   if old then
@@ -419,13 +421,13 @@ class RedisBackend(TaskBackend):
     async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         ttl = _ms(self.record_ttl) if self.record_ttl else 0
         for start in range(0, len(rows), _BATCH):
-            args: list[Any] = [self.prefix, ttl, origin, _FINISHED_JSON, CHANGES_KEPT]
+            flat: list[str] = []
             for row in rows[start : start + _BATCH]:
                 end = row["end_time"]
                 duration = row.get("duration")
                 # The script decides with the old status whether this write counts as throughput.
                 bucket = throughput_key(None, row["status"], end)
-                args += [
+                flat += [
                     row["task_id"],
                     repr(float(row["created_at"])),
                     row["status"],
@@ -434,9 +436,10 @@ class RedisBackend(TaskBackend):
                     "" if end is None else repr(float(end)),
                     row["data"],
                     "" if duration is None else repr(float(duration)),
-                    "" if duration is None else histogram_bucket(duration),
-                    "" if bucket is None else bucket,
+                    "" if duration is None else str(histogram_bucket(duration)),
+                    "" if bucket is None else str(bucket),
                 ]
+            args = [self.prefix, ttl, origin, _FINISHED_JSON, CHANGES_KEPT, compact_json(flat)]
             await self._script("save", [], args)
 
     async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
