@@ -3,7 +3,7 @@
 See docs/dependency-injection.md for the guide and docs/configuration.md for every key.
 """
 
-from ._sources import ConfigProblem, InvalidConfigurationError
+from ..errors import ConfigProblem, ConfigurationError, InvalidConfigurationError
 from .containers import TaskflowContainer, running, start_resources, stop_resources
 from .fastapi import (
     TaskHandleDep,
@@ -19,6 +19,7 @@ from .settings import TaskflowSettings, load_settings
 
 __all__ = [
     "ConfigProblem",
+    "ConfigurationError",
     "InvalidConfigurationError",
     "TaskflowSettings",
     "load_settings",
