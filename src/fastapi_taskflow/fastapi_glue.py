@@ -18,6 +18,10 @@ from fastapi.routing import APIRoute
 logger = logging.getLogger("fastapi_taskflow")
 
 _HOOKED = "_taskflow_lifespan_managers"
+_STARTING = "_taskflow_lifespan_starting"
+
+
+Hook = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
 def add_lifespan(
@@ -26,24 +30,56 @@ def add_lifespan(
     startup: Callable[[], Awaitable[None]],
     shutdown: Callable[[], Awaitable[None]],
 ) -> bool:
-    """Run ``startup`` before and ``shutdown`` after the app's own lifespan. Once per key."""
+    """Run ``startup`` before and ``shutdown`` after the app's own lifespan. Once per key.
+
+    Added while another hook's startup runs (``TaskAdmin`` mounted by the DI container at
+    startup), the pair also joins the lifespan already under way: its startup runs right after
+    that hook's, its shutdown before that hook's. Otherwise it would only run from the next
+    lifespan on, which a server never has.
+    """
     hooked: set[int] = app.state._state.setdefault(_HOOKED, set())
     if id(key) in hooked:
         return False
     hooked.add(id(key))
+    starting: list[list[Hook]] = app.state._state.setdefault(_STARTING, [])
+    if starting:
+        starting[-1].append((startup, shutdown))
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
-        await startup()
-        try:
-            async with inner(asgi_app) as state:
-                yield state
-        finally:
-            await shutdown()
+        async with hooks_around(app, startup, shutdown), inner(asgi_app) as state:
+            yield state
 
     app.router.lifespan_context = lifespan
     return True
+
+
+@asynccontextmanager
+async def hooks_around(
+    app: FastAPI,
+    startup: Callable[[], Awaitable[None]],
+    shutdown: Callable[[], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """``startup`` on entry, ``shutdown`` on exit; the hooks :func:`add_lifespan` gets while
+    ``startup`` runs start right after it and stop right before ``shutdown``."""
+    starting: list[list[Hook]] = app.state._state.setdefault(_STARTING, [])
+    joiners: list[Hook] = []
+    starting.append(joiners)
+    try:
+        await startup()
+    finally:
+        starting.remove(joiners)
+    joined: list[Hook] = []
+    try:
+        for hook in joiners:
+            await hook[0]()
+            joined.append(hook)
+        yield
+    finally:
+        for _, joined_shutdown in reversed(joined):
+            await joined_shutdown()
+        await shutdown()
 
 
 def route_background_params(app: FastAPI, provider: Callable[..., Any]) -> int:

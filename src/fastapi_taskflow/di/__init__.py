@@ -9,10 +9,12 @@ from .fastapi import (
     TaskHandleDep,
     TaskManagerDep,
     TasksDep,
+    exit_on_config_error,
     get_task_handle,
     get_task_manager,
     get_tasks,
     install,
+    task_handle_from,
     taskflow_lifespan,
 )
 from .settings import TaskflowSettings, load_settings
@@ -30,9 +32,11 @@ __all__ = [
     "TaskHandleDep",
     "TaskManagerDep",
     "TasksDep",
+    "exit_on_config_error",
     "get_task_handle",
     "get_task_manager",
     "get_tasks",
     "install",
+    "task_handle_from",
     "taskflow_lifespan",
 ]
