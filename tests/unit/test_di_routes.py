@@ -4,18 +4,25 @@ startup, ``Provide[...]`` where the aliases cannot help, and what wiring really 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+import wiring_tasks
+from dependency_injector.wiring import Provide, inject
+from fastapi import APIRouter, Depends, FastAPI
+from test_di_fastapi import AppContainer
+from wiring_tasks import greet_inject_outside, greet_recommended
 
-from fastapi_taskflow import TaskHandle, TaskRegistry
+from fastapi_taskflow import TaskHandle, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.di import (
     TaskflowContainer,
+    TaskManagerDep,
     install,
+    running,
+    stop_resources,
     task_handle_from,
     taskflow_lifespan,
 )
@@ -104,3 +111,136 @@ async def test_no_auth_warning_at_the_first_startup(
             pass
     assert len(warnings()) == 2
     assert warnings()[0].startswith("TaskAdmin at /tasks has no auth")
+
+
+# ---- Provide[...] where the aliases would serve: exactly how it behaves ------------------------
+
+
+@pytest.fixture
+def wired() -> Iterator[AppContainer]:
+    """The user's container on memory, this module wired (and nothing else)."""
+    container = AppContainer()
+    container.taskflow.config.from_dict({"backend": {"kind": "memory"}})
+    container.taskflow.registry.override(wiring_tasks.tasks)
+    container.wire(modules=[__name__])
+    yield container
+    container.unwire()
+
+
+# Module level: wiring patches the functions a wired module holds, not ones made in a function.
+provide_routes = APIRouter()
+
+
+@provide_routes.get("/provided")
+@inject
+async def provided(
+    manager: TaskManager = Depends(Provide[AppContainer.taskflow.task_manager]),  # noqa: B008
+) -> dict[str, bool]:
+    return {"manager": isinstance(manager, TaskManager)}
+
+
+@provide_routes.get("/provided-sync")
+@inject
+def provided_sync(
+    manager: TaskManager = Depends(Provide[AppContainer.taskflow.task_manager]),  # noqa: B008
+) -> dict[str, bool]:
+    return {"manager": isinstance(manager, TaskManager)}
+
+
+@inject  # above the route decorator: FastAPI registered the function before @inject wrapped it
+@provide_routes.get("/inject-outside")
+async def inject_outside(greeter: Any = Depends(Provide[AppContainer.greeter])) -> dict[str, str]:  # noqa: B008
+    return {"greeter": type(greeter).__name__}
+
+
+@provide_routes.get("/alias-sync")
+def alias_sync(manager: TaskManagerDep) -> dict[str, bool]:
+    return {"manager": isinstance(manager, TaskManager)}
+
+
+async def test_provided_manager_in_a_def_route_fails_as_documented(wired: AppContainer) -> None:
+    """The async Resource cannot be Provide'd into a def route (dependency-injector makes a
+    future in FastAPI's worker thread); TaskManagerDep can."""
+    app = FastAPI()
+    app.include_router(provide_routes)
+    install(app, wired)
+    async with serving(app) as client:
+        assert (await client.get("/provided")).json() == {"manager": True}
+        assert (await client.get("/alias-sync")).json() == {"manager": True}
+        with pytest.raises(RuntimeError, match="There is no current event loop in thread"):
+            await client.get("/provided-sync")
+
+
+async def test_provided_manager_without_a_lifespan_starts_it_unmanaged(
+    wired: AppContainer,
+) -> None:
+    """Without install()/taskflow_lifespan(), a Provide route starts the manager on first use
+    (dependency-injector's Resource), and nothing stops it; the aliases refuse instead."""
+    app = FastAPI()
+    app.include_router(provide_routes)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert not wired.taskflow.task_manager.initialized
+        assert (await client.get("/provided")).json() == {"manager": True}
+        assert wired.taskflow.task_manager.initialized  # started, by no lifespan
+        with pytest.raises(RuntimeError, match=r"no taskflow container on app\.state"):
+            await client.get("/alias-sync")
+    await stop_resources(wired)
+
+
+# ---- wiring and decorator order: what is required ----------------------------------------------
+
+
+async def run_then_retry(
+    container: AppContainer, task: Any, label: str
+) -> tuple[TaskHandle, TaskHandle]:
+    """Run ``task`` (whose first run fails), then retry it: a retry runs the registered function."""
+    async with running(container):
+        manager = await container.taskflow.task_manager()
+        first = manager.add_task(task, label)
+        await manager.join()
+        retried = await manager.retry(first.task_id)
+        await manager.join()
+    return first, retried
+
+
+async def test_inject_above_the_route_decorator_gives_the_marker(wired: AppContainer) -> None:
+    """On a route, @inject must sit under @router.get(...): above it, FastAPI calls the
+    marker itself and the route receives a Provide object, not the service."""
+    app = FastAPI()
+    app.include_router(provide_routes)
+    install(app, wired)
+    async with serving(app) as client:
+        assert (await client.get("/inject-outside")).json() == {"greeter": "Provide"}
+
+
+async def test_task_module_need_not_be_wired_if_a_wired_module_imports_the_task(
+    wired: AppContainer,
+) -> None:
+    """Wiring patches the function wherever a wired module holds it: here this module imports
+    it from wiring_tasks, which is not wired, and the task receives the service."""
+    handle, retried = await run_then_retry(wired, greet_recommended, "wired-elsewhere")
+    assert handle.status is TaskStatus.FAILED  # the deliberate first failure
+    assert retried.status is TaskStatus.SUCCESS  # greeter.word() worked: the service arrived
+
+
+async def test_task_no_wired_module_reaches_gets_the_marker(wired: AppContainer) -> None:
+    """A task in no wired module (not imported by name into one) gets the Provide marker
+    itself: it fails, and the error names the marker."""
+    async with running(wired):
+        manager = await wired.taskflow.task_manager()
+        handle = manager.add_task(wiring_tasks.greet_unreached, "nowhere")
+        await manager.join()
+    assert handle.status is TaskStatus.FAILED
+    assert "'Provide' object has no attribute 'word'" in (handle.record.error or "")
+
+
+async def test_inject_above_the_task_decorator_breaks_retries_and_requeues(
+    wired: AppContainer,
+) -> None:
+    """@inject above @tasks.task(): add_task still injects (it calls the wrapper it was given),
+    but a retry or a requeue after restart runs the registered, plain function: no service."""
+    first, retried = await run_then_retry(wired, greet_inject_outside, "outside")
+    assert first.record.error == "RuntimeError: the first run fails"  # it ran, injected
+    assert retried.status is TaskStatus.FAILED
+    assert "'Provide' object has no attribute 'word'" in (retried.record.error or "")
