@@ -52,6 +52,7 @@ STARTUP_REJECTS = {
         "database after the host must be a number",
     ),
     "infinite_interval": ("snapshot_interval: .inf\n", "snapshot_interval", "finite number"),
+    "nan_timeout": ("drain_timeout: .nan\n", "drain_timeout", "finite number"),
     "empty_queue_name": ("queues:\n  '':\n    concurrency: 2\n", "queues", "at least 1 character"),
     "blank_admin_title": ("admin:\n  title: '  '\n", "admin.title", "should match pattern"),
 }

@@ -32,10 +32,12 @@ taskflow_app = examples.di_app.app:create_app
 )
 
 SIGNUP_TEST = """
+from examples.workloads import Mailer
 from fastapi_taskflow import MemoryBackend
 
 
-async def test_signup(taskflow_client, taskflow_container, taskflow_events):
+async def test_signup(taskflow_client, taskflow_container, taskflow_events, mocker):
+    spy = mocker.spy(Mailer, "send")
     response = await taskflow_client.post("/signup", params={"email": "ada@example.com"})
     manager = await taskflow_container.taskflow.task_manager()
     await manager.join()
@@ -43,6 +45,7 @@ async def test_signup(taskflow_client, taskflow_container, taskflow_events):
     statuses = [e.status.value for e in taskflow_events.lifecycle_events if e.task_id == task_id]
     assert statuses == ["running", "success"]
     assert taskflow_container.mailer().outbox == [("ada@example.com", "Welcome aboard!")]
+    spy.assert_awaited_once()
     assert isinstance(manager.backend, MemoryBackend)
     assert manager.queue_stats()["default"]["concurrency"] == 20  # config/taskflow.yaml's
 """

@@ -54,7 +54,8 @@ JobHandle = Annotated[TaskHandle, Depends(task_handle_from("job_id"))]
 
 
 async def test_task_handle_from_any_path_parameter() -> None:
-    """/jobs/{job_id} gets the handle; an unknown id is a JSON 404; the schema names job_id."""
+    """/jobs/{job_id} gets the handle; an unknown id is a JSON 404; the schema names job_id;
+    a path without {job_id} answers 422 naming it."""
     container = memory_container()
     app = FastAPI()
     install(app, container)
@@ -63,12 +64,17 @@ async def test_task_handle_from_any_path_parameter() -> None:
     def job(handle: JobHandle) -> dict[str, str]:
         return {"task_id": handle.task_id, "status": handle.status.value}
 
+    @app.get("/latest")
+    def misdeclared(handle: JobHandle) -> dict[str, str]:
+        return {"task_id": handle.task_id}
+
     async with serving(app) as client:
         manager = await container.task_manager()
         handle = manager.add_task(greet, "ada")
         await manager.join()
         found = await client.get(f"/jobs/{handle.task_id}")
         missing = await client.get("/jobs/nope")
+        no_parameter = await client.get("/latest")
         schema = (await client.get("/openapi.json")).json()
     assert found.json() == {"task_id": handle.task_id, "status": "success"}
     assert missing.status_code == 404
@@ -77,6 +83,8 @@ async def test_task_handle_from_any_path_parameter() -> None:
         "message": "no such task",
         "task_id": "nope",
     }
+    assert no_parameter.status_code == 422  # the path has no {job_id}: named, not a 500
+    assert no_parameter.json()["detail"][0]["loc"] == ["path", "job_id"]
     parameters = schema["paths"]["/jobs/{job_id}"]["get"]["parameters"]
     assert [(p["name"], p["in"]) for p in parameters] == [("job_id", "path")]
 
