@@ -115,6 +115,19 @@ def test_non_utf8_file_is_named(isolated: Path, encoding: str) -> None:
     assert len(err.splitlines()) == 2
 
 
+def test_non_utf8_dotenv_is_named(isolated: Path) -> None:
+    """A .env that is not UTF-8 is a ConfigurationError naming .env; no traceback."""
+    (isolated / ".env").write_bytes("TASKFLOW_ADMIN__TITLE=Tâches\n".encode("latin-1"))
+    with pytest.raises(InvalidConfigurationError) as exc:
+        TaskflowSettings()
+    (problem,) = exc.value.problems
+    assert problem.source == ".env"
+    assert "save it as UTF-8" in problem.reason
+    code, _, err = check()
+    assert code == 1
+    assert "Traceback" not in err
+
+
 def test_utf8_with_byte_order_mark_is_read(isolated: Path) -> None:
     """A UTF-8 file saved with a byte-order mark (Windows editors) loads."""
     path = isolated / "t.yaml"

@@ -232,9 +232,15 @@ class TaskflowDotEnvSource(DotEnvSettingsSource):
         prefix = ENV_PREFIX.lower()
         # A name the project reads itself (TASKFLOW_CONFIG...) is no setting, and no mistake.
         skip = {n.lower() for n in (*RESERVED_ENV_NAMES, *self.allowed())}
+        try:
+            loaded = super()._load_env_vars()
+        except UnicodeDecodeError as exc:
+            shown = ".env" if self.env_file in (None, ENV_FILE_SENTINEL) else str(self.env_file)
+            reason = f"the file is not UTF-8: byte {exc.start} cannot be decoded; save it as UTF-8"
+            raise InvalidConfigurationError([ConfigProblem("", shown, reason)]) from None
         return {
             k: v
-            for k, v in super()._load_env_vars().items()
+            for k, v in loaded.items()
             if k.lower().startswith(prefix) and k.lower() not in skip
         }
 
