@@ -123,7 +123,8 @@ def taskflow_container(
     ``taskflow_registry``."""
     from dependency_injector import providers
 
-    from .di.containers import TaskflowContainer, make_backend
+    from .backends.factory import build_backend
+    from .di.containers import TaskflowContainer
     from .di.fastapi import find_taskflow
 
     if taskflow_app_container is None:
@@ -134,7 +135,7 @@ def taskflow_container(
     else:
         container = taskflow_app_container
         taskflow = find_taskflow(container)
-    memory = providers.Factory(make_backend, "memory")
+    memory = providers.Factory(build_backend, "memory")
     with taskflow.backend_factory.override(memory), taskflow.loggers.override([taskflow_events]):
         yield container
     if taskflow_app_container is None:

@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import ENV_FILE_SENTINEL
 
 from ..errors import ConfigProblem, InvalidConfigurationError
+from ..urls import mask_url
 
 logger = logging.getLogger("fastapi_taskflow.di")
 
@@ -439,8 +440,6 @@ def _shown_input(value: Any, path: str) -> str | None:
     if is_secret(path) or isinstance(value, dict | list):
         return None
     if path in URL_PATHS and isinstance(value, str):
-        from .settings import mask_url
-
         return repr(mask_url(value))
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -38,7 +38,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ..backends.factory import BackendKind
 from ..errors import ConfigProblem
+from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
     SECRET_PATHS,
@@ -102,19 +104,6 @@ class RedisURL(str):
         return repr(self.masked())
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, errors and the CLI)."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return str(url)
-    # Split the netloc by hand: parts.port raises on a bad port, and a URL being refused
-    # for its port must still be shown without its password.
-    user = userinfo.partition(":")[0]
-    netloc = f"{user}:***@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 class SqliteSettings(Section):
     """``backend.sqlite``: where the SQLite file lives (created with its folder if missing)."""
 
@@ -132,7 +121,7 @@ class RedisSettings(Section):
 class BackendSettings(Section):
     """``backend``: where records and the journal persist. Only ``kind`` is constructed."""
 
-    kind: Literal["memory", "sqlite", "redis"] = "memory"
+    kind: BackendKind = "memory"
     sqlite: SqliteSettings = SqliteSettings()
     redis: RedisSettings = RedisSettings()
 
