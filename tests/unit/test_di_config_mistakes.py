@@ -100,6 +100,21 @@ def test_heartbeat_names_both_sources(isolated: Path, monkeypatch: pytest.Monkey
     assert "lease_ttl (15, from environment variable TASKFLOW_LEASE_TTL)" in problem.reason
 
 
+def test_tracing_without_opentelemetry_is_refused_by_check(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tracing: true without the otel extra fails config check, as it fails startup."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if not installed
+    path = isolated / "t.yaml"
+    path.write_text("tracing: true\n")
+    code, _, err = check(str(path))
+    assert code == 1
+    assert "tracing: tracing is on but OpenTelemetry is not installed: pip install " in err
+    assert f"[from {path}]" in err
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
 def test_non_utf8_file_is_named(isolated: Path, encoding: str) -> None:
     """A file that is not UTF-8 is a ConfigurationError naming the file; no traceback."""

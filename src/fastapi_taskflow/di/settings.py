@@ -39,7 +39,7 @@ from pydantic_settings import (
 )
 
 from ..backends.factory import BackendKind
-from ..errors import ConfigProblem
+from ..errors import ConfigProblem, ConfigurationError
 from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
@@ -321,6 +321,13 @@ class TaskflowSettings(BaseSettings):
             )
         if self.encrypt_errors and not self.encryption.keys:
             problem("encrypt_errors", "needs encryption.keys (the first key seals errors)")
+        if self.tracing:
+            from ..tracing import build_tracing
+
+            try:
+                build_tracing(True)  # what the manager does with it at startup
+            except ConfigurationError as exc:
+                problem("tracing", str(exc))
         return problems
 
     @classmethod
