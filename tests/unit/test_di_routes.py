@@ -18,8 +18,10 @@ from wiring_tasks import greet_inject_outside, greet_recommended
 
 from fastapi_taskflow import TaskHandle, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.di import (
+    InvalidConfigurationError,
     TaskflowContainer,
     TaskManagerDep,
+    exit_on_config_error,
     install,
     running,
     stop_resources,
@@ -252,3 +254,34 @@ async def test_inject_above_the_task_decorator_breaks_retries_and_requeues(
     assert first.record.error == "RuntimeError: the first run fails"  # it ran, injected
     assert retried.status is TaskStatus.FAILED
     assert "'Provide' object has no attribute 'word'" in (retried.record.error or "")
+
+
+# ---- configuration errors while the app is built -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda container: install(FastAPI(), container), taskflow_lifespan],
+    ids=["install", "taskflow_lifespan"],
+)
+def test_bad_settings_fail_when_the_app_is_built(build: Any) -> None:
+    """install() and taskflow_lifespan() validate at once, not inside the server's startup."""
+    container = memory_container(max_histroy=3)
+    with pytest.raises(InvalidConfigurationError, match="did you mean 'max_history'"):
+        build(container)
+
+
+def test_exit_on_config_error_turns_the_error_into_its_message() -> None:
+    """A decorated factory exits with the message alone (status 1); other errors pass through."""
+
+    @exit_on_config_error
+    def create_app(broken: bool) -> FastAPI:
+        if broken:
+            install(FastAPI(), memory_container(max_histroy=3))
+        raise KeyError("not a configuration error")
+
+    with pytest.raises(SystemExit) as stopped:
+        create_app(True)
+    assert str(stopped.value.code).startswith("invalid taskflow configuration (1 problem):")
+    with pytest.raises(KeyError):
+        create_app(False)
