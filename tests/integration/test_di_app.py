@@ -144,22 +144,14 @@ def _started(container: AppContainer) -> Any:
     return run()
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "expected"),
-    [
-        ("TASKFLOW_MAX_HISTORY", "lots", "max_history: Input should be a valid integer"),
-        ("TASKFLOW_MAX_HISTROY", "5", "did you mean TASKFLOW_MAX_HISTORY?"),
-    ],
-)
-def test_bad_setting_stops_uvicorn_with_one_short_message(
-    tmp_path: Path, variable: str, value: str, expected: str
-) -> None:
+def test_bad_setting_stops_uvicorn_with_one_short_message(tmp_path: Path) -> None:
     """Under uvicorn's factory, a bad setting exits 1 with the message alone, no traceback."""
     import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKFLOW_")}
-    env.update({variable: value, "TASKFLOW_VAR_DIR": str(tmp_path)})
+    variable = "TASKFLOW_MAX_HISTORY"
+    env.update({variable: "lots", "TASKFLOW_VAR_DIR": str(tmp_path)})
     command = [sys.executable, "-m", "uvicorn", "examples.di_app.app:create_app", "--factory"]
     result = subprocess.run(
         [*command, "--port", "0"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
@@ -168,5 +160,5 @@ def test_bad_setting_stops_uvicorn_with_one_short_message(
     assert "Traceback" not in result.stderr
     first, problem = result.stderr.splitlines()  # the whole output: two lines
     assert first == "invalid taskflow configuration (1 problem):"
-    assert expected in problem
+    assert "max_history: Input should be a valid integer" in problem
     assert problem.endswith(f"[from environment variable {variable}]")
