@@ -3,6 +3,7 @@ startup, ``Provide[...]`` where the aliases cannot help, and what wiring really 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -11,12 +12,13 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import wiring_tasks
+from dependency_injector import providers
 from dependency_injector.wiring import Provide, inject
 from fastapi import APIRouter, Depends, FastAPI
 from test_di_fastapi import AppContainer
 from wiring_tasks import greet_inject_outside, greet_recommended
 
-from fastapi_taskflow import TaskHandle, TaskManager, TaskRegistry, TaskStatus
+from fastapi_taskflow import MemoryBackend, TaskHandle, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.di import (
     InvalidConfigurationError,
     TaskflowContainer,
@@ -254,6 +256,38 @@ async def test_inject_above_the_task_decorator_breaks_retries_and_requeues(
     assert first.record.error == "RuntimeError: the first run fails"  # it ran, injected
     assert retried.status is TaskStatus.FAILED
     assert "'Provide' object has no attribute 'word'" in (retried.record.error or "")
+
+
+async def test_requeue_after_restart_runs_the_registered_function(wired: AppContainer) -> None:
+    """Pending at shutdown and requeued at the next start, a task runs what the registry holds:
+    with @tasks.task() above @inject it gets the service; the other order gets the marker."""
+    shared = MemoryBackend()  # outlives both runs, as a database would
+    wired.taskflow.backend.override(providers.Object(shared))
+    wired.taskflow.config.from_dict(
+        {"requeue_pending": True, "max_concurrent_tasks": 1, "drain_timeout": 0.05}
+    )
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def block() -> None:
+        started.set()
+        await gate.wait()
+
+    wiring_tasks.first_runs.update({"requeued-recommended", "requeued-outside"})
+    async with running(wired):
+        manager = await wired.taskflow.task_manager()
+        manager.add_task(block)
+        await started.wait()  # the one slot is taken: both wait in the queue
+        recommended = manager.add_task(greet_recommended, "requeued-recommended")
+        outside = manager.add_task(greet_inject_outside, "requeued-outside")
+    async with running(wired):
+        manager = await wired.taskflow.task_manager()
+        await manager.join()
+        after = {h.task_id: await manager.get_record(h.task_id) for h in (recommended, outside)}
+    assert after[recommended.task_id].status is TaskStatus.SUCCESS  # type: ignore[union-attr]
+    failed = after[outside.task_id]
+    assert failed is not None
+    assert failed.status is TaskStatus.FAILED
+    assert "'Provide' object has no attribute 'word'" in (failed.error or "")
 
 
 # ---- configuration errors while the app is built -----------------------------------------------
