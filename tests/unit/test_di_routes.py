@@ -203,6 +203,20 @@ async def test_provided_manager_without_a_lifespan_starts_it_unmanaged(
 # ---- wiring and decorator order: what is required ----------------------------------------------
 
 
+async def test_a_route_made_inside_a_function_is_not_wired(wired: AppContainer) -> None:
+    """Wiring patches what a wired module holds: a route defined in a function gets the marker."""
+    app = FastAPI()
+
+    @app.get("/made-here")
+    @inject
+    async def made_here(greeter: Any = Depends(Provide[AppContainer.greeter])) -> dict[str, str]:  # noqa: B008
+        return {"greeter": type(greeter).__name__}
+
+    install(app, wired)
+    async with serving(app) as client:
+        assert (await client.get("/made-here")).json() == {"greeter": "Provide"}
+
+
 async def run_then_retry(
     container: AppContainer, task: Any, label: str
 ) -> tuple[TaskHandle, TaskHandle]:
