@@ -686,14 +686,7 @@ class TaskManager:
         persister = self.persister if self._started else None
         if persister is None:
             return await merged_page(self.store, None, query)
-        # Memory adds what the backend cannot know yet or knows less well: this instance's
-        # active tasks (freshest progress) and changes still on their way to the backend.
-        return await merged_page(
-            self.store,
-            persister.backend,
-            query,
-            from_memory=lambda r: not r.status.finished or persister.unwritten(r.task_id),
-        )
+        return await merged_page(self.store, persister.backend, query, persister.unwritten_records)
 
     def metrics(self) -> dict[str, Any]:
         """This instance's numbers from memory (no I/O); see :meth:`read_metrics`."""

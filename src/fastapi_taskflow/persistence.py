@@ -216,6 +216,13 @@ class Persister:
             or self.store.is_dirty(task_id)
         )
 
+    def unwritten_records(self) -> list[TaskRecord]:
+        """The records whose latest change has not reached the backend yet."""
+        with self._lock:
+            pending = {**self._writing, **self._urgent.records}
+        pending.update((r.task_id, r) for r in self.store.dirty_records())
+        return list(pending.values())
+
     def journal(self, entry: JournalEntry) -> int:
         """A new task must survive the process; returns its write's sequence number."""
         with self._lock:

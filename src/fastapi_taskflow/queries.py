@@ -16,47 +16,50 @@ def _key(record: TaskRecord) -> tuple[float, str]:
     return (record.created_at.timestamp(), record.task_id)
 
 
-def memory_page(
-    store: TaskStore,
-    query: RecordQuery,
-    limit: int,
-    from_memory: Callable[[TaskRecord], bool] | None = None,
-) -> list[TaskRecord]:
+def memory_page(store: TaskStore, query: RecordQuery, limit: int) -> list[TaskRecord]:
     """Up to ``limit`` matching records from memory, newest first, after the cursor."""
     after = decode_cursor(query.cursor) if query.cursor else None
 
     def accept(record: TaskRecord) -> bool:
-        return (
-            (after is None or _key(record) < after)
-            and query.matches(record)
-            and (from_memory is None or from_memory(record))
-        )
+        return (after is None or _key(record) < after) and query.matches(record)
 
     return store.first_newest(limit, accept)
+
+
+def _unwritten_page(
+    records: list[TaskRecord], query: RecordQuery, limit: int
+) -> dict[str, TaskRecord]:
+    after = decode_cursor(query.cursor) if query.cursor else None
+    found = [r for r in records if (after is None or _key(r) < after) and query.matches(r)]
+    found.sort(key=_key, reverse=True)
+    return {r.task_id: r for r in found[:limit]}
 
 
 async def merged_page(
     store: TaskStore,
     backend: TaskBackend | None,
     query: RecordQuery,
-    from_memory: Callable[[TaskRecord], bool] | None = None,
+    unwritten: Callable[[], list[TaskRecord]] | None = None,
 ) -> RecordPage:
-    """Memory and backend pages merged: memory wins for a task in both (it is fresher).
+    """One page from memory alone (no backend), or from the backend with memory on top.
 
-    ``from_memory`` picks the memory records that may answer (with a backend: those the backend
-    does not know as well yet); a backend row of such a record is replaced by it, or dropped
-    when the fresher memory copy no longer matches the query.
+    With a backend, memory adds only what the backend cannot know yet or knows less well:
+    ``unwritten()`` (changes still on their way to it) and this instance's active tasks, whose
+    copy in memory replaces the backend row (or drops it when it no longer matches the query).
+    Memory is never walked as a whole, so a page costs the same however much it holds.
     """
     want = query.limit + 1
-    records = {r.task_id: r for r in memory_page(store, query, want, from_memory)}
-    if backend is not None:
+    if backend is None:
+        records = {r.task_id: r for r in memory_page(store, query, want)}
+    else:
+        records = _unwritten_page(unwritten() if unwritten is not None else [], query, want)
         page = await backend.query_records(RecordQuery(**{**_fields(query), "limit": want}))
         for record in page.records:
             if record.task_id in records:
                 continue
             fresher = store.get(record.task_id)
-            if fresher is not None and (from_memory is None or from_memory(fresher)):
-                # Memory knows better (the cursor position, made of fixed fields, holds).
+            if fresher is not None and not fresher.status.finished:
+                # This instance runs it: its copy is the truth (the cursor's fields are fixed).
                 if query.matches(fresher):
                     records[record.task_id] = fresher
                 continue

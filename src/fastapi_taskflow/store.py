@@ -268,6 +268,11 @@ class TaskStore:
             dirty, self._dirty = list(self._dirty.values()), {}
         return dirty
 
+    def dirty_records(self) -> list[TaskRecord]:
+        """Records queued for the next flush, left queued."""
+        with self._lock:
+            return list(self._dirty.values())
+
     def is_dirty(self, task_id: str) -> bool:
         return task_id in self._dirty
 

@@ -201,3 +201,27 @@ async def test_an_older_backend_is_warned_about_and_uses_this_instance_numbers(
         assert await tm.get_record(handle.task_id) is not None
     finally:
         await tm.shutdown()
+
+
+async def test_a_task_not_written_yet_is_listed_and_found_at_once() -> None:
+    """Right after add_task, before its row is written, this instance lists and finds it."""
+    backend = MemoryBackend()
+    tm = TaskManager(snapshot_backend=backend, **FAST)
+    gate = asyncio.Event()
+
+    @tm.task(name="jobs.wait")
+    async def wait() -> None:
+        await gate.wait()
+
+    await tm.startup()
+    try:
+        handle = tm.add_task(wait)
+        assert await backend.get_record(handle.task_id) is None  # the writer has not run yet
+        listed = await tm.list_records(RecordQuery(status="running"))
+        assert [r.task_id for r in listed.records] == [handle.task_id]
+        found = await tm.get_record(handle.task_id)
+        assert found is not None
+        assert found.status is TaskStatus.RUNNING
+    finally:
+        gate.set()
+        await tm.shutdown()
