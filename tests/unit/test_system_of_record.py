@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, TaskManager, s
 from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.backends.base import RecordQuery
 from fastapi_taskflow.backends.sqlite import SqliteBackend
-from fastapi_taskflow.models import TaskStatus, utcnow
+from fastapi_taskflow.models import TaskRecord, TaskStatus, utcnow
 from fastapi_taskflow.testing_contract import eventually
 
 FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.3, "drain_timeout": 0.0}
@@ -224,4 +225,32 @@ async def test_a_task_not_written_yet_is_listed_and_found_at_once() -> None:
         assert found.status is TaskStatus.RUNNING
     finally:
         gate.set()
+        await tm.shutdown()
+
+
+async def test_retention_at_startup_takes_the_pruned_rows_out_of_the_counts() -> None:
+    """Records the startup retention prune deletes no longer count in the metrics."""
+    backend = MemoryBackend()
+    await backend.open()
+    old = utcnow() - timedelta(days=10)
+    await backend.save_records(
+        [
+            TaskRecord(
+                f"old{i}",
+                "jobs.x",
+                status=TaskStatus.SUCCESS,
+                created_at=old,
+                start_time=old,
+                end_time=old,
+            )
+            for i in range(5)
+        ]
+    )
+    assert (await backend.read_stats()).counts[TaskStatus.SUCCESS] == 5
+    tm = TaskManager(snapshot_backend=backend, retention_days=1, **FAST)
+    await tm.startup()
+    try:
+        metrics = await tm.read_metrics()
+        assert (metrics["success"], metrics["total"], metrics["duration_p50"]) == (0, 0, None)
+    finally:
         await tm.shutdown()
