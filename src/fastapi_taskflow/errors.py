@@ -37,6 +37,23 @@ class BackendError(TaskflowError):
     """Raised when a persistence backend cannot be reached or refuses an operation."""
 
 
+class DamagedDatabaseError(BackendError):
+    """Raised when SQLite's own integrity check finds damage in a database file."""
+
+    def __init__(self, path: str, problems: list[str], *, full: bool = False) -> None:
+        self.path = path
+        self.problems = problems
+        shown = "; ".join(problems[:5])
+        if len(problems) > 5:
+            shown += f" (and {len(problems) - 5} more)"
+        pragma = "integrity_check" if full else "quick_check"
+        super().__init__(
+            f"SQLite database {path} is damaged (PRAGMA {pragma}): {shown}. Restore it from a "
+            f"backup, or inspect it with `taskflow db check {path}`; taskflow does not start "
+            "on a damaged file, whose journaled tasks could silently never run"
+        )
+
+
 class ArgumentDecryptionError(TaskflowError):
     """Raised when a task's encrypted arguments cannot be decrypted with any configured key."""
 

@@ -88,6 +88,8 @@ class TaskManager:
         heartbeat_interval: float = 10.0,
         lease_ttl: float = 30.0,
         max_requeues: int = 3,
+        prune_interval: float = 3600.0,
+        barrier_timeout: float = 30.0,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -125,6 +127,8 @@ class TaskManager:
             heartbeat_interval=heartbeat_interval,
             lease_ttl=lease_ttl,
             max_requeues=max_requeues,
+            prune_interval=prune_interval,
+            barrier_timeout=barrier_timeout,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -421,6 +425,8 @@ class TaskManager:
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
                 retention_days=s.retention_days,
+                prune_interval=s.prune_interval,
+                barrier_timeout=s.barrier_timeout,
             ),
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,

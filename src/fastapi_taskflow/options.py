@@ -63,6 +63,11 @@ class ManagerSettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_requeues: int = 3
+    # How often finished records older than retention_days are deleted (seconds).
+    prune_interval: float = 3600.0
+    # How long a response waits for its request's journal commit before the request's tasks
+    # are withdrawn and it becomes a 503 (seconds; see barrier.py).
+    barrier_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
@@ -85,6 +90,8 @@ class ManagerSettings:
         _positive(
             "max_requeues", self.max_requeues, allow_none=False, integer=True, allow_zero=True
         )
+        _positive("prune_interval", self.prune_interval, allow_none=False)
+        _positive("barrier_timeout", self.barrier_timeout, allow_none=False)
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

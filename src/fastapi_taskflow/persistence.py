@@ -53,6 +53,8 @@ class DurabilitySettings:
     max_buffered: int = 100_000
     retention_days: float | None = None
     flush_timeout: float = 10.0
+    prune_interval: float = 3600.0
+    barrier_timeout: float = 30.0
 
 
 @dataclass(slots=True)
@@ -442,7 +444,7 @@ class Persister:
                 await self._guarded("claim", self.claim)
 
     async def _retention_loop(self) -> None:
-        while not await self._pause(3600.0):
+        while not await self._pause(self.settings.prune_interval):
             await self._guarded("retention", self.prune)
 
     async def _pause(self, seconds: float, early: asyncio.Event | None = None) -> bool:
