@@ -136,6 +136,16 @@ def _where(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, li
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _probe(path: Path) -> None:
+    """Open the file once in a plain thread, so what cannot be opened fails here: a failed
+    ``aiosqlite.connect`` leaves its worker thread to report to an event loop that may be gone
+    by then ("Event loop is closed" after the clear error)."""
+    if path.is_dir():
+        raise BackendError(f"cannot open SQLite database {path}: it is a directory, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
+
+
 class SqliteBackend(TaskBackend):
     """Records, journal, leases, keys and locks in one SQLite file (WAL mode).
 
@@ -185,7 +195,7 @@ class SqliteBackend(TaskBackend):
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_probe, self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
