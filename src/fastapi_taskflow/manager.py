@@ -555,6 +555,11 @@ class TaskManager:
         loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
 
+    def withdraw_tasks(self, task_ids: Sequence[str], reason: str) -> int:
+        """Cancel tasks whose enqueue the client was told failed (the response barrier's 503);
+        returns how many were still unfinished. Event-loop thread only."""
+        return sum(self.dispatcher.cancel(task_id, reason) for task_id in task_ids)
+
     async def get_task(self, task_id: str) -> TaskHandle | None:
         """A handle for a known task id (memory first, then the backend), else None."""
         record = await self.get_record(task_id)
@@ -675,6 +680,7 @@ class TaskManager:
             "backend_write_failures": stats.write_failures if stats else 0,
             "lease_failures": stats.lease_failures if stats else 0,
             "claimed_tasks": stats.claimed if stats else 0,
+            "barrier_timeouts": stats.barrier_timeouts if stats else 0,
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
-from .barrier import note_journal_write
+from .barrier import Commit, note_journal_write
 from .loopref import LoopRef
 from .models import TaskRecord
 from .store import TaskStore
@@ -65,6 +65,7 @@ class PersistStats:
     dropped_writes: int = 0
     lease_failures: int = 0
     claimed: int = 0
+    barrier_timeouts: int = 0  # responses turned into 503s: their commit was too slow
 
 
 @dataclass(slots=True)
@@ -200,7 +201,7 @@ class Persister:
             self._urgent.puts[task_id] = entry
             self._seq += 1
             seq = self._seq
-        note_journal_write(seq)
+        note_journal_write(seq, task_id)
         self._kick()
         return seq
 
@@ -311,18 +312,20 @@ class Persister:
                 keep.append((wanted, waiter))
         self._waiters = keep
 
-    async def wait_written(self, seq: int, timeout: float) -> bool:
-        """Wait until journal write ``seq`` is committed; False on timeout or a failed write."""
+    async def wait_written(self, seq: int, timeout: float) -> Commit:
+        """Wait until journal write ``seq`` is committed, the backend fails, or ``timeout``."""
         if seq <= self._written:
-            return True
+            return Commit.COMMITTED
         if not self._healthy or self._loop_ref.loop is None:
-            return False
+            return Commit.FAILING
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, waiter))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            committed = await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            return False
+            self.stats.barrier_timeouts += 1
+            return Commit.TIMED_OUT
+        return Commit.COMMITTED if committed else Commit.FAILING
 
     async def flush_history(self) -> None:
         """Write finished records that changed since the last batch."""
