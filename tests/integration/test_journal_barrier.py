@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI
 
+from asgi_calls import empty_body, post_scope
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager, TaskStatus
 from fastapi_taskflow.backends.base import RecordQuery
 
@@ -60,24 +61,7 @@ async def call(app: FastAPI, path: Path, route: str) -> Answer:
         elif message["type"] == "http.response.body":
             answer.body += message.get("body", b"")
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": route,
-        "raw_path": route.encode(),
-        "headers": [],
-        "query_string": b"",
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("t", 80),
-        "client": ("c", 1),
-        "root_path": "",
-        "state": {},
-    }
-    await app(scope, receive, send)
+    await app(post_scope(route), empty_body, send)
     return answer
 
 
