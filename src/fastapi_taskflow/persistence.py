@@ -66,6 +66,7 @@ class PersistStats:
     lease_failures: int = 0
     claimed: int = 0
     barrier_timeouts: int = 0  # responses turned into 503s: their commit was too slow
+    lease_expirations: int = 0  # times no renewal was confirmed within lease_ttl
 
 
 @dataclass(slots=True)
@@ -116,8 +117,9 @@ class Persister:
         self._claiming = True
         self._healthy = True
         self._full_warned = False
-        self._lease_until = 0.0
+        self._lease_until = 0.0  # monotonic time the last confirmed renewal lasts until
         self._lease_failing = False
+        self._lapse_reported = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -474,10 +476,17 @@ class Persister:
     # ---- the lease and claims ----------------------------------------------------------------
 
     async def _renew(self) -> bool:
-        """Heartbeat; on failure say so, and say loudly when the lease may have expired."""
+        """Heartbeat; on failure say so. Whether the lease may have expired is judged by the
+        time since the last confirmed renewal, so a renewal that hangs past the lease and then
+        succeeds is reported as well as one that fails."""
         sent = time.monotonic()
+        renewal = asyncio.ensure_future(self.backend.heartbeat(self.owner, self.settings.lease_ttl))
+        # Wait (never cancel) until the renewal ends or the lease runs out, whichever is first.
+        await asyncio.wait({renewal}, timeout=max(0.0, self._lease_until - sent))
+        if not renewal.done():
+            self._lease_lapsed()
         try:
-            await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
+            await renewal
         except Exception:
             self.stats.lease_failures += 1
             if not self._lease_failing:
@@ -488,18 +497,15 @@ class Persister:
                     self.backend.describe(),
                     exc_info=True,
                 )
-            if time.monotonic() >= self._lease_until and self._lease_until:
-                self._lease_until = 0.0  # warn once per outage
-                logger.error(
-                    "the lease of instance %s may have expired: another instance may claim its "
-                    "%d journaled tasks and run them again (at-least-once)",
-                    self.owner,
-                    len(self._active),
-                )
+            if time.monotonic() >= self._lease_until:
+                self._lease_lapsed()
             return False
+        if time.monotonic() >= self._lease_until:  # confirmed, but after the lease ran out
+            self._lease_lapsed()
         self._lease_until = sent + self.settings.lease_ttl
-        if self._lease_failing:
+        if self._lease_failing or self._lapse_reported:
             self._lease_failing = False
+            self._lapse_reported = False
             logger.warning(
                 "lease heartbeat of %s works again; rewriting %d journal entries",
                 self.owner,
@@ -507,6 +513,22 @@ class Persister:
             )
             self._rejournal()
         return True
+
+    def _lease_lapsed(self) -> None:
+        """No renewal confirmed within ``lease_ttl``: say so once per lapse, and count it."""
+        if self._lapse_reported:
+            return
+        self._lapse_reported = True
+        self.stats.lease_expirations += 1
+        logger.error(
+            "the lease of instance %s may have expired (no renewal confirmed for %gs, "
+            "lease_ttl=%gs): another instance may claim its %d journaled tasks and run them "
+            "again (at-least-once)",
+            self.owner,
+            time.monotonic() - (self._lease_until - self.settings.lease_ttl),
+            self.settings.lease_ttl,
+            len(self._active),
+        )
 
     def _rejournal(self) -> None:
         """Write the entries of active tasks again (the backend may have lost them)."""
