@@ -13,18 +13,13 @@ from collections.abc import Iterator
 import pytest
 
 from fastapi_taskflow import RedisBackend, TaskManager
-from servers import RedisServer, find_redis_server, running_redis_server
+from servers import RedisServer, require_redis_server, running_redis_server
 
 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server of this module alone: stopping it must not stall other tests."""
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server not installed, and CI must run the Redis tests")
-        pytest.skip("redis-server not installed")
-    with running_redis_server(binary) as server:
+    with running_redis_server(require_redis_server()) as server:
         yield server
 
 
