@@ -90,6 +90,7 @@ class TaskManager:
         max_requeues: int = 3,
         prune_interval: float = 3600.0,
         barrier_timeout: float = 30.0,
+        max_buffered: int = 100_000,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -129,6 +130,7 @@ class TaskManager:
             max_requeues=max_requeues,
             prune_interval=prune_interval,
             barrier_timeout=barrier_timeout,
+            max_buffered=max_buffered,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -427,6 +429,7 @@ class TaskManager:
                 retention_days=s.retention_days,
                 prune_interval=s.prune_interval,
                 barrier_timeout=s.barrier_timeout,
+                max_buffered=s.max_buffered,
             ),
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,

@@ -68,6 +68,9 @@ class ManagerSettings:
     # How long a response waits for its request's journal commit before the request's tasks
     # are withdrawn and it becomes a 503 (seconds; see barrier.py).
     barrier_timeout: float = 30.0
+    # Writes waiting for the backend (batches being written included) before the oldest
+    # finished-record writes are dropped.
+    max_buffered: int = 100_000
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
@@ -92,6 +95,7 @@ class ManagerSettings:
         )
         _positive("prune_interval", self.prune_interval, allow_none=False)
         _positive("barrier_timeout", self.barrier_timeout, allow_none=False)
+        _positive("max_buffered", self.max_buffered, allow_none=False, integer=True)
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

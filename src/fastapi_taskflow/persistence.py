@@ -117,6 +117,9 @@ class Persister:
         self._claiming = True
         self._healthy = True
         self._full_warned = False
+        # Writes handed to the backend and not yet committed: they count against the bound too.
+        self._journal_in_flight = 0
+        self._history_in_flight = 0
         self._lease_until = 0.0  # monotonic time the last confirmed renewal lasts until
         self._lease_failing = False
         self._lapse_reported = False
@@ -238,6 +241,7 @@ class Persister:
             self.store.mark_dirty(record)
             if self.store.dirty_count >= self._history_batch and self._history_due is not None:
                 self._loop_ref.call(self._history_due.set)
+            self._hold_bound()
             return
         with self._lock:
             task_id = record.task_id
@@ -264,8 +268,21 @@ class Persister:
         return max(1000, self.settings.max_buffered // 4)
 
     def buffered(self) -> int:
-        """Writes waiting for the backend (journal changes and finished records)."""
-        return len(self._urgent) + self.store.dirty_count
+        """Writes waiting for the backend (journal changes and finished records), the batches
+        being written included."""
+        return (
+            len(self._urgent)
+            + self.store.dirty_count
+            + self._journal_in_flight
+            + self._history_in_flight
+        )
+
+    def _hold_bound(self) -> None:
+        """Past ``max_buffered`` (a backend down, or merely slower than the tasks finish), the
+        oldest finished-record writes go; journal changes are never dropped."""
+        excess = self.buffered() - self.settings.max_buffered
+        if excess > 0:
+            self._dropped(self.store.drop_oldest_dirty(excess))
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -290,15 +307,18 @@ class Persister:
             seq = self._seq
             self._sent.update(batch.puts)
         if batch:
+            self._journal_in_flight = len(batch)
             try:
                 await self.backend.journal_put(list(batch.puts.values()), self.owner)
                 self._committed(seq)  # new entries are durable: held responses may go
                 await self.backend.save_records(list(batch.records.values()))
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
+                self._journal_in_flight = 0
                 self._put_back(batch)
                 self._committed(None)
                 raise
+            self._journal_in_flight = 0
         self._committed(seq)
 
     def _committed(self, seq: int | None) -> None:
@@ -334,14 +354,23 @@ class Persister:
         records = self.store.take_dirty()
         if not records:
             return
+        self._history_in_flight = len(records)
         try:
             await self.backend.save_records(records)
         except Exception:
-            room = max(0, self.settings.max_buffered - len(self._urgent))
+            self._history_in_flight = 0
+            room = max(0, self.settings.max_buffered - self.buffered())
             for record in records[-room:] if room else []:
                 self.store.mark_dirty(record)
             self._dropped(len(records) - min(room, len(records)))
             raise
+        self._history_in_flight = 0
+        if (
+            self._full_warned
+            and self._healthy
+            and self.buffered() < self.settings.max_buffered // 2
+        ):
+            self._full_warned = False  # the next episode of drops is reported again
 
     def _put_back(self, batch: _Pending) -> None:
         """Merge a failed batch under newer changes so nothing is lost or reordered."""
@@ -354,7 +383,12 @@ class Persister:
             batch.removes |= newer.removes
             batch.records.update(newer.records)
             self._urgent = batch
-            excess = len(batch) + self.store.dirty_count - self.settings.max_buffered
+            excess = (
+                len(batch)
+                + self.store.dirty_count
+                + self._history_in_flight
+                - self.settings.max_buffered
+            )
             dropped = 0
             while excess > 0 and batch.records:  # the oldest history goes first
                 batch.records.pop(next(iter(batch.records)))
@@ -369,10 +403,11 @@ class Persister:
         if not self._full_warned:
             self._full_warned = True
             logger.warning(
-                "backend %s unavailable and the write buffer is full (max_buffered=%d): "
-                "dropping the oldest finished-record writes (journal changes are kept)",
-                self.backend.describe(),
+                "the write buffer is full (max_buffered=%d): backend %s is unavailable or "
+                "slower than tasks finish; dropping the oldest finished-record writes (journal "
+                "changes are kept), counted in dropped_writes",
                 self.settings.max_buffered,
+                self.backend.describe(),
             )
 
     def _write_failed(self, what: str) -> None:
