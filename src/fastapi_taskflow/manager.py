@@ -489,6 +489,8 @@ class TaskManager:
         for job in self.dispatcher.waiting_jobs():
             if job.survives_shutdown:
                 self.dispatcher.withdraw(job)  # its entry stays in the journal for the next start
+                if self.persister is not None:
+                    self.persister.keep(job.record)  # and its PENDING record is saved
             else:
                 self.dispatcher.finish_waiting(
                     job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
