@@ -54,7 +54,8 @@ async def measure(tasks: int, work: float, concurrency: int) -> list[float]:
     windows = []
     for handle in handles:
         record = manager.store.get(handle.task_id)
-        assert record is not None and record.end_time is not None
+        assert record is not None
+        assert record.end_time is not None
         windows.append((backend.removed_at[handle.task_id] - record.end_time.timestamp()) * 1000)
     await manager.shutdown()
     return windows
