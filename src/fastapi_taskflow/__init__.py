@@ -15,6 +15,7 @@ from .errors import (
     TaskTimeoutError,
     UnknownTaskError,
     WorkerCrashedError,
+    WriteBufferFullError,
 )
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers import (
@@ -76,6 +77,7 @@ __all__ = [
     "TaskflowError",
     "UnknownTaskError",
     "WorkerCrashedError",
+    "WriteBufferFullError",
 ]
 
 

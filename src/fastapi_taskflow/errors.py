@@ -17,6 +17,18 @@ class QueueFullError(TaskflowError):
         self.task_id = task_id
 
 
+class WriteBufferFullError(TaskflowError):
+    """Raised when a task that must be journaled finds the write buffer at ``max_buffered``
+    journal changes (the backend is down or slower than tasks arrive): try again later."""
+
+    def __init__(self, max_buffered: int, backend: str) -> None:
+        super().__init__(
+            f"the journal write buffer is full ({max_buffered} changes waiting for {backend}): "
+            "the task was not accepted; try again later"
+        )
+        self.max_buffered = max_buffered
+
+
 class TaskArgumentError(TaskflowError, ValueError):
     """Raised when ``add_task`` gets arguments its executor cannot carry (e.g. unpicklable)."""
 

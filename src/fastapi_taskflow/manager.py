@@ -688,6 +688,7 @@ class TaskManager:
             "backend_write_failures": stats.write_failures if stats else 0,
             "lease_failures": stats.lease_failures if stats else 0,
             "lease_expirations": stats.lease_expirations if stats else 0,
+            "refused_tasks": stats.refused_tasks if stats else 0,
             "claimed_tasks": stats.claimed if stats else 0,
             "barrier_timeouts": stats.barrier_timeouts if stats else 0,
         }

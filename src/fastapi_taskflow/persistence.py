@@ -33,6 +33,7 @@ from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
 from .barrier import Commit, note_journal_write
+from .errors import WriteBufferFullError
 from .loopref import LoopRef
 from .models import TaskRecord
 from .store import TaskStore
@@ -41,6 +42,7 @@ logger = logging.getLogger("fastapi_taskflow.persistence")
 
 ClaimHandler = Callable[[list[JournalEntry]], None]
 CLAIM_BATCH = 500
+HISTORY_CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -67,6 +69,7 @@ class PersistStats:
     claimed: int = 0
     barrier_timeouts: int = 0  # responses turned into 503s: their commit was too slow
     lease_expirations: int = 0  # times no renewal was confirmed within lease_ttl
+    refused_tasks: int = 0  # journaled tasks refused: the journal buffer was full
 
 
 @dataclass(slots=True)
@@ -117,6 +120,7 @@ class Persister:
         self._claiming = True
         self._healthy = True
         self._full_warned = False
+        self._refusal_warned = False
         # Writes handed to the backend and not yet committed: they count against the bound too.
         self._journal_in_flight = 0
         self._history_in_flight = 0
@@ -195,6 +199,24 @@ class Persister:
 
     # ---- what the manager reports ----------------------------------------------------------
 
+    def admit(self) -> None:
+        """Backpressure for tasks that must be journaled: journal changes are never dropped,
+        so past ``max_buffered`` of them a new one is refused (counted, logged once per
+        episode) instead of growing the buffer without bound."""
+        if len(self._urgent) + self._journal_in_flight < self.settings.max_buffered:
+            return
+        self.stats.refused_tasks += 1
+        if not self._refusal_warned:
+            self._refusal_warned = True
+            logger.warning(
+                "the journal write buffer is full (max_buffered=%d, backend %s down or slow): "
+                "refusing new journaled tasks with WriteBufferFullError, counted in "
+                "refused_tasks",
+                self.settings.max_buffered,
+                self.backend.describe(),
+            )
+        raise WriteBufferFullError(self.settings.max_buffered, self.backend.describe())
+
     def journal(self, entry: JournalEntry) -> int:
         """A new task must survive the process; returns its write's sequence number."""
         with self._lock:
@@ -207,6 +229,7 @@ class Persister:
             self._seq += 1
             seq = self._seq
         note_journal_write(seq, task_id)
+        self._hold_bound()  # finished-record writes make room for it
         self._kick()
         return seq
 
@@ -319,6 +342,8 @@ class Persister:
                 self._committed(None)
                 raise
             self._journal_in_flight = 0
+            if self._refusal_warned and len(self._urgent) < self.settings.max_buffered // 2:
+                self._refusal_warned = False  # the next episode of refusals is reported again
         self._committed(seq)
 
     def _committed(self, seq: int | None) -> None:
@@ -350,19 +375,27 @@ class Persister:
         return Commit.COMMITTED if committed else Commit.FAILING
 
     async def flush_history(self) -> None:
-        """Write finished records that changed since the last batch."""
+        """Write finished records that changed since the last batch, ``HISTORY_CHUNK`` per
+        transaction: a flood's 100,000 records in one call would hold the backend (and, while
+        their rows are encoded, the event loop) for seconds, starving the lease heartbeat."""
         records = self.store.take_dirty()
         if not records:
             return
+        written = 0
         self._history_in_flight = len(records)
         try:
-            await self.backend.save_records(records)
+            while written < len(records):
+                chunk = records[written : written + HISTORY_CHUNK]
+                await self.backend.save_records(chunk)
+                written += len(chunk)
+                self._history_in_flight = len(records) - written
         except Exception:
+            rest = records[written:]
             self._history_in_flight = 0
             room = max(0, self.settings.max_buffered - self.buffered())
-            for record in records[-room:] if room else []:
+            for record in rest[-room:] if room else []:
                 self.store.mark_dirty(record)
-            self._dropped(len(records) - min(room, len(records)))
+            self._dropped(len(rest) - min(room, len(rest)))
             raise
         self._history_in_flight = 0
         if (

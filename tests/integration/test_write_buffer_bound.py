@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastapi_taskflow import TaskManager
+from fastapi_taskflow import TaskManager, WriteBufferFullError
 
 
 async def test_a_slow_backend_keeps_the_buffer_within_its_bound(
@@ -51,3 +51,50 @@ async def test_a_slow_backend_keeps_the_buffer_within_its_bound(
     assert dropped >= 1500
     assert written + dropped == 2000
     assert any("max_buffered=500" in r.getMessage() for r in caplog.records)
+
+
+async def test_journaled_tasks_past_the_bound_are_refused_not_buffered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Journal changes are never dropped: with the lock held, journaled tasks past
+    max_buffered=300 are refused with WriteBufferFullError (counted, logged, no record left
+    behind), and every accepted task runs and is committed once the lock is released."""
+    caplog.set_level(logging.WARNING, "fastapi_taskflow.persistence")
+    path = tmp_path / "tasks.db"
+    manager = TaskManager(snapshot_db=str(path), max_buffered=300, requeue_pending=True)
+    release = asyncio.Event()
+
+    @manager.task(name="jobs.wait")
+    async def wait(n: int) -> int:
+        await release.wait()
+        return n
+
+    await manager.startup()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    accepted, refused = [], 0
+    try:
+        for start in range(0, 1000, 50):
+            for n in range(start, start + 50):
+                try:
+                    accepted.append(manager.add_task(wait, n).task_id)
+                except WriteBufferFullError:
+                    refused += 1
+            await asyncio.sleep(0.01)
+            assert manager.metrics()["buffered_writes"] <= 300
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    release.set()
+    await manager.join()
+    metrics = manager.metrics()
+    await manager.shutdown()
+    assert refused > 0
+    assert len(accepted) + refused == 1000
+    assert metrics["refused_tasks"] == refused
+    assert metrics["total"] == len(accepted)
+    assert metrics["success"] == len(accepted)
+    assert any("WriteBufferFullError" in r.getMessage() for r in caplog.records)
+    with sqlite3.connect(path) as db:
+        (written,) = db.execute("SELECT COUNT(*) FROM tf_records").fetchone()
+    assert written == len(accepted)
