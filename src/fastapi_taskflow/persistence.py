@@ -15,8 +15,9 @@
 * Outages and slow backends: a failed write is retried with backoff; what waits is kept in a
   buffer bounded by ``max_buffered`` (``buffered_writes``, batches being written included):
   past it the oldest history writes are dropped and new journaled tasks refused
-  (``WriteBufferFullError``), each counted and warned about once per episode. When the backend answers again the buffer drains and the journal entries of active
-  tasks are written again (a Redis restarted without persistence lost them).
+  (``WriteBufferFullError``), each counted and warned about once per episode. When the
+  backend answers again the buffer drains and the journal entries of active tasks are written
+  again (a Redis restarted without persistence lost them).
 * Nothing here is ever cancelled in the middle of a backend call: ``stop()`` signals the loops
   and waits for them, so a SQLite transaction is never left open.
 """

@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from fastapi_taskflow import SqliteBackend, TaskManager
 from fastapi_taskflow.backends import sqlite as sqlite_module
 from fastapi_taskflow.models import TaskRecord, TaskStatus
@@ -108,3 +110,10 @@ async def test_prune_interval_is_a_setting(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
     finally:
         await manager.shutdown()
+
+
+def test_bad_durability_settings_name_the_key() -> None:
+    """prune_interval, barrier_timeout and max_buffered must be positive: the error names it."""
+    for key, value in (("prune_interval", 0), ("barrier_timeout", -1), ("max_buffered", 1.5)):
+        with pytest.raises(ValueError, match=key):
+            TaskManager(**{key: value})
