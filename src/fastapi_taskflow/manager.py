@@ -91,6 +91,7 @@ class TaskManager:
         prune_interval: float = 3600.0,
         barrier_timeout: float = 30.0,
         max_buffered: int = 100_000,
+        journal_backpressure: bool = False,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -131,6 +132,7 @@ class TaskManager:
             prune_interval=prune_interval,
             barrier_timeout=barrier_timeout,
             max_buffered=max_buffered,
+            journal_backpressure=journal_backpressure,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -432,6 +434,7 @@ class TaskManager:
                 prune_interval=s.prune_interval,
                 barrier_timeout=s.barrier_timeout,
                 max_buffered=s.max_buffered,
+                journal_backpressure=s.journal_backpressure,
             ),
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,

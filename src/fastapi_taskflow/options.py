@@ -72,6 +72,9 @@ class ManagerSettings:
     # Writes waiting for the backend (batches being written included) before the oldest
     # finished-record writes are dropped.
     max_buffered: int = 100_000
+    # Past max_buffered journal changes, refuse new journaled tasks (WriteBufferFullError)
+    # instead of keeping every journal change in memory.
+    journal_backpressure: bool = False
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)

@@ -14,8 +14,9 @@
   shutdown); ``on_claim`` runs them again or records why not.
 * Outages and slow backends: a failed write is retried with backoff; what waits is kept in a
   buffer bounded by ``max_buffered`` (``buffered_writes``, batches being written included):
-  past it the oldest history writes are dropped and new journaled tasks refused
-  (``WriteBufferFullError``), each counted and warned about once per episode. When the
+  past it the oldest history writes are dropped and, with ``journal_backpressure``, new
+  journaled tasks refused (``WriteBufferFullError``), each counted and warned about once per
+  episode. When the
   backend answers again the buffer drains and the journal entries of active tasks are written
   again (a Redis restarted without persistence lost them).
 * Nothing here is ever cancelled in the middle of a backend call: ``stop()`` signals the loops
@@ -55,6 +56,7 @@ class DurabilitySettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_buffered: int = 100_000
+    journal_backpressure: bool = False
     retention_days: float | None = None
     flush_timeout: float = 10.0
     prune_interval: float = 3600.0
@@ -202,10 +204,13 @@ class Persister:
     # ---- what the manager reports ----------------------------------------------------------
 
     def admit(self) -> None:
-        """Backpressure for tasks that must be journaled: journal changes are never dropped,
-        so past ``max_buffered`` of them a new one is refused (counted, logged once per
-        episode) instead of growing the buffer without bound."""
-        if len(self._urgent) + self._journal_in_flight < self.settings.max_buffered:
+        """Backpressure for tasks that must be journaled (``journal_backpressure``): journal
+        changes are never dropped, so past ``max_buffered`` of them a new one is refused
+        (counted, logged once per episode) instead of growing the buffer without bound."""
+        if (
+            not self.settings.journal_backpressure
+            or len(self._urgent) + self._journal_in_flight < self.settings.max_buffered
+        ):
             return
         self.stats.refused_tasks += 1
         if not self._refusal_warned:

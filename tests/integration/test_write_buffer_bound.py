@@ -56,12 +56,14 @@ async def test_a_slow_backend_keeps_the_buffer_within_its_bound(
 async def test_journaled_tasks_past_the_bound_are_refused_not_buffered(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Journal changes are never dropped: with the lock held, journaled tasks past
-    max_buffered=300 are refused with WriteBufferFullError (counted, logged, no record left
-    behind), and every accepted task runs and is committed once the lock is released."""
+    """With journal_backpressure and the lock held, journaled tasks past max_buffered=300 are
+    refused with WriteBufferFullError (counted, logged, no record left behind), and every
+    accepted task runs and is committed once the lock is released."""
     caplog.set_level(logging.WARNING, "fastapi_taskflow.persistence")
     path = tmp_path / "tasks.db"
-    manager = TaskManager(snapshot_db=str(path), max_buffered=300, requeue_pending=True)
+    manager = TaskManager(
+        snapshot_db=str(path), max_buffered=300, requeue_pending=True, journal_backpressure=True
+    )
     release = asyncio.Event()
 
     @manager.task(name="jobs.wait")

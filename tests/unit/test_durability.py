@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -24,7 +23,7 @@ from fastapi_taskflow import ManagedBackgroundTasks, TaskManager, TaskStatus
 from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.backends.base import JournalEntry, TaskBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
-from fastapi_taskflow.errors import BackendError, WriteBufferFullError
+from fastapi_taskflow.errors import BackendError
 from fastapi_taskflow.models import TaskRecord
 from fastapi_taskflow.serialization import encode_call
 
@@ -348,8 +347,7 @@ async def test_idempotency_key_survives_a_restart_while_pending(db: Path) -> Non
 async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Backend down: tasks still run, writes wait (buffered_writes, bounded: journaled tasks
-    past it are refused, with one warning),
+    """Backend down: tasks still run, writes wait (buffered_writes, bounded with one warning),
     the heartbeat failure says the lease may expire; back up: the buffer drains and the
     journal entries of active tasks are written again."""
     backend = FlakyBackend()
@@ -373,15 +371,12 @@ async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
         await wait_until(lambda: held.task_id in backend.journal_ids())
         backend.down = True
         backend._journal.clear()  # a Redis restarted without persistence lost the journal
-        handles = []
-        for n in range(40):
-            with contextlib.suppress(WriteBufferFullError):  # journal changes are never dropped
-                handles.append(tm.add_task(quick, n))
+        handles = [tm.add_task(quick, n) for n in range(40)]
         for handle in handles:
             await handle.wait(timeout=5)
         metrics = tm.metrics()
-        assert 0 < metrics["buffered_writes"] <= 30
-        assert metrics["refused_tasks"] == 40 - len(handles) > 0
+        assert metrics["buffered_writes"] > 0
+        assert metrics["dropped_writes"] > 0
         await wait_until(lambda: "may have expired" in caplog.text, timeout=5)
         backend.down = False
         await wait_until(lambda: tm.metrics()["buffered_writes"] == 0, timeout=5)
@@ -391,7 +386,7 @@ async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
         await held.wait(timeout=5)
     finally:
         await tm.shutdown()
-    assert set(backend.saved) >= {h.task_id for h in handles}
+    assert set(backend.saved) >= {h.task_id for h in handles[-30:]}
 
 
 async def test_shutdown_writes_only_what_changed(db: Path) -> None:
