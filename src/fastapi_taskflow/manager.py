@@ -37,7 +37,7 @@ from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
 from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
-from .options import NOT_YET, ManagerSettings, MiB
+from .options import ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
@@ -97,13 +97,13 @@ class TaskManager:
         redact: RedactRule | None = None,
         encrypt_errors: bool = False,
         tracing: Any = False,
-        **later: Any,
+        # fastapi-taskflow 0.12's peer registry: accepted so its apps start unchanged, and
+        # unused, since instances share their state through the backend (docs/durability.md).
+        instance_url: str | None = None,
+        instance_tasks_prefix: str | None = None,
+        registry_ttl: float = 90.0,
+        registry_heartbeat: float = 30.0,
     ) -> None:
-        for name in later:
-            feature = NOT_YET.get(name)
-            if feature is None:
-                raise TypeError(f"TaskManager() got an unexpected keyword argument {name!r}")
-            raise TypeError(f"TaskManager({name}=...) belongs to {feature}, not available yet")
         queue_configs = dict(queues or {})
         if max_size is not None:
             default = queue_configs.get("default", QueueConfig())
@@ -183,6 +183,11 @@ class TaskManager:
         self.store.on_idle = self._wake_idle
         # Resumes or settles journaled tasks no live instance owns (set up with a backend).
         self.recovery: Recovery | None = None
+
+    @property
+    def started(self) -> bool:
+        """True between a finished ``startup()`` and the start of ``shutdown()``'s last step."""
+        return self._started
 
     # ---- declaring tasks -------------------------------------------------------------------
 

@@ -10,14 +10,6 @@ from .models import QueueConfig
 
 MiB = 1024 * 1024
 
-# Parameters of the reference that belong to a later phase: refused loudly, never ignored.
-NOT_YET = {
-    "instance_url": "the multi-instance registry",
-    "instance_tasks_prefix": "the multi-instance registry",
-    "registry_ttl": "the multi-instance registry",
-    "registry_heartbeat": "the multi-instance registry",
-}
-
 
 def _positive(
     name: str,

@@ -152,8 +152,8 @@ class TaskApi:
         return router
 
     def _reading_routes(self, router: APIRouter) -> None:
-        manager = self.manager
-
+        # Every route asks ``self.manager`` when it runs: a DI container builds a new manager
+        # on each lifespan run, and a manager captured here would be the first, stopped one.
         @router.get("", summary="List tasks (one page, newest first)")
         async def list_tasks(
             request: Request,
@@ -180,7 +180,7 @@ class TaskApi:
                 limit=limit,
                 cursor=cursor,
             )
-            page = await manager.list_records(query)
+            page = await self.manager.list_records(query)
             headers = {"Cache-Control": "no-store"}
             if page.next_cursor:
                 link = request.url.include_query_params(cursor=page.next_cursor)
@@ -191,19 +191,19 @@ class TaskApi:
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
-            return json_response(dashboard_metrics(manager, self.series))
+            return json_response(dashboard_metrics(self.manager, self.series))
 
         @router.get("/metrics/prometheus", summary="Metrics in the Prometheus text format")
         async def get_prometheus() -> Response:
             try:
-                body, content_type = prometheus_text(manager)
+                body, content_type = prometheus_text(self.manager)
             except ImportError:
                 return JSONResponse({"detail": PROMETHEUS_HINT}, status_code=501)
             return Response(body, media_type=content_type)
 
         @router.get("/queues", summary="Queues: caps, running, waiting, counts")
         async def get_queues() -> Response:
-            return json_response(manager.queue_stats())
+            return json_response(self.manager.queue_stats())
 
         @router.get("/audit", summary="Actions taken through this API, newest first")
         async def get_audit(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
@@ -211,7 +211,7 @@ class TaskApi:
 
         @router.get("/registry", summary="Registered tasks and schedules")
         async def get_registry() -> Response:
-            return json_response(registry_view(manager))
+            return json_response(registry_view(self.manager))
 
     def _task_routes(self, router: APIRouter, actor: Any) -> None:
         @router.get("/{task_id}", summary="One task")
@@ -252,8 +252,6 @@ class TaskApi:
             return json_response({"task_id": task_id, "task": self.task_json(record, request)})
 
     def _changing_routes(self, router: APIRouter, actor: Any) -> None:
-        manager = self.manager
-
         @router.post("/bulk-retry", summary="Retry the given tasks")
         async def bulk_retry(body: BulkRetryBody, who: str = actor) -> Response:
             ids = list(dict.fromkeys(body.task_ids))
@@ -298,7 +296,7 @@ class TaskApi:
             all: Annotated[bool, Query(description="delete every finished task")] = False,
         ) -> Response:
             before = _history_cutoff(value, unit, older_than, all)
-            counts = await manager.clear_history(before)
+            counts = await self.manager.clear_history(before)
             result = {"deleted": counts["store"] + counts["backend"], **counts}
             await self.audit.record(
                 "delete_history",
@@ -318,10 +316,10 @@ class TaskApi:
             changes = {field: getattr(body, field) for field in body.model_fields_set}
             if not changes:
                 raise BadInput("nothing to change: give concurrency and/or max_size")
-            if name not in manager.queue_stats():
+            if name not in self.manager.queue_stats():
                 raise HTTPException(status_code=404, detail=f"no queue named {name!r}")
             try:
-                config = manager.update_queue_config(name, **changes)
+                config = self.manager.update_queue_config(name, **changes)
             except (ValueError, TypeError) as exc:
                 await self.audit.record("queue_config", name, who, f"refused: {exc}", **changes)
                 raise BadInput(str(exc)) from None
@@ -333,7 +331,7 @@ class TaskApi:
                 concurrency=config.concurrency,
                 max_size=config.max_size,
             )
-            return json_response({"name": name, **manager.queue_stats()[name]})
+            return json_response({"name": name, **self.manager.queue_stats()[name]})
 
     async def _retry_many(self, ids: list[str]) -> dict[str, Any]:
         results: list[dict[str, str]] = []
