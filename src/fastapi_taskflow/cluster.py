@@ -15,14 +15,15 @@ while the backend is away, and commands sent meanwhile are read once it answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .backends.base import Command, InstanceInfo, TaskBackend
@@ -32,7 +33,7 @@ logger = logging.getLogger("fastapi_taskflow.cluster")
 
 # The handler's answer to a command: reply data, or None (nothing to say: not mine).
 Handler = Callable[[Command], Awaitable[dict[str, Any] | None]]
-READ_WAIT = 1.0  # seconds one read of the channel may wait for a command
+BLOCKING_READ = 0.25  # seconds one blocking read of the channel waits (the stop's latency)
 
 
 def _package_version() -> str:
@@ -110,6 +111,7 @@ class Cluster:
         self._handling: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Read the channel from its end now, announce this instance, start both loops."""
@@ -121,8 +123,10 @@ class Cluster:
         ]
 
     async def stop(self) -> None:
-        """Stop the loops and the handlers in flight, then withdraw this instance's entry."""
-        for task in [*self._tasks, *self._handling]:
+        """Stop the loops (never in the middle of a backend call: a cancelled Redis read can
+        hang its connection), the handlers in flight, then withdraw this instance's entry."""
+        self._stopping.set()
+        for task in self._handling:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._handling, return_exceptions=True)
         self._tasks = []
@@ -137,9 +141,7 @@ class Cluster:
 
     async def send(self, kind: str, *, task_id: str | None = None, **data: Any) -> None:
         """Tell every other instance (each decides whether the command concerns it)."""
-        await self.backend.send_command(
-            Command(kind, self.instance_id, task_id=task_id, data=data)
-        )
+        await self.backend.send_command(Command(kind, self.instance_id, task_id=task_id, data=data))
 
     async def request(
         self,
@@ -173,23 +175,33 @@ class Cluster:
         await self.backend.announce_instance(info, self.lease_ttl)
 
     async def _announce_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
+        while not await self._pause(self.heartbeat_interval):
             await self._guarded("announcing this instance", self._announce)
 
     async def _listen_loop(self) -> None:
-        while True:
+        # A backend that waits for commands itself (Redis) is asked to wait briefly, so a stop
+        # is noticed soon; the others are read at once and polled.
+        poll = self.backend.command_poll_interval
+        wait = 0.0 if poll > 0 else BLOCKING_READ
+        while not self._stopping.is_set():
             try:
-                commands, self._position = await self.backend.read_commands(
-                    self._position, READ_WAIT
-                )
+                commands, self._position = await self.backend.read_commands(self._position, wait)
             except Exception:
                 self._trouble("reading the command channel")
-                await asyncio.sleep(1.0)
+                if await self._pause(1.0):
+                    return
                 continue
             self._recovered()
             for command in commands:
                 self._dispatch(command)
+            if not commands and poll > 0 and await self._pause(poll):
+                return
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` or until stopped; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     def _dispatch(self, command: Command) -> None:
         if command.sender == self.instance_id:

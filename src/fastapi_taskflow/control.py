@@ -112,7 +112,8 @@ async def _retry_here(manager: TaskManager, task_id: str) -> dict[str, Any]:
         handle = await manager.retry(task_id, source="retry")
     except (UnknownTaskError, ValueError, ArgumentDecryptionError) as exc:
         return {"found": True, "error": str(exc)}
-    return {"found": True, "new_task_id": handle.task_id, "task": manager.record_dict(handle.record)}
+    task = manager.record_dict(handle.record)
+    return {"found": True, "new_task_id": handle.task_id, "task": task}
 
 
 # ---- queues ------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ class TaskManager:
         self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
         self.dispatcher.privacy = self.privacy
         self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self, sweep_interval=self.settings.heartbeat_interval)
         self._started = False
         self._started_at = utcnow()
         self._prestart: list[Job] = []

@@ -644,7 +644,5 @@ class RedisBackend(TaskBackend):
             if not due:
                 return []
             datas = await self._call(client.hmget(self.key("once"), [k for k, _ in due]))
-        rows = [
-            (key, float(at), data) for (key, at), data in zip(due, datas, strict=True) if data
-        ]
+        rows = [(key, float(at), data) for (key, at), data in zip(due, datas, strict=True) if data]
         return sorted(rows, key=lambda row: (row[1], row[0]))

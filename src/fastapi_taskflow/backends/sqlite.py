@@ -438,9 +438,7 @@ class SqliteBackend(TaskBackend):
     async def _send_command(self, data: str) -> None:
         now = time.time()
         async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO tf_commands (sent_at, data) VALUES (?, ?)", (now, data)
-            )
+            await db.execute("INSERT INTO tf_commands (sent_at, data) VALUES (?, ?)", (now, data))
             await db.execute("DELETE FROM tf_commands WHERE sent_at < ?", (now - COMMAND_TTL,))
 
     async def _command_position(self) -> str:
@@ -451,8 +449,7 @@ class SqliteBackend(TaskBackend):
 
     async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
         rows = await self._fetch(
-            "SELECT position, data FROM tf_commands WHERE position > ? ORDER BY position"
-            " LIMIT 500",
+            "SELECT position, data FROM tf_commands WHERE position > ? ORDER BY position LIMIT 500",
             (int(after),),
         )
         return [(str(row[0]), row[1]) for row in rows]
