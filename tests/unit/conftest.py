@@ -66,4 +66,4 @@ async def maybe_backend(
         yield dict
         return
     async for factory in _factory(request.param, request, tmp_path):
-        yield lambda: {"snapshot_backend": factory(), "close_backend": False}
+        yield lambda made=factory: {"snapshot_backend": made(), "close_backend": False}
