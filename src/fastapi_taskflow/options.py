@@ -39,8 +39,8 @@ class ManagerSettings:
 
     snapshot_interval: float = 60.0
     requeue_pending: bool = False
-    # Accepted for compatibility: the reference cached the whole merged list; here each page
-    # is an indexed backend query, so there is nothing to cache.
+    # Accepted so 0.x configurations still load; it does nothing: each page is an indexed
+    # backend query, so there is no merged list to cache.
     merged_list_ttl: float = 5.0
     max_concurrent_tasks: int | None = None
     max_sync_threads: int | None = None

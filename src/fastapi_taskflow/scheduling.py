@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -33,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .backends.base import ScheduledRun
-from .dispatch.enqueue import check_call_options
+from .models import ExecutorKind
 from .registry import ScheduleDefinition, TaskDefinition, TaskOptions
 from .serialization import decode_call, encode_call
+from .validation import check_call_options
 
 if TYPE_CHECKING:
     from .backends.base import TaskBackend
@@ -66,7 +68,7 @@ def make_schedule_decorator(
     run_on_startup: bool = False,
     timezone: str = "UTC",
     queue: str | None = None,
-    executor: str | None = None,
+    executor: ExecutorKind | None = None,
     catch_up: bool = False,
 ) -> Callable[[F], F]:
     """``@schedule(...)``: register the function as a task plus a periodic schedule for it.
@@ -331,6 +333,7 @@ class Scheduler:
         self._periodic: list[Periodic] = []
         self._once: dict[str, OnceRun] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_stop = asyncio.Event()
         # Seconds between looks for one-off runs other instances saved.
         self.sweep_interval = sweep_interval
         self._inflight: set[asyncio.Task[None]] = set()
@@ -363,10 +366,10 @@ class Scheduler:
                 run.timer = None
         if saved:
             self._once.clear()  # they live in the backend; the next start reads them there
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+        # Told, not cancelled or awaited: it ends at its next wake-up (never mid backend call),
+        # and shutdown goes on to settle waiting tasks without yielding to the loop here.
+        self._sweep_stop.set()
+        self._sweeper = None
         if self._inflight:
             _, late = await asyncio.wait(self._inflight, timeout=5.0)
             for task in late:
@@ -604,12 +607,17 @@ class Scheduler:
                 self._arm_once(run, run.run_at)
         await self._adopt_saved()
         assert self._loop is not None
+        self._sweep_stop = asyncio.Event()
         self._sweeper = self._loop.create_task(self._sweep(), name="taskflow-once-sweep")
 
     async def _sweep(self) -> None:
         """Arm runs other instances saved since (their instance may be gone when they fall due)."""
-        while self._running:
-            await asyncio.sleep(self.sweep_interval)
+        stop = self._sweep_stop
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.sweep_interval)
+            if stop.is_set() or not self._running:
+                return
             await self._adopt_saved(self.clock() + 2 * self.sweep_interval)
 
     async def _adopt_saved(self, horizon: float | None = None) -> None:

@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from control_helpers import SharedMemoryBackend
+from control_helpers import BackendFactory, SharedMemoryBackend
 
 from fastapi_taskflow.backends.base import TaskBackend
 from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 
-BackendFactory = Callable[[], TaskBackend]
 REAL = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 
 

@@ -12,10 +12,9 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from control_helpers import Gate, running, wait_until
+from control_helpers import BackendFactory, Gate, running, wait_until
 from fastapi import FastAPI
 
-from conftest import BackendFactory
 from fastapi_taskflow import QueueConfig, TaskAdmin, TaskManager, TaskRegistry, TaskStatus
 
 FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.5, "close_backend": False}

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from control_helpers import Gate, drain, running, wait_until
+from control_helpers import BackendFactory, Gate, drain, running, wait_until
 
-from conftest import BackendFactory
 from fastapi_taskflow import (
     QueueConfig,
     QueueFullError,
@@ -75,7 +74,7 @@ def _fail(tm: TaskManager, key: str) -> Callable[[], object]:
 
 @pytest.mark.parametrize("ending", ["failed", "cancelled", "rejected"])
 async def test_key_is_free_after_failure_cancel_or_reject(ending: str) -> None:
-    """A failed, cancelled or rejected task does not block its key (defect 11)."""
+    """A failed, cancelled or rejected task does not block its key."""
     gate = Gate()
     async with running(queues={"q": QueueConfig(concurrency=1, max_size=1)}) as tm:
         if ending == "failed":

@@ -12,9 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from control_helpers import running, wait_until
+from control_helpers import BackendFactory, running, wait_until
 
-from conftest import BackendFactory
 from fastapi_taskflow import QueueConfig, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, slot_label
 
