@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from control_helpers import BackendFactory, Gate, running, wait_until
 from fastapi import FastAPI
 
@@ -262,3 +263,78 @@ async def _eventually(check: Any, within: float = 5.0) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "not reached in time"
         await asyncio.sleep(0.02)
+
+
+async def test_a_queue_change_for_a_queue_another_app_lacks_is_ignored_there(
+    shared_backend: BackendFactory,
+) -> None:
+    """B changes its queue "mail"; A, which has no such queue, goes on unchanged."""
+    queues = {"mail": QueueConfig(concurrency=1)}
+    async with (
+        running(snapshot_backend=shared_backend(), **FAST) as a,
+        running(snapshot_backend=shared_backend(), queues=queues, **FAST) as b,
+        api(b) as client,
+    ):
+        answer = await client.patch("/tasks/queues/mail", json={"concurrency": 4})
+        assert answer.status_code == 200
+        await asyncio.sleep(0.3)  # the command reached A (0.1 s polls at most) and was skipped
+        assert set(a.queue_stats()) == {"default"}
+
+
+async def test_cancel_of_a_task_no_live_instance_holds_is_a_409(
+    shared_backend: BackendFactory,
+) -> None:
+    """A PENDING record in the backend that no instance runs: the cancel says so (409)."""
+    from fastapi_taskflow.models import TaskRecord, utcnow
+
+    backend = shared_backend()
+    async with running(snapshot_backend=backend, **FAST) as manager, api(manager) as client:
+        await backend.save_records(
+            [TaskRecord(task_id="orphan", func_name="x", created_at=utcnow())]
+        )
+        answer = await client.post("/tasks/orphan/cancel")
+    assert answer.status_code == 409
+    assert "no live instance" in answer.json()["detail"]
+
+
+async def test_sqlite_commands_older_than_a_minute_are_pruned(tmp_path: Any) -> None:
+    """Each send deletes SQLite command rows older than a minute."""
+    import sqlite3
+
+    from fastapi_taskflow.backends.base import Command
+    from fastapi_taskflow.backends.sqlite import SqliteBackend
+
+    backend = SqliteBackend(tmp_path / "c.sqlite3")
+    await backend.open()
+    try:
+        with sqlite3.connect(backend.path) as db:
+            db.execute("INSERT INTO tf_commands (sent_at, data) VALUES (0, '{}')")
+        db.close()
+        await backend.send_command(Command("queue", "x"))
+        with sqlite3.connect(backend.path) as db:
+            assert db.execute("SELECT COUNT(*) FROM tf_commands").fetchone() == (1,)
+        db.close()
+    finally:
+        await backend.close()
+
+
+@pytest.mark.redis
+async def test_redis_commands_older_than_a_minute_are_trimmed(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Each send trims Redis stream entries older than a minute."""
+    import redis.asyncio as aioredis
+
+    from fastapi_taskflow.backends.base import Command
+    from fastapi_taskflow.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    await backend.open()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.xadd(backend.key("commands"), {"d": "{}"}, id="1-0")
+        await backend.send_command(Command("queue", "x"))
+        assert await client.xlen(backend.key("commands")) == 1
+    finally:
+        await client.aclose()
+        await backend.close()

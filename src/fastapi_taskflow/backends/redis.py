@@ -592,7 +592,7 @@ class RedisBackend(TaskBackend):
         horizon = f"{int((time.time() - COMMAND_TTL) * 1000)}-0"
         async with self._errors() as client:
             await self._call(
-                client.xadd(self.key("commands"), {"d": data}, minid=horizon, approximate=True)
+                client.xadd(self.key("commands"), {"d": data}, minid=horizon, approximate=False)
             )
 
     async def _command_position(self) -> str:
