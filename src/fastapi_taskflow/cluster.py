@@ -114,13 +114,26 @@ class Cluster:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Read the channel from its end now, announce this instance, start both loops."""
-        self._position = await self.backend.command_position()
-        await self._guarded("announcing this instance", self._announce)
-        self._tasks = [
-            asyncio.create_task(self._announce_loop(), name="taskflow-announce"),
-            asyncio.create_task(self._listen_loop(), name="taskflow-commands"),
-        ]
+        """Read the channel from its end now, announce this instance, start both loops.
+
+        A backend written before these primitives runs tasks all the same: what it lacks is
+        left off, with one warning.
+        """
+        loops = []
+        try:
+            self._position = await self.backend.command_position()
+            loops.append(self._listen_loop)
+        except NotImplementedError as exc:
+            logger.warning("commands across instances are off: %s", exc)
+        try:
+            await self._announce()
+            loops.append(self._announce_loop)
+        except NotImplementedError as exc:
+            logger.warning("this instance is not listed in GET /tasks/instances: %s", exc)
+        except Exception:
+            self._trouble("announcing this instance")
+            loops.append(self._announce_loop)
+        self._tasks = [asyncio.create_task(loop(), name="taskflow-cluster") for loop in loops]
 
     async def stop(self) -> None:
         """Stop the loops (never in the middle of a backend call: a cancelled Redis read can

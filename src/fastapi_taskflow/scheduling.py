@@ -605,7 +605,11 @@ class Scheduler:
                 self._failed(f"saving one-off run {run.run_key!r}")
                 self._once[run.run_key] = run  # runs here at least
                 self._arm_once(run, run.run_at)
-        await self._adopt_saved()
+        try:
+            await self._adopt_saved()
+        except NotImplementedError as exc:
+            logger.warning("one-off runs are not saved: %s", exc)
+            return
         assert self._loop is not None
         self._sweep_stop = asyncio.Event()
         self._sweeper = self._loop.create_task(self._sweep(), name="taskflow-once-sweep")
@@ -618,7 +622,10 @@ class Scheduler:
                 await asyncio.wait_for(stop.wait(), self.sweep_interval)
             if stop.is_set() or not self._running:
                 return
-            await self._adopt_saved(self.clock() + 2 * self.sweep_interval)
+            try:
+                await self._adopt_saved(self.clock() + 2 * self.sweep_interval)
+            except NotImplementedError:
+                return  # said once, at startup
 
     async def _adopt_saved(self, horizon: float | None = None) -> None:
         backend = self.backend
@@ -626,6 +633,8 @@ class Scheduler:
             return
         try:
             rows = await backend.list_scheduled(horizon)
+        except NotImplementedError:
+            raise  # a backend without one-off rows: the sweep ends (see _sweep)
         except Exception:
             self._failed("reading the saved one-off runs")
             return

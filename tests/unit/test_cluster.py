@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from control_helpers import BackendFactory, Gate, running, wait_until
+from control_helpers import BackendFactory, Gate, SharedMemoryBackend, running, wait_until
 from fastapi import FastAPI
 
 from fastapi_taskflow import QueueConfig, TaskAdmin, TaskManager, TaskRegistry, TaskStatus
+from fastapi_taskflow.backends.base import TaskBackend
 
 FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.5, "close_backend": False}
 
@@ -338,3 +339,33 @@ async def test_redis_commands_older_than_a_minute_are_trimmed(
     finally:
         await client.aclose()
         await backend.close()
+
+
+class BackendBeforeClusters(SharedMemoryBackend):
+    """A backend written before the several-instance primitives: the base's versions only."""
+
+    _put_instance = TaskBackend._put_instance
+    _list_instances = TaskBackend._list_instances
+    _remove_instance = TaskBackend._remove_instance
+    _send_command = TaskBackend._send_command
+    _command_position = TaskBackend._command_position
+    _read_commands = TaskBackend._read_commands
+    _put_schedule = TaskBackend._put_schedule
+    _take_schedule = TaskBackend._take_schedule
+    _list_schedules = TaskBackend._list_schedules
+
+
+async def test_a_backend_without_the_new_primitives_still_runs_tasks() -> None:
+    """Startup works, tasks run; /tasks/instances answers 501 naming what is missing."""
+    async with running(snapshot_backend=BackendBeforeClusters(), **FAST) as manager:
+        ran: list[int] = []
+
+        async def job() -> None:
+            ran.append(1)
+
+        assert (await manager.add_task(job).wait(timeout=5)).status is TaskStatus.SUCCESS
+        async with api(manager) as client:
+            answer = await client.get("/tasks/instances")
+        assert answer.status_code == 501
+        assert "instance announcements" in answer.json()["detail"]
+    assert ran == [1]

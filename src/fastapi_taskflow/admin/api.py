@@ -52,6 +52,8 @@ class AdminRoute(APIRoute):
                 return await handler(request)
             except BadInput as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=422)
+            except NotImplementedError as exc:  # a custom backend without a feature's primitives
+                return JSONResponse({"detail": str(exc)}, status_code=501)
             except (BackendError, OSError) as exc:
                 logger.error("task backend failed during %s", request.url.path, exc_info=True)
                 return JSONResponse(

@@ -693,7 +693,8 @@ class TaskBackend(ABC):
         raise BackendError(f"{self.describe()} cannot update records (needed by key rotation)")
 
     # Several-instance primitives: not abstract, so a backend written before them still runs
-    # tasks; each raises naming what needs it. ``BackendContract`` checks them.
+    # tasks; each raises NotImplementedError naming what needs it. ``BackendContract`` checks
+    # them.
 
     async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
         """Insert or replace ``instance_id``'s ``data``, expiring ``ttl`` seconds from now."""
@@ -732,5 +733,5 @@ class TaskBackend(ABC):
         """(run_key, run_at, data) with run_at < ``before`` (all when None), by run_at."""
         raise self._missing("one-off schedule rows (schedule_once)")
 
-    def _missing(self, feature: str) -> BackendError:
-        return BackendError(f"{self.describe()} does not implement {feature}")
+    def _missing(self, feature: str) -> NotImplementedError:
+        return NotImplementedError(f"{self.describe()} does not implement {feature}")
