@@ -36,8 +36,9 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 class Instance:
     """One uvicorn process serving cluster_app.py."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(HERE)}
+        self.workers = workers
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.instance_id = ""
@@ -49,7 +50,7 @@ class Instance:
     def start(self) -> Instance:
         command = [
             sys.executable, "-m", "uvicorn", "cluster_app:app", "--port", str(self.port),
-            "--log-level", "warning", "--app-dir", str(HERE),
+            "--log-level", "warning", "--app-dir", str(HERE), "--workers", str(self.workers),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, env=self.env)
         self.instance_id = wait_for(self._health, 30, "the app answers /health")
@@ -183,3 +184,31 @@ def test_instances_lists_both_and_a_killed_one_disappears(pair: tuple[Instance, 
         "the killed instance gone",
     )
     assert time.monotonic() - killed < 1.5 + 1.0  # lease_ttl, plus the poll's slack
+
+
+def test_uvicorn_workers_on_one_sqlite_file_act_as_one_system(tmp_path: Path) -> None:
+    """`uvicorn --workers 2` on one SQLite file: either worker lists both; a cancel sent to
+    whichever worker the connection reaches stops the task wherever it runs."""
+    env = {"TF_BACKEND": f"sqlite:{tmp_path / 'workers.sqlite3'}", "TF_SIDE": str(tmp_path / "s")}
+    workers = Instance(env, workers=2).start()
+    try:
+
+        def both() -> list[dict[str, Any]] | None:
+            rows = workers.get("/tasks/instances")
+            return rows if len(rows) == 2 else None
+
+        rows = wait_for(both, 20, "both workers listed")
+        assert len({r["pid"] for r in rows}) == 2
+        task_id = workers.post("/hold").json()["task_id"]
+        side = Path(env["TF_SIDE"])
+        wait_for(lambda: side.exists() and "S" in side.read_text().split(), 10, "task started")
+        answer = workers.post(f"/tasks/{task_id}/cancel")  # new connection: either worker
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["delivery"] in ("here", "owner")
+        wait_for(
+            lambda: workers.get(f"/tasks/{task_id}").get("status") == "cancelled",
+            5,
+            "cancelled, as seen through either worker",
+        )
+    finally:
+        workers.stop()
