@@ -112,6 +112,8 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self._stopping = asyncio.Event()
+        # Other live instances as of the last heartbeat.
+        self.others: set[str] = set()
 
     async def start(self) -> None:
         """Read the channel from its end now, announce this instance, start both loops.
@@ -186,6 +188,14 @@ class Cluster:
         info = self._info
         info.heartbeat_at, info.running, info.waiting = utcnow(), load.running, load.waiting
         await self.backend.announce_instance(info, self.lease_ttl)
+        live = await self.backend.live_instances()
+        self.others = {i.instance_id for i in live} - {self.instance_id}
+
+    async def tell_others(self, kind: str, *, task_id: str | None = None, **data: Any) -> None:
+        """:meth:`send`, skipped while no other instance was live at the last heartbeat (a
+        lone instance writes no command per retry)."""
+        if self.others:
+            await self.send(kind, task_id=task_id, **data)
 
     async def _announce_loop(self) -> None:
         while not await self._pause(self.heartbeat_interval):

@@ -625,7 +625,7 @@ class TaskManager:
             if self.backend is not None and self._started:
                 await self.backend.delete_records([task_id])
             if self.cluster is not None:  # the instance that ran it still holds the original
-                await self.cluster.send("forget", task_id=task_id)
+                await self.cluster.tell_others("forget", task_id=task_id)
         return handle
 
     def _clear_arguments(self, record: TaskRecord) -> tuple[tuple[Any, ...], dict[str, Any]]:

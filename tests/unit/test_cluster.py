@@ -369,3 +369,21 @@ async def test_a_backend_without_the_new_primitives_still_runs_tasks() -> None:
         assert answer.status_code == 501
         assert "instance announcements" in answer.json()["detail"]
     assert ran == [1]
+
+
+async def test_a_lone_instance_sends_no_command_per_retry() -> None:
+    """Alone on its backend, an instance's retries write nothing to the command channel."""
+    backend = SharedMemoryBackend()
+    calls: list[int] = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+
+    async with running(snapshot_backend=backend, **FAST) as manager:
+        failed = await manager.add_task(flaky).wait(timeout=5)
+        before = await backend.command_position()
+        retried = await manager.retry(failed.task_id)
+        assert (await retried.wait(timeout=5)).status is TaskStatus.SUCCESS
+        assert await backend.command_position() == before
