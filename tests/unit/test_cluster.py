@@ -374,14 +374,16 @@ async def test_a_backend_without_the_new_primitives_still_runs_tasks() -> None:
 async def test_a_lone_instance_sends_no_command_per_retry() -> None:
     """Alone on its backend, an instance's retries write nothing to the command channel."""
     backend = SharedMemoryBackend()
+    registry = TaskRegistry()
     calls: list[int] = []
 
+    @registry.task(name="cluster.lone")
     async def flaky() -> None:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("first run fails")
 
-    async with running(snapshot_backend=backend, **FAST) as manager:
+    async with running(snapshot_backend=backend, registry=registry, **FAST) as manager:
         failed = await manager.add_task(flaky).wait(timeout=5)
         before = await backend.command_position()
         retried = await manager.retry(failed.task_id)
