@@ -389,3 +389,33 @@ async def test_a_lone_instance_sends_no_command_per_retry() -> None:
         retried = await manager.retry(failed.task_id)
         assert (await retried.wait(timeout=5)).status is TaskStatus.SUCCESS
         assert await backend.command_position() == before
+
+
+async def test_a_retry_where_the_record_is_readable_drops_the_original_elsewhere(
+    shared_backend: BackendFactory,
+) -> None:
+    """B retries a task A ran (its record is in the backend): A forgets the original."""
+    registry = TaskRegistry()
+    calls: list[int] = []
+
+    @registry.task(name="cluster.saved", persist=True)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+
+    async with (
+        running(snapshot_backend=shared_backend(), registry=registry, **FAST) as a,
+        running(snapshot_backend=shared_backend(), registry=registry, **FAST) as b,
+    ):
+        assert b.cluster is not None
+        await wait_until(lambda: a.instance_id in b.cluster.others)  # type: ignore[union-attr]
+        failed = await a.add_task(flaky).wait(timeout=5)
+
+        async def saved() -> bool:
+            return await b.get_record(failed.task_id) is not None
+
+        await _eventually(saved)
+        retried = await b.retry(failed.task_id)
+        assert (await retried.wait(timeout=5)).status is TaskStatus.SUCCESS
+        await wait_until(lambda: a.store.get(failed.task_id) is None)
