@@ -1,8 +1,9 @@
-"""Fixtures for the unit tests that run on every backend: memory, a real SQLite file, a real
-redis-server."""
+"""Fixtures shared by the unit tests: an isolated settings folder, and backends for the tests
+that run on every backend (memory, a real SQLite file, a real redis-server)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,6 +15,16 @@ from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 
 REAL = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty working folder and no TASKFLOW_* variables: settings see only what a test sets."""
+    for name in list(os.environ):
+        if name.upper().startswith("TASKFLOW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 async def _factory(
