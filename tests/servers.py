@@ -6,6 +6,7 @@ holds stays valid across the outage.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -85,6 +86,19 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
+def require_redis_server() -> str:
+    """The redis-server binary. Missing: skipped locally, a failure in CI (a CI that skips
+    Redis proves nothing)."""
+    import pytest
+
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server not installed, and CI must run the Redis tests")
+        pytest.skip("redis-server not installed")
+    return binary
+
+
 @contextmanager
 def running_redis_server(binary: str) -> Iterator[RedisServer]:
     """A running server for the duration of the block, terminated after it."""
@@ -94,3 +108,14 @@ def running_redis_server(binary: str) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def redis_url_if_installed() -> Iterator[str | None]:
+    """A fresh server's URL for the block, or None when redis-server is not installed."""
+    binary = find_redis_server()
+    if binary is None:
+        yield None
+        return
+    with running_redis_server(binary) as server:
+        yield server.url

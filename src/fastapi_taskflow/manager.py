@@ -21,8 +21,17 @@ import anyio.from_thread
 from fastapi import BackgroundTasks, FastAPI
 from starlette.requests import HTTPConnection
 
-from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
+from .backends.base import (
+    Command,
+    InstanceInfo,
+    JournalEntry,
+    RecordPage,
+    RecordQuery,
+    TaskBackend,
+)
 from .backends.factory import build_backend
+from .cluster import Cluster, Load, local_instance
+from .control import handle_command, load_queue_configs, share_queue_config
 from .crypto import ArgumentCipher, KeyLike
 from .dispatch.attempts import Dispatcher
 from .dispatch.enqueue import Enqueuer, merge_task_kwargs
@@ -38,7 +47,7 @@ from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
 from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, TaskStatus, utcnow
-from .options import NOT_YET, ManagerSettings, MiB
+from .options import ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
@@ -89,6 +98,10 @@ class TaskManager:
         heartbeat_interval: float = 10.0,
         lease_ttl: float = 30.0,
         max_requeues: int = 3,
+        prune_interval: float = 3600.0,
+        barrier_timeout: float = 30.0,
+        max_buffered: int = 100_000,
+        journal_backpressure: bool = False,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -98,13 +111,13 @@ class TaskManager:
         redact: RedactRule | None = None,
         encrypt_errors: bool = False,
         tracing: Any = False,
-        **later: Any,
+        # fastapi-taskflow 0.12's peer registry: accepted so its apps start unchanged, and
+        # unused, since instances share their state through the backend (docs/durability.md).
+        instance_url: str | None = None,
+        instance_tasks_prefix: str | None = None,
+        registry_ttl: float = 90.0,
+        registry_heartbeat: float = 30.0,
     ) -> None:
-        for name in later:
-            feature = NOT_YET.get(name)
-            if feature is None:
-                raise TypeError(f"TaskManager() got an unexpected keyword argument {name!r}")
-            raise TypeError(f"TaskManager({name}=...) belongs to {feature}, not available yet")
         queue_configs = dict(queues or {})
         if max_size is not None:
             default = queue_configs.get("default", QueueConfig())
@@ -126,6 +139,10 @@ class TaskManager:
             heartbeat_interval=heartbeat_interval,
             lease_ttl=lease_ttl,
             max_requeues=max_requeues,
+            prune_interval=prune_interval,
+            barrier_timeout=barrier_timeout,
+            max_buffered=max_buffered,
+            journal_backpressure=journal_backpressure,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -178,14 +195,22 @@ class TaskManager:
         self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
         self.dispatcher.privacy = self.privacy
         self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self, sweep_interval=self.settings.heartbeat_interval)
         self._started = False
+        self._started_at = utcnow()
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
         self.store.on_idle = self._wake_idle
         # Resumes or settles journaled tasks no live instance owns (set up with a backend).
         self.recovery: Recovery | None = None
+        # This instance among the others on the backend: presence and commands (with a backend).
+        self.cluster: Cluster | None = None
+
+    @property
+    def started(self) -> bool:
+        """True between a finished ``startup()`` and the start of ``shutdown()``'s last step."""
+        return self._started
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -318,11 +343,6 @@ class TaskManager:
             self._submit_now(job)
 
     @property
-    def started(self) -> bool:
-        """True between startup() and shutdown()."""
-        return self._started
-
-    @property
     def _loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop this manager runs on (None before startup and after shutdown)."""
         return self._loop_ref.loop
@@ -408,6 +428,7 @@ class TaskManager:
         if self._started:
             return
         self._bind(asyncio.get_running_loop())
+        self._started_at = utcnow()
         await self.hub.start()
         if self.backend is not None:
             await self._start_persistence(self.backend)
@@ -425,6 +446,7 @@ class TaskManager:
                 "and the live dashboard cover this instance only (see docs/backends.md)",
                 backend.describe(),
             )
+        await load_queue_configs(self)
         s = self.settings
         self.persister = Persister(
             backend,
@@ -435,6 +457,10 @@ class TaskManager:
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
                 retention_days=s.retention_days,
+                prune_interval=s.prune_interval,
+                barrier_timeout=s.barrier_timeout,
+                max_buffered=s.max_buffered,
+                journal_backpressure=s.journal_backpressure,
             ),
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,
@@ -455,6 +481,21 @@ class TaskManager:
             ttl = days * 86400.0 if days is not None else None
             self.dispatcher.key_guard = KeyGuard(backend, self.instance_id, ttl)
         await self.persister.start()
+        self.cluster = Cluster(
+            backend,
+            self.instance_id,
+            heartbeat_interval=s.heartbeat_interval,
+            lease_ttl=s.lease_ttl,
+            load=self._load,
+            handler=self._on_command,
+        )
+        await self.cluster.start()
+
+    def _load(self) -> Load:
+        return Load(len(self.dispatcher.running_jobs()), self.dispatcher.queues.waiting_count())
+
+    async def _on_command(self, command: Command) -> dict[str, Any] | None:
+        return await handle_command(self, command)
 
     def _recover_all(self, entries: list[JournalEntry]) -> None:
         """Claimed journal entries (at startup, or from a dead instance while running)."""
@@ -474,6 +515,9 @@ class TaskManager:
         await self.scheduler.stop()
         self._settle_waiting()
         await self._drain_running()
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         await self.hub.stop()
         if self.dispatcher.key_guard is not None:
             await self.dispatcher.key_guard.drain()
@@ -494,6 +538,8 @@ class TaskManager:
         for job in self.dispatcher.waiting_jobs():
             if job.survives_shutdown:
                 self.dispatcher.withdraw(job)  # its entry stays in the journal for the next start
+                if self.persister is not None:
+                    self.persister.keep(job.record)  # and its PENDING record is saved
             else:
                 self.dispatcher.finish_waiting(
                     job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
@@ -563,6 +609,11 @@ class TaskManager:
         loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
 
+    def withdraw_tasks(self, task_ids: Sequence[str], reason: str) -> int:
+        """Cancel tasks whose enqueue the client was told failed (the response barrier's 503);
+        returns how many were still unfinished. Event-loop thread only."""
+        return sum(self.dispatcher.cancel(task_id, reason) for task_id in task_ids)
+
     async def get_task(self, task_id: str) -> TaskHandle | None:
         """A handle for a known task id (memory first, then the backend), else None."""
         record = await self.get_record(task_id)
@@ -621,6 +672,8 @@ class TaskManager:
                 self.persister.forget([task_id])
             if self.backend is not None and self._started:
                 await self.backend.delete_records([task_id])
+            if self.cluster is not None:  # the instance that ran it still holds the original
+                await self.cluster.tell_others("forget", task_id=task_id)
         return handle
 
     def _clear_arguments(self, record: TaskRecord) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -739,7 +792,10 @@ class TaskManager:
             "dropped_writes": stats.dropped_writes if stats else 0,
             "backend_write_failures": stats.write_failures if stats else 0,
             "lease_failures": stats.lease_failures if stats else 0,
+            "lease_expirations": stats.lease_expirations if stats else 0,
+            "refused_tasks": stats.refused_tasks if stats else 0,
             "claimed_tasks": stats.claimed if stats else 0,
+            "barrier_timeouts": stats.barrier_timeouts if stats else 0,
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
@@ -755,6 +811,27 @@ class TaskManager:
             )
         except KeyError:
             raise UnknownTaskError(f"no queue named {name!r}") from None
+
+    async def change_queue(
+        self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET
+    ) -> QueueConfig:
+        """``update_queue_config`` on every instance: applied here, saved in the backend for
+        instances started later, and sent to the running ones (see control.py)."""
+        config = self.update_queue_config(name, concurrency=concurrency, max_size=max_size)
+        await share_queue_config(self, name, config)
+        return config
+
+    @property
+    def queue_scope(self) -> str:
+        """Which instances a queue change reaches: "all instances" with a backend."""
+        return "all instances" if self.cluster is not None else "this instance"
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every live instance on the backend; without one (or before startup), this one."""
+        if self.cluster is not None:
+            return await self.cluster.backend.live_instances()
+        load = self._load()
+        return [local_instance(self.instance_id, self._started_at, load)]
 
     async def clear_history(self, before: datetime | None = None) -> dict[str, int]:
         """Delete finished records (all, or those that ended before ``before``) everywhere.

@@ -10,6 +10,7 @@ Mutations take a lock because sync routes add tasks from FastAPI's worker thread
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import threading
@@ -280,6 +281,14 @@ class TaskStore:
         """Not to be written after all (it was deleted on purpose)."""
         with self._lock:
             self._dirty.pop(task_id, None)
+
+    def drop_oldest_dirty(self, count: int) -> int:
+        """Forget the ``count`` oldest queued writes (the buffer is full); returns how many."""
+        with self._lock:
+            doomed = list(itertools.islice(self._dirty, count))
+            for task_id in doomed:
+                del self._dirty[task_id]
+        return len(doomed)
 
     @property
     def dirty_count(self) -> int:

@@ -25,15 +25,21 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import BackendError, ConfigurationError, DamagedDatabaseError
 from ..models import FINISHED_STATUSES
 from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
-from .base import RecordQuery, Row, TaskBackend
+from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
+from .sqlite_check import INTEGRITY_CHECKS, integrity_problems
 
 SCHEMA_VERSION = 2
 CHANGES_KEPT = 10_000
 _CHUNK = 500  # ids per IN (...) list: under SQLite's variable limit
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Retention deletes this many rows per transaction: the write-ahead log holds one batch, not
+# the whole delete (a 300,000-row DELETE grew it to 300 MB), and other writers get turns.
+DELETE_BATCH = 1000
+# Pages returned to the file system per step of the incremental vacuum after a delete.
+VACUUM_STEP_PAGES = 256
 _FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 
 _SCHEMA = """
@@ -72,6 +78,13 @@ CREATE TABLE IF NOT EXISTS tf_throughput (
 CREATE TABLE IF NOT EXISTS tf_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, ids TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tf_instances (instance_id TEXT PRIMARY KEY,
+                                         expires_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_commands (position INTEGER PRIMARY KEY AUTOINCREMENT,
+                                        sent_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_schedules (run_key TEXT PRIMARY KEY, run_at REAL NOT NULL,
+                                         data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tf_schedules_due ON tf_schedules (run_at);
 """
 
 _ADD_STAT = """
@@ -157,6 +170,16 @@ def _where(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, li
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _probe(path: Path) -> None:
+    """Open the file once in a plain thread, so what cannot be opened fails here: a failed
+    ``aiosqlite.connect`` leaves its worker thread to report to an event loop that may be gone
+    by then ("Event loop is closed" after the clear error)."""
+    if path.is_dir():
+        raise BackendError(f"cannot open SQLite database {path}: it is a directory, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
+
+
 class SqliteBackend(TaskBackend):
     """Records, journal, leases, keys and locks in one SQLite file (WAL mode).
 
@@ -174,6 +197,7 @@ class SqliteBackend(TaskBackend):
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
+        integrity_check: str = "quick",
     ) -> None:
         super().__init__()
         level = synchronous.upper()
@@ -181,11 +205,17 @@ class SqliteBackend(TaskBackend):
             raise ConfigurationError(
                 f"SqliteBackend synchronous={synchronous!r}: must be one of {SYNCHRONOUS_LEVELS}"
             )
+        if integrity_check not in INTEGRITY_CHECKS:
+            raise ConfigurationError(
+                f"SqliteBackend integrity_check={integrity_check!r}: must be one of "
+                f"{INTEGRITY_CHECKS}"
+            )
         if busy_timeout < 0:
             raise ConfigurationError(f"SqliteBackend busy_timeout={busy_timeout!r}: must be >= 0")
         self.path = Path(path)
         self.synchronous = level
         self.busy_timeout = busy_timeout
+        self.integrity_check = integrity_check
         self._db: aiosqlite.Connection | None = None
         # One aiosqlite connection runs one statement at a time; the lock keeps one coroutine's
         # BEGIN ... COMMIT from interleaving with another's.
@@ -200,7 +230,7 @@ class SqliteBackend(TaskBackend):
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_probe, self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
@@ -215,6 +245,10 @@ class SqliteBackend(TaskBackend):
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # Takes effect only on a new file (before its first table): deleted rows' pages can then
+        # be given back by the incremental vacuum after retention deletes. An older file keeps
+        # its mode until a one-off VACUUM (see docs/durability.md).
+        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Keep the log file from staying at its high-water mark after checkpoints.
@@ -229,6 +263,12 @@ class SqliteBackend(TaskBackend):
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        if self.integrity_check != "off":
+            problems = await integrity_problems(db, full=self.integrity_check == "full")
+            if problems:
+                raise DamagedDatabaseError(
+                    str(self.path), problems, full=self.integrity_check == "full"
+                )
 
     async def _check_version(self, db: aiosqlite.Connection) -> None:
         rows = list(await db.execute_fetchall("SELECT version FROM tf_schema"))
@@ -430,14 +470,45 @@ class SqliteBackend(TaskBackend):
 
     async def _delete_rows_before(self, cutoff: float) -> int:
         marks = ",".join("?" * len(_FINISHED))
-        async with self._transaction() as db:
-            removed = await db.execute_fetchall(
-                f"DELETE FROM tf_records WHERE end_time < ? AND status IN ({marks})"
-                " RETURNING status, queue, duration",
-                (cutoff, *_FINISHED),
-            )
-            await self._apply(db, removal_deltas((r[0], r[1], r[2]) for r in removed))
-            return len(list(removed))
+        batch_sql = (
+            "DELETE FROM tf_records WHERE rowid IN (SELECT rowid FROM tf_records"
+            f" WHERE end_time < ? AND status IN ({marks}) LIMIT {DELETE_BATCH})"
+            " RETURNING status, queue, duration"
+        )
+        deleted = 0
+        while True:
+            async with self._transaction() as db:
+                removed = list(await db.execute_fetchall(batch_sql, (cutoff, *_FINISHED)))
+                # The stats lose the batch's share in the batch's own transaction.
+                await self._apply(db, removal_deltas((r[0], r[1], r[2]) for r in removed))
+            deleted += len(removed)
+            if len(removed) < DELETE_BATCH:
+                break
+            await self._checkpoint("PASSIVE")  # the next batch reuses the log from its start
+        if deleted:
+            await self._give_back_space()
+        return deleted
+
+    async def _checkpoint(self, mode: str) -> None:
+        async with self._lock, self._errors():
+            await self._conn().execute(f"PRAGMA wal_checkpoint({mode})")
+
+    async def _give_back_space(self) -> None:
+        """Incremental vacuum in steps (each one short transaction, checkpointed), so the file
+        shrinks after a large delete without one long lock or a log as large as the delete.
+        Files made before auto_vacuum was set have no free-page map: nothing to do there."""
+        while True:
+            async with self._lock, self._errors():
+                db = self._conn()
+                (mode,) = next(iter(await db.execute_fetchall("PRAGMA auto_vacuum")))
+                (free,) = next(iter(await db.execute_fetchall("PRAGMA freelist_count")))
+                if int(mode) != 2 or int(free) == 0:
+                    break
+                # It frees one page per step of the statement; execute() steps once, a script
+                # runs it to its end.
+                await db.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+            await self._checkpoint("PASSIVE")
+        await self._checkpoint("TRUNCATE")
 
     async def _delete_rows(self, task_ids: list[str]) -> int:
         async with self._transaction() as db:
@@ -552,3 +623,67 @@ class SqliteBackend(TaskBackend):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    # ---- instances, commands, one-off schedules ------------------------------------------------
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        await self._run(
+            "INSERT INTO tf_instances (instance_id, expires_at, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (instance_id) DO UPDATE SET expires_at = excluded.expires_at,"
+            " data = excluded.data",
+            (instance_id, time.time() + ttl, data),
+        )
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT instance_id, data FROM tf_instances WHERE expires_at > ?", (time.time(),)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        await self._run("DELETE FROM tf_instances WHERE instance_id = ?", (instance_id,))
+
+    async def _send_command(self, data: str) -> None:
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute("INSERT INTO tf_commands (sent_at, data) VALUES (?, ?)", (now, data))
+            await db.execute("DELETE FROM tf_commands WHERE sent_at < ?", (now - COMMAND_TTL,))
+
+    async def _command_position(self) -> str:
+        # sqlite_sequence, not MAX(position): pruning may have emptied the table, and
+        # AUTOINCREMENT never hands out a position at or below the last one.
+        rows = await self._fetch("SELECT seq FROM sqlite_sequence WHERE name = 'tf_commands'")
+        return str(rows[0][0]) if rows else "0"
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT position, data FROM tf_commands WHERE position > ? ORDER BY position LIMIT 500",
+            (int(after),),
+        )
+        return [(str(row[0]), row[1]) for row in rows]
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        inserted = await self._run(
+            "INSERT INTO tf_schedules (run_key, run_at, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_key) DO NOTHING",
+            (run_key, run_at, data),
+        )
+        return inserted > 0
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "DELETE FROM tf_schedules WHERE run_key = ? RETURNING run_at, data",
+                    (run_key,),
+                )
+            )
+        return (float(rows[0][0]), rows[0][1]) if rows else None
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        rows = await self._fetch(
+            "SELECT run_key, run_at, data FROM tf_schedules WHERE run_at < ?"
+            " ORDER BY run_at, run_key",
+            (before if before is not None else float("inf"),),
+        )
+        return [(row[0], float(row[1]), row[2]) for row in rows]

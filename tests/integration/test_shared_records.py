@@ -1,5 +1,5 @@
 """Several instances on one backend behave as one system: real uvicorn processes on one
-redis-server, and ``uvicorn --workers 2`` on one SQLite file (``cluster_app.py``).
+redis-server, and ``uvicorn --workers 2`` on one SQLite file (``records_app.py``).
 
 Any instance answers for a task whichever instance runs it (pending, running with progress,
 finished), the metrics are the same everywhere and follow history deletes, a dashboard stream on
@@ -187,9 +187,9 @@ def test_two_processes_on_redis_are_one_system(
     """Redis, two uvicorn processes: each task, its progress, the metrics, the live stream and
     history deletes look the same from either process."""
     env = {"TF_BACKEND": f"redis:{redis_url}|{redis_prefix}", "TF_GATES": str(gates)}
-    first = AppProcess(env, "cluster_app:app").start()
+    first = AppProcess(env, "records_app:app").start()
     try:
-        second = AppProcess(env, "cluster_app:app").start()
+        second = AppProcess(env, "records_app:app").start()
         try:
             check_one_system(first.url, second.url, gates)
         finally:
@@ -211,7 +211,7 @@ def test_two_workers_on_one_sqlite_file_are_one_system(tmp_path: Path, gates: Pa
     """SQLite, ``uvicorn --workers 2``: a task added on one worker shows on the other (pending,
     then running with progress); the metrics agree; the stream on one shows the other's."""
     env = {"TF_BACKEND": f"sqlite:{tmp_path / 'tasks.db'}", "TF_GATES": str(gates)}
-    app = AppProcess(env, "cluster_app:app", workers=2).start()
+    app = AppProcess(env, "records_app:app", workers=2).start()
     try:
         url = app.url
         wait_for(
@@ -278,12 +278,12 @@ def test_after_sigkill_accepted_tasks_answer_at_once_as_pending(
         "TF_GATES": str(gates),
         "TF_LEASE": "30",
     }
-    first = AppProcess(env, "cluster_app:app").start()
+    first = AppProcess(env, "records_app:app").start()
     try:
         post(first.url, "/hold/a")
         waiting = [post(first.url, f"/hold/w{i}").json()["task_id"] for i in range(3)]
         first.kill()
-        second = AppProcess(env, "cluster_app:app").start()
+        second = AppProcess(env, "records_app:app").start()
         try:
             for task_id in waiting:
                 seen = task(second.url, task_id)
