@@ -83,11 +83,13 @@ def prometheus_text(
                 f"{namespace}_queue_tasks", "Tasks by queue and status", labels=["queue", "status"]
             )
             running = GaugeMetricFamily(
-                f"{namespace}_queue_running", "Tasks running now, by queue", labels=["queue"]
+                f"{namespace}_queue_running",
+                "Tasks running now on this instance, by queue",
+                labels=["queue"],
             )
             waiting = GaugeMetricFamily(
                 f"{namespace}_queue_waiting",
-                "Tasks waiting for a slot, by queue",
+                "Tasks waiting for a slot on this instance, by queue",
                 labels=["queue"],
             )
             for name, queue in queue_snapshot(stats, manager.dispatcher.queues).items():
