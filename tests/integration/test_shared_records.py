@@ -137,8 +137,10 @@ def gates(tmp_path: Path) -> Path:
 
 def check_one_system(first: str, second: str, gates: Path, other: str | None = None) -> None:
     """Pending and running tasks of ``first`` show on ``second`` (and ``other``, when the
-    answering process cannot be chosen), metrics agree, the stream and deletes follow."""
+    answering process cannot be chosen), metrics and queue counts agree, the stream, deletes
+    and the audit trail follow."""
     readers = [second] if other is None else [second, other]
+    assert get(first, "/tasks/audit").json() == []  # read once before the other acts
     running_id = post(first, "/hold/a").json()["task_id"]
     pending_id = post(first, "/hold/b").json()["task_id"]
     # The response came after the journal commit, which now also wrote the PENDING row.
@@ -202,6 +204,8 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
     assert metrics["queues"]["solo"]["counts_scope"] == "all instances"
     deleted = httpx.delete(f"{second}/tasks/history?all=true", timeout=5)
     assert deleted.status_code == 200, deleted.text
+    audit = get(first, "/tasks/audit").json()
+    assert [e["action"] for e in audit] == ["delete_history"], "the other's action is missing"
     after = get(first, "/tasks/metrics").json()
     assert (after["success"], after["total"], after["duration_p50"]) == (0, 0, None)
     assert task(first, running_id) is None
