@@ -428,6 +428,20 @@ class TaskBackend(ABC):
     async def set_meta(self, key: str, value: str) -> None:
         await self._set_meta(key, value)
 
+    # ---- counters: state every instance must agree on (login limits, ended sessions) --------
+
+    async def counter_add(self, key: str, amount: int, ttl: float) -> int:
+        """Add ``amount`` to the counter ``key`` (an absent or expired one starts at 0), make it
+        expire ``ttl`` seconds from now and return the new value, atomically."""
+        return await self._counter_add(key, amount, ttl)
+
+    async def counter_get(self, key: str) -> tuple[int, float]:
+        """(value, seconds until it expires) of a live counter; ``(0, 0.0)`` when there is none."""
+        return await self._counter_get(key)
+
+    async def counter_delete(self, key: str) -> None:
+        await self._counter_delete(key)
+
     # ---- primitives ------------------------------------------------------------------------
 
     @abstractmethod
@@ -504,3 +518,15 @@ class TaskBackend(ABC):
     async def _update_rows(self, items: list[tuple[str, str]]) -> int:
         """Replace the ``data`` of existing records only; returns how many."""
         raise BackendError(f"{self.describe()} cannot update records (needed by key rotation)")
+
+    # Counter primitives: not abstract either. A backend without them raises
+    # NotImplementedError and TaskAdmin keeps its login limits and ended sessions per process.
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        raise NotImplementedError(f"{self.describe()} has no shared counters")
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        raise NotImplementedError(f"{self.describe()} has no shared counters")
+
+    async def _counter_delete(self, key: str) -> None:
+        raise NotImplementedError(f"{self.describe()} has no shared counters")

@@ -18,6 +18,7 @@ key                            type    holds
 ``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
 ``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
 ``P:meta``                     hash    metadata
+``P:counter:<key>``           string  a counter (``counter_add``), with its ``PX`` expiry
 =============================  ======  ============================================================
 
 Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
@@ -227,6 +228,19 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# KEYS: counter. ARGV: amount, ttl ms. An expired key is gone, so INCRBY starts from 0.
+_COUNTER_ADD = """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return value
+"""
+
+# KEYS: counter. Returns {value or false, ms left}, read together.
+_COUNTER_GET = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -310,6 +324,8 @@ class RedisBackend(TaskBackend):
                 ("reserve", _RESERVE),
                 ("compare_delete", _COMPARE_DELETE),
                 ("update_existing", _UPDATE_EXISTING),
+                ("counter_add", _COUNTER_ADD),
+                ("counter_get", _COUNTER_GET),
             )
         }
         self._client = client
@@ -547,3 +563,18 @@ class RedisBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         async with self._errors() as client:
             await self._call(client.hset(self.key("meta"), key, value))
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        return int(
+            await self._script("counter_add", [self.key("counter", key)], [amount, _ms(ttl)])
+        )
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        value, left = await self._script("counter_get", [self.key("counter", key)], [])
+        if value is None or int(left) <= 0:
+            return 0, 0.0
+        return int(value), int(left) / 1000
+
+    async def _counter_delete(self, key: str) -> None:
+        async with self._errors() as client:
+            await self._call(client.delete(self.key("counter", key)))

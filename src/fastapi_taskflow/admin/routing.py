@@ -1,0 +1,61 @@
+"""The route class of every admin route: size limit, ``nosniff``, and JSON for its errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import StringConstraints
+from starlette.types import Message, Receive, Scope, Send
+
+from ..errors import BackendError
+from .inputs import BadInput
+from .requests import MAX_BODY, declared_length
+
+logger = logging.getLogger("fastapi_taskflow.admin")
+
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+class AdminRoute(APIRoute):
+    """Refuses a declared body over ``MAX_BODY`` before auth or parsing (413), marks every
+    response ``nosniff``, and maps the admin's own errors: bad input 422, backend down 503."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == NOSNIFF[0] for name, _ in headers):
+                    headers.append(NOSNIFF)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        declared = declared_length(scope.get("headers", []))
+        if declared is not None and declared > MAX_BODY:
+            refusal = JSONResponse(
+                {"detail": f"the request body is over {MAX_BODY} bytes"}, status_code=413
+            )
+            await refusal(scope, receive, send_nosniff)
+            return
+        await super().handle(scope, receive, send_nosniff)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except BadInput as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=422)
+            except (BackendError, OSError) as exc:
+                logger.error("task backend failed during %s", request.url.path, exc_info=True)
+                return JSONResponse(
+                    {"detail": f"the task backend is unavailable: {exc}"}, status_code=503
+                )
+
+        return route
