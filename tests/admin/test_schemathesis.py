@@ -79,9 +79,7 @@ def build_app(auth: Any, ids: list[str] | None = None) -> FastAPI:
             gate.set()
 
     app = FastAPI(lifespan=seed)
-    TaskAdmin(
-        app, manager, auth=auth, secret_key=SECRET if auth else None, include_in_schema=True
-    )
+    TaskAdmin(app, manager, auth=auth, secret_key=SECRET if auth else None, include_in_schema=True)
     return app
 
 

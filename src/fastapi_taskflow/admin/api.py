@@ -296,9 +296,7 @@ class TaskApi:
         @router.post(
             "/bulk-retry", summary="Retry the given tasks", openapi_extra=body_doc(BulkRetryBody)
         )
-        async def bulk_retry(
-            body: BulkRetryInput, who: str = actor
-        ) -> Response:
+        async def bulk_retry(body: BulkRetryInput, who: str = actor) -> Response:
             ids = list(dict.fromkeys(body.task_ids))
             result = await self._retry_many(ids)
             await self.audit.record(
