@@ -506,3 +506,27 @@ async def test_read_only_users_may_read_but_not_change(make_env):
         assert config["read_only"] is True
         ok = await env.client.delete("/tasks/history?all=true", headers=admin)
         assert ok.status_code == 200
+
+
+async def test_backend_without_counters_falls_back_to_this_process(caplog):
+    """A backend lacking the counter primitives: counters live in the process, with a warning
+    said once."""
+    import logging
+
+    from fastapi_taskflow.backends.base import TaskBackend
+
+    class OldBackend(memory.MemoryBackend):
+        _counter_add = TaskBackend._counter_add
+        _counter_get = TaskBackend._counter_get
+        _counter_delete = TaskBackend._counter_delete
+
+    class Manager:
+        backend = OldBackend()
+
+    caplog.set_level(logging.WARNING, logger="fastapi_taskflow.admin")
+    counters = SharedCounters(lambda: Manager())
+    assert await counters.add("k", 2, 30) == 2
+    assert (await counters.get("k"))[0] == 2
+    await counters.delete("k")
+    assert await counters.get("k") == (0, 0.0)
+    assert len([r for r in caplog.records if "no shared counters" in r.getMessage()]) == 1

@@ -41,9 +41,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 class AppProcess:
-    """One uvicorn process serving durable_app.py."""
+    """One uvicorn process serving ``app`` (durable_app.py unless told), answering /health."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], app: str = "durable_app:app") -> None:
+        self.app = app
         self.env = {**os.environ, **env, "PYTHONPATH": str(HERE)}
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,7 +58,7 @@ class AppProcess:
             sys.executable,
             "-m",
             "uvicorn",
-            "durable_app:app",
+            self.app,
             "--port",
             str(self.port),
             "--log-level",
