@@ -5,7 +5,8 @@ the expiry, the CSRF nonce (which also names the session) and a stamp of the use
 credentials. Every worker sharing ``secret_key`` checks it without a lookup, and then asks:
 
 - has it ended? Logging out records the session's nonce in the shared counters until the
-  token would have expired anyway, so every instance on the backend refuses it;
+  token would have expired anyway, so every instance on the backend refuses it (its own at
+  once, the others within ``RECHECK_AFTER`` seconds);
 - do the user's credentials still match the stamp? A removed user, or a changed password,
   ends every session of that user;
 - is its expiry within ``token_expiry`` of now? A token claiming a longer life was not made
@@ -26,6 +27,10 @@ from .shared import SharedCounters
 
 # Instances' clocks differ a little; a token from a server a few seconds ahead is still good.
 CLOCK_SKEW = 60
+# How long a session found live is trusted before the backend is asked again, and for how many
+# sessions at most (a flood of tokens must not grow the table without bound).
+RECHECK_AFTER = 1.0
+MAX_TRUSTED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,7 @@ class SessionSigner:
         """A keyed digest of the user's credential version: stored in the token, it reveals
         nothing about the password to whoever reads the token."""
         message = json.dumps([user, version]).encode()
-        return _b64(hmac.new(self._stamp_key, message, hashlib.sha256).digest()[:12])
+        return _b64(hmac.digest(self._stamp_key, message, "sha256")[:12])
 
     def issue(self, user: str, stamp: str = "", now: float | None = None) -> tuple[str, str]:
         """A new token for ``user`` and the CSRF nonce inside it."""
@@ -88,25 +93,44 @@ class SessionSigner:
         return Identity(user, "cookie", csrf, expires, stamp)
 
     def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+        return _b64(hmac.digest(self._key, body.encode(), "sha256"))
 
 
 class EndedSessions:
-    """The sessions logged out before their expiry, kept in the shared counters."""
+    """The sessions logged out before their expiry, kept in the shared counters.
 
-    def __init__(self, counters: SharedCounters) -> None:
+    A session found live is trusted for ``recheck_after`` seconds before the backend is asked
+    again (one read per request would add a backend round trip to every call): a logout
+    takes effect at once on its own instance, and within that time on the others.
+    """
+
+    def __init__(self, counters: SharedCounters, recheck_after: float = RECHECK_AFTER) -> None:
         self.counters = counters
+        self.recheck_after = recheck_after
+        self._live_until: dict[str, float] = {}  # session id -> monotonic deadline
 
     async def end(self, identity: Identity) -> None:
         if identity.csrf is None or identity.expires is None:
             return
+        self._live_until.pop(identity.csrf, None)
         left = identity.expires - time.time() + CLOCK_SKEW
         await self.counters.add("session-ended:" + identity.csrf, 1, max(1.0, left))
 
     async def ended(self, identity: Identity) -> bool:
-        if identity.csrf is None:
+        session = identity.csrf
+        if session is None:
             return False
-        return (await self.counters.get("session-ended:" + identity.csrf))[0] > 0
+        now = time.monotonic()
+        if self._live_until.get(session, 0.0) > now:
+            return False
+        if (await self.counters.get("session-ended:" + session))[0] > 0:
+            return True
+        if len(self._live_until) >= MAX_TRUSTED:
+            self._live_until = {k: t for k, t in self._live_until.items() if t > now}
+            if len(self._live_until) >= MAX_TRUSTED:
+                self._live_until.clear()
+        self._live_until[session] = now + self.recheck_after
+        return False
 
 
 def _b64(data: bytes) -> str:
