@@ -18,6 +18,7 @@ Sessions end at logout, when the user's credentials change or the user is gone, 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -185,9 +186,7 @@ class AdminAuth:
                     return Identity(name, "token")
             identity = self.signer.verify(credential)
             if identity is not None:
-                identity = Identity(
-                    identity.user, "bearer", identity.csrf, identity.expires, identity.stamp
-                )
+                identity = dataclasses.replace(identity, via="bearer")
         else:
             cookie = request.cookies.get(COOKIE_NAME)
             identity = self.signer.verify(cookie) if cookie else None
@@ -200,7 +199,8 @@ class AdminAuth:
         if await self.sessions.ended(identity):
             return False
         stamp = await self._stamp(identity.user)
-        return stamp is not None and hmac.compare_digest(stamp, identity.stamp or "")
+        sent = (identity.stamp or "").encode("utf-8", "surrogatepass")
+        return stamp is not None and hmac.compare_digest(stamp.encode(), sent)
 
     async def _stamp(self, user: str) -> str | None:
         """The stamp of the user's credentials now; None when the user is gone."""
