@@ -336,7 +336,7 @@ async def test_failed_logins_are_counted_across_instances(make_env, tmp_path):
 async def test_the_wait_grows_with_each_further_failure(make_env):
     """Past the free failures the block doubles with every failure after it ends."""
     async with make_env() as env:
-        limiter = LoginLimiter(SharedCounters(lambda: env.manager), window=0.2, max_delay=10)
+        limiter = LoginLimiter(SharedCounters(lambda: env.manager), window=0.4, max_delay=10)
         keys = limiter.keys("10.0.0.9", "admin")
         for _ in range(5):
             await limiter.failed(keys)
@@ -347,8 +347,8 @@ async def test_the_wait_grows_with_each_further_failure(make_env):
             await _pause()
         await limiter.failed(keys)
         second = (await limiter.counters.get("login-block:" + keys[1][0]))[1]
-        assert 0 < first <= 0.2 < second <= 0.4
-        assert limiter.delay(5, 5) == 0.2
+        assert 0 < first <= 0.4 < second <= 0.8
+        assert limiter.delay(5, 5) == 0.4
         assert limiter.delay(40, 5) == 10
 
 
