@@ -126,7 +126,7 @@ def resolve_backend(auth: Any) -> TaskAuthBackend | None:
 
 
 class _DuckBackend(TaskAuthBackend):
-    """Any object with ``authenticate_user(username, password)`` (the reference accepted these)."""
+    """Any object with ``authenticate_user(username, password)``, a TaskAuthBackend or not."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner

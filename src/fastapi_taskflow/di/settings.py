@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ..backends.factory import BackendKind
+from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
     SECRET_PATHS,
@@ -91,18 +93,6 @@ class RedisURL(str):
         return repr(self.masked())
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, errors and the CLI)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return str(url)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 class SqliteSettings(Section):
     """``backend.sqlite``: where the SQLite file lives (created with its folder if missing)."""
 
@@ -120,7 +110,7 @@ class RedisSettings(Section):
 class BackendSettings(Section):
     """``backend``: where records and the journal persist. Only ``kind`` is constructed."""
 
-    kind: Literal["memory", "sqlite", "redis"] = "memory"
+    kind: BackendKind = "memory"
     sqlite: SqliteSettings = SqliteSettings()
     redis: RedisSettings = RedisSettings()
 
