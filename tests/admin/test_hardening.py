@@ -91,6 +91,18 @@ async def test_bad_body_after_auth_is_still_a_422(make_env):
         assert response.json()["detail"][0]["loc"][0] == "body"
         short = await env.client.post("/tasks/bulk-retry", json={"task_ids": []}, headers=headers)
         assert short.status_code == 422
+        for body in (
+            b'{"concurrency": NaN}',
+            b'{"concurrency": 1e400}',
+            b'{"max_size": "\\ud800"}',
+        ):
+            odd = await env.client.patch(
+                "/tasks/queues/default",
+                content=body,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+            assert odd.status_code == 422, body
+            assert odd.json()["detail"][0]["loc"][0] == "body"
 
 
 # ---- 2. same-origin proof in every mode --------------------------------------------------------

@@ -75,15 +75,26 @@ def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
 
 
 def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic's errors as FastAPI words them (under ``body``); a body that is not JSON is
-    not echoed back (it may be any bytes, up to the cap)."""
+    """Pydantic's errors as FastAPI words them (under ``body``), without echoing what JSON
+    cannot carry back: a body that is not JSON at all (any bytes, up to the cap), or a value
+    such as NaN or 1e400 (JSON has no infinity), which would make the 422 itself fail."""
     errors: list[dict[str, Any]] = []
     for error in exc.errors(include_url=False):
-        shown: dict[str, Any] = {**error, "loc": ("body", *error["loc"])}
-        if error["type"] == "json_invalid":
-            shown["input"] = {}
+        shown: dict[str, Any] = {"type": error["type"], "loc": ("body", *error["loc"])}
+        shown["msg"] = error["msg"]
+        for key in ("input", "ctx"):
+            if key in error and error["type"] != "json_invalid" and _encodable(error[key]):
+                shown[key] = error[key]
         errors.append(shown)
     return errors
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return False
+    return True
 
 
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
