@@ -333,6 +333,14 @@ async def test_usernames_are_casefolded_for_the_limit(make_env):
         assert (await _login(env.client, "bob", "b")).status_code == 200
 
 
+def test_long_usernames_make_short_counter_keys():
+    """A 10,000-character username is counted under a digest, still casefolded."""
+    long_name = "A" * 10_000
+    keys = [key for key, _ in LoginLimiter.keys("10.0.0.1", long_name)]
+    assert max(len(key) for key in keys) < 120
+    assert keys == [key for key, _ in LoginLimiter.keys("10.0.0.1", long_name.lower())]
+
+
 async def test_failed_logins_are_counted_across_instances(make_env, tmp_path):
     """Two admins on one SQLite file share the limit: failures on one block on the other."""
     options = {"snapshot_db": str(tmp_path / "tasks.db")}

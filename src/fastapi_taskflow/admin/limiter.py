@@ -19,6 +19,7 @@ every sender lets each request choose its address.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,15 @@ from .shared import SharedCounters
 ADDRESS_FREE = 10
 PAIR_FREE = 5
 USER_FREE = 50
+LONG_NAME = 64
+
+
+def _user_key(username: str) -> str:
+    """The casefolded name; a digest of it when long, so keys stay small whatever is sent."""
+    user = username.casefold()
+    if len(user) <= LONG_NAME:
+        return user
+    return "sha256:" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class LoginLimiter:
@@ -50,14 +60,14 @@ class LoginLimiter:
         """(counter key, free failures) for one attempt."""
         keys = [(f"addr:{address}", ADDRESS_FREE)]
         if username:
-            user = username.casefold()
+            user = _user_key(username)
             keys += [(f"pair:{address}|{user}", PAIR_FREE), (f"user:{user}", USER_FREE)]
         return keys
 
     @staticmethod
     def user_keys(address: str, username: str) -> list[str]:
         """The counters a successful login clears: the user's, never the address's."""
-        user = username.casefold()
+        user = _user_key(username)
         return [f"pair:{address}|{user}", f"user:{user}"]
 
     def delay(self, failures: int, free: int) -> float:
