@@ -28,7 +28,7 @@ from ..errors import ArgumentDecryptionError, UnknownTaskError
 from ..models import RETRYABLE_STATUSES, TaskRecord, TaskStatus
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
-from .requests import MAX_BODY, read_body
+from .request_checks import MAX_BODY, read_body
 from .routing import AdminRoute, TaskId
 
 if TYPE_CHECKING:

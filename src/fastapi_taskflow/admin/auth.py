@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ..errors import ConfigurationError
 from .limiter import LoginLimiter
-from .requests import (
+from .request_checks import (
     CSRF_HEADER,
     MAX_LOGIN_BODY,
     SAFE_METHODS,

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import BackendError
 from .inputs import BadInput
-from .requests import MAX_BODY, declared_length
+from .request_checks import MAX_BODY, declared_length
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
