@@ -8,7 +8,9 @@ from .backends.base import TaskBackend
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
+    ConfigProblem,
     ConfigurationError,
+    InvalidConfigurationError,
     QueueFullError,
     TaskArgumentError,
     TaskflowError,
@@ -69,7 +71,9 @@ __all__ = [
     "TaskObserver",
     # errors
     "BackendError",
+    "ConfigProblem",
     "ConfigurationError",
+    "InvalidConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
     "TaskTimeoutError",

@@ -427,3 +427,15 @@ def test_cross_site_login_and_logout_are_refused(browser):
             assert replay.request.get(f"{server.url}/dashboard/config").status == 401
             replay.close()
             context.close()
+
+
+def test_instances_view_lists_this_instance(page, server):
+    """The instances view shows the live instance (id, pid) as text."""
+    from playwright.sync_api import expect
+
+    _open(page, server, "instances")
+    row = page.locator(f'tr[data-instance="{server.manager.instance_id}"]')
+    expect(row).to_contain_text(str(os.getpid()))
+    expect(row.locator('[data-field="running"]')).to_have_text("0")
+    page.screenshot(path=str(IMAGES / "dashboard-instances.png"))
+    assert page.errors == []

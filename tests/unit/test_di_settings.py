@@ -13,16 +13,8 @@ from fastapi_taskflow.errors import ConfigurationError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Each test runs in an empty folder with no TASKFLOW_* variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("TASKFLOW_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+# Each test runs in an empty folder with no TASKFLOW_* variables (tests/unit/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def write(path: Path, text: str) -> Path:
@@ -216,3 +208,19 @@ def test_dotenv_typo_is_named(isolated: Path) -> None:
     source, reason = problems(exc)["max_histroy"]
     assert source == ".env (TASKFLOW_MAX_HISTROY)"
     assert "did you mean 'max_history'" in reason
+
+
+def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path) -> None:
+    """instance_url and friends in YAML load, reach TaskManager, and leave its settings alone."""
+    from fastapi_taskflow import TaskManager
+    from fastapi_taskflow.di.containers import manager_options
+
+    text = (
+        "instance_url: http://10.0.0.5:8000\ninstance_tasks_prefix: /tasks\n"
+        "registry_ttl: 90\nregistry_heartbeat: 30\n"
+    )
+    write(isolated / "config/taskflow.yaml", text)
+    settings = TaskflowSettings()
+    assert settings.instance_url == "http://10.0.0.5:8000"
+    manager = TaskManager(**manager_options(settings))
+    assert manager.settings == TaskManager().settings

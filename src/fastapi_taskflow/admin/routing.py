@@ -24,7 +24,8 @@ NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 class AdminRoute(APIRoute):
     """Refuses a declared body over ``MAX_BODY`` before auth or parsing (413), marks every
-    response ``nosniff``, and maps the admin's own errors: bad input 422, backend down 503."""
+    response ``nosniff``, and maps the admin's own errors: bad input 422, a feature the backend
+    lacks 501, backend down 503."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_nosniff(message: Message) -> None:
@@ -52,6 +53,8 @@ class AdminRoute(APIRoute):
                 return await handler(request)
             except BadInput as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=422)
+            except NotImplementedError as exc:  # a custom backend without a feature's primitives
+                return JSONResponse({"detail": str(exc)}, status_code=501)
             except (BackendError, OSError) as exc:
                 logger.error("task backend failed during %s", request.url.path, exc_info=True)
                 return JSONResponse(
