@@ -332,5 +332,9 @@ async def test_admin_queue_and_history_routes_use_the_second_runs_manager(tmp_pa
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             queues = (await client.get("/tasks/queues")).json()
             assert queues["default"]["started"] == 1  # this run's one task, not the first's two
-            deleted = (await client.delete("/tasks/history", params={"all": "true"})).json()
+            deleted = (
+                await client.delete(
+                    "/tasks/history", params={"all": "true"}, headers={"X-CSRF-Token": "1"}
+                )
+            ).json()
             assert deleted["backend"] == 2  # the first run's records, written at its shutdown
