@@ -17,6 +17,7 @@ from .errors import (
     TaskTimeoutError,
     UnknownTaskError,
     WorkerCrashedError,
+    WriteBufferFullError,
 )
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers import (
@@ -80,6 +81,7 @@ __all__ = [
     "TaskflowError",
     "UnknownTaskError",
     "WorkerCrashedError",
+    "WriteBufferFullError",
 ]
 
 

@@ -10,6 +10,7 @@ Mutations take a lock because sync routes add tasks from FastAPI's worker thread
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import threading
@@ -112,6 +113,10 @@ class TaskStore:
 
     def queue_counts(self, queue: str) -> dict[TaskStatus, int]:
         return dict(self._queue_counts.get(queue) or dict.fromkeys(TaskStatus, 0))
+
+    def queue_names(self) -> list[str]:
+        """Queues this store has counted records in."""
+        return list(self._queue_counts)
 
     @property
     def active(self) -> int:
@@ -263,6 +268,27 @@ class TaskStore:
         with self._lock:
             dirty, self._dirty = list(self._dirty.values()), {}
         return dirty
+
+    def dirty_records(self) -> list[TaskRecord]:
+        """Records queued for the next flush, left queued."""
+        with self._lock:
+            return list(self._dirty.values())
+
+    def is_dirty(self, task_id: str) -> bool:
+        return task_id in self._dirty
+
+    def forget_dirty(self, task_id: str) -> None:
+        """Not to be written after all (it was deleted on purpose)."""
+        with self._lock:
+            self._dirty.pop(task_id, None)
+
+    def drop_oldest_dirty(self, count: int) -> int:
+        """Forget the ``count`` oldest queued writes (the buffer is full); returns how many."""
+        with self._lock:
+            doomed = list(itertools.islice(self._dirty, count))
+            for task_id in doomed:
+                del self._dirty[task_id]
+        return len(doomed)
 
     @property
     def dirty_count(self) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from test_crash_recovery import AppProcess, wait_for
+from processes import AppProcess, wait_for
 
 from servers import RedisServer
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fastapi_taskflow.admin")
 
 RETRY_FAILED_CAP = 10_000
+
+
 _UNIT = {"min": "minutes", "hour": "hours", "day": "days"}
 
 
@@ -76,26 +78,16 @@ def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
 
 
 def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic's errors as FastAPI words them (under ``body``), without echoing what JSON
-    cannot carry back: a body that is not JSON at all (any bytes, up to the cap), or a value
-    such as NaN or 1e400 (JSON has no infinity), which would make the 422 itself fail."""
+    """Pydantic's errors as FastAPI words them (under ``body``). A body that is not JSON is not
+    echoed (it may be any bytes, up to the cap); AdminRoute drops any other input JSON cannot
+    carry back."""
     errors: list[dict[str, Any]] = []
     for error in exc.errors(include_url=False):
-        shown: dict[str, Any] = {"type": error["type"], "loc": ("body", *error["loc"])}
-        shown["msg"] = error["msg"]
-        for key in ("input", "ctx"):
-            if key in error and error["type"] != "json_invalid" and _encodable(error[key]):
-                shown[key] = error[key]
+        shown: dict[str, Any] = {**error, "loc": ("body", *error["loc"])}
+        if error["type"] == "json_invalid":
+            shown.pop("input", None)
         errors.append(shown)
     return errors
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
-    except (TypeError, ValueError, UnicodeEncodeError):
-        return False
-    return True
 
 
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -262,12 +254,13 @@ class TaskApi:
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
-            return json_response(dashboard_metrics(self.manager, self.series))
+            return json_response(await dashboard_metrics(self.manager, self.series))
 
         @router.get("/metrics/prometheus", summary="Metrics in the Prometheus text format")
         async def get_prometheus() -> Response:
             try:
-                body, content_type = prometheus_text(self.manager)
+                manager = self.manager
+                body, content_type = prometheus_text(manager, await manager.read_stats())
             except ImportError:
                 return JSONResponse({"detail": PROMETHEUS_HINT}, status_code=501)
             return Response(body, media_type=content_type)

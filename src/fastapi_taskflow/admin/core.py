@@ -47,7 +47,8 @@ class TaskAdmin:
     your dependency sets) who may read but get 403 on every change.
     ``include_in_schema``: list the task API in the app's ``/openapi.json`` (off by default:
     the public schema need not describe the admin).
-    ``retention_days``: finished tasks older than this are deleted every hour.
+    ``retention_days``: finished tasks older than this are deleted every ``prune_interval``
+    seconds of the manager (an hour by default).
 
     ``task_manager`` may also be a zero-argument callable returning the current manager, for
     apps whose manager is rebuilt on each lifespan run (a DI container); the admin then asks
@@ -138,8 +139,8 @@ class TaskAdmin:
         """The manager behind the admin now (a getter's answer at this moment)."""
         return self._current_manager()
 
-    def _metrics(self) -> dict[str, Any]:
-        return dashboard_metrics(self.manager, self.series)
+    async def _metrics(self) -> dict[str, Any]:
+        return await dashboard_metrics(self.manager, self.series)
 
     async def _startup(self) -> None:
         if not self.auth.enabled and not self._own_auth:
@@ -175,7 +176,7 @@ class TaskAdmin:
                 await self.prune()
             except Exception:
                 logger.error("pruning old task history failed", exc_info=True)
-            await asyncio.sleep(PRUNE_EVERY)
+            await asyncio.sleep(self.manager.settings.prune_interval)
 
 
 def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[[], TaskManager]:

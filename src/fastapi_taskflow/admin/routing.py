@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints
 from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import BackendError
@@ -18,14 +21,25 @@ from .request_checks import MAX_BODY, declared_length
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
-TaskId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+def _encodable_id(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (no lone surrogates)") from None
+    return text
+
+
+TaskId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_encodable_id)
+]
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 class AdminRoute(APIRoute):
     """Refuses a declared body over ``MAX_BODY`` before auth or parsing (413), marks every
-    response ``nosniff``, and maps the admin's own errors: bad input 422, a feature the backend
-    lacks 501, backend down 503."""
+    response ``nosniff``, and maps the admin's own errors: bad input 422 (echoing only what
+    JSON can carry), a feature the backend lacks 501, backend down 503."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_nosniff(message: Message) -> None:
@@ -51,6 +65,8 @@ class AdminRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                return validation_response(exc)
             except BadInput as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=422)
             except NotImplementedError as exc:  # a custom backend without a feature's primitives
@@ -62,3 +78,25 @@ class AdminRoute(APIRoute):
                 )
 
         return route
+
+
+def validation_response(exc: RequestValidationError) -> Response:
+    """FastAPI's 422, minus echoed input JSON cannot carry (a lone surrogate, NaN, 1e400),
+    which would otherwise turn a client's mistake into a 500."""
+    errors = []
+    for error in jsonable_encoder(exc.errors()):
+        try:
+            json.dumps(error, ensure_ascii=False, allow_nan=False).encode()
+        except (ValueError, UnicodeEncodeError):
+            error = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+            error["loc"] = [_printable(part) for part in error.get("loc", [])]
+            error["msg"] = _printable(error.get("msg", ""))
+        errors.append(error)
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _printable(value: Any) -> Any:
+    """A location or message part, with what UTF-8 cannot encode escaped."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
