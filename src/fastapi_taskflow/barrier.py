@@ -17,16 +17,13 @@ the writes stay buffered (see docs/durability.md).
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import math
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .manager import TaskManager
+from .journal_writes import Commit, RequestJournal, recording_request
 
 logger = logging.getLogger("fastapi_taskflow.barrier")
 
@@ -34,84 +31,59 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-class Commit(enum.Enum):
-    """How waiting for a journal write ended."""
+class RequestTasks(Protocol):
+    """What the barrier needs from the manager: wait for a journal write, withdraw tasks."""
 
-    COMMITTED = "committed"
-    FAILING = "failing"  # the backend is failing: the write stays buffered and is retried
-    TIMED_OUT = "timed out"  # neither committed nor failed within the wait
+    async def wait_journaled(self, seq: int, timeout: float) -> Commit:
+        """How waiting up to ``timeout`` seconds for journal write ``seq`` ended."""
+        ...
 
-
-@dataclass(slots=True)
-class RequestJournal:
-    """What the current request journaled: the highest write and the tasks it wrote."""
-
-    seq: int = 0
-    task_ids: list[str] = field(default_factory=list)
-
-
-# The current request's journal writes. Mutated in place, so a sync route's worker thread,
-# which runs in a copy of the context, updates the same holder.
-_request_writes: ContextVar[RequestJournal | None] = ContextVar(
-    "taskflow_journal_writes", default=None
-)
-
-
-def note_journal_write(seq: int, task_id: str) -> None:
-    """Remember that the current request (if any) journaled task ``task_id`` as write ``seq``."""
-    holder = _request_writes.get()
-    if holder is not None:
-        holder.task_ids.append(task_id)
-        if seq > holder.seq:
-            holder.seq = seq
+    def withdraw_tasks(self, task_ids: Sequence[str], reason: str) -> int:
+        """Cancel tasks whose client is answered that the enqueue failed; how many were live."""
+        ...
 
 
 class JournalBarrier:
     """ASGI middleware: hold a response until its request's journal writes are committed.
 
-    ``timeout`` (default: the manager's ``barrier_timeout``) bounds the wait for a commit that
-    neither succeeds nor fails; past it the request's tasks are withdrawn and the answer is 503.
+    ``timeout`` bounds the wait for a commit that neither succeeds nor fails (the manager
+    passes its ``barrier_timeout``); past it the request's tasks are withdrawn and the answer
+    is 503.
     """
 
-    def __init__(self, app: Any, manager: TaskManager, timeout: float | None = None) -> None:
+    def __init__(self, app: Any, tasks: RequestTasks, timeout: float) -> None:
         self.app = app
-        self.manager = manager
-        self.timeout = manager.settings.barrier_timeout if timeout is None else timeout
+        self.tasks = tasks
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        holder = RequestJournal()
-        token = _request_writes.set(holder)
         withdrawn = False
+        with recording_request() as holder:
 
-        async def send_when_durable(message: Message) -> None:
-            nonlocal withdrawn
-            if withdrawn:  # the 503 went out instead of the app's response
-                return
-            if holder.seq and message["type"] == "http.response.start":
-                persister = self.manager.persister
-                if persister is not None:
-                    outcome = await persister.wait_written(holder.seq, self.timeout)
+            async def send_when_durable(message: Message) -> None:
+                nonlocal withdrawn
+                if withdrawn:  # the 503 went out instead of the app's response
+                    return
+                if holder.seq and message["type"] == "http.response.start":
+                    outcome = await self.tasks.wait_journaled(holder.seq, self.timeout)
                     if outcome is Commit.TIMED_OUT:
                         withdrawn = True
                         self._withdraw(scope, holder)
                         await self._unavailable(send)
                         return
-            await send(message)
+                await send(message)
 
-        try:
             await self.app(scope, receive, send_when_durable)
-        finally:
-            _request_writes.reset(token)
 
     def _withdraw(self, scope: Scope, holder: RequestJournal) -> None:
         reason = (
             f"withdrawn: its journal write was not committed within {self.timeout:g}s "
             "(barrier_timeout), so the client was answered 503"
         )
-        withdrawn = self.manager.withdraw_tasks(holder.task_ids, reason)
+        withdrawn = self.tasks.withdraw_tasks(holder.task_ids, reason)
         logger.warning(
             "journal commit slower than barrier_timeout=%gs on %s %s: %d task(s) withdrawn "
             "and the client answered 503 (a 2xx would claim a durability that did not hold)",

@@ -16,14 +16,61 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .backends.base import Command
 from .errors import ArgumentDecryptionError, UnknownTaskError
 from .models import QueueConfig
 
 if TYPE_CHECKING:
-    from .manager import TaskManager
+    from .backends.base import InstanceInfo, TaskBackend
+    from .cluster import Cluster
+    from .handles import TaskHandle
+    from .models import TaskRecord, TaskSource
+    from .persistence import Persister
+    from .store import TaskStore
+
+
+class ClusterControl(Protocol):
+    """What cross-instance control uses of the manager: this instance on the cluster, its
+    tasks and queues, and the local cancel, wait and retry the commands end in."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def backend(self) -> TaskBackend | None: ...
+
+    @property
+    def cluster(self) -> Cluster | None: ...
+
+    @property
+    def store(self) -> TaskStore: ...
+
+    @property
+    def persister(self) -> Persister | None: ...
+
+    async def instances(self) -> list[InstanceInfo]: ...
+
+    def cancel(self, task_id: str) -> bool: ...
+
+    async def wait_for(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord: ...
+
+    async def retry(self, task_id: str, *, source: TaskSource = "retry") -> TaskHandle: ...
+
+    def record_dict(
+        self, record: TaskRecord, *, include_args: bool = False, reveal_errors: bool = False
+    ) -> dict[str, Any]: ...
+
+    def queue_stats(self) -> dict[str, dict[str, Any]]: ...
+
+    def update_queue_config(
+        self, name: str, *, concurrency: Any = ..., max_size: Any = ...
+    ) -> QueueConfig: ...
+
 
 logger = logging.getLogger("fastapi_taskflow.control")
 
@@ -43,7 +90,7 @@ class Outcome:
     detail: str = ""
 
 
-async def cancel_anywhere(manager: TaskManager, task_id: str) -> Outcome:
+async def cancel_anywhere(manager: ClusterControl, task_id: str) -> Outcome:
     """Cancel where the task runs: here, or on the instance that holds it."""
     if manager.cancel(task_id):
         return Outcome("here", manager.instance_id)
@@ -53,7 +100,7 @@ async def cancel_anywhere(manager: TaskManager, task_id: str) -> Outcome:
     return Outcome("owner", reply.sender, task=reply.data.get("task"))
 
 
-async def retry_elsewhere(manager: TaskManager, task_id: str) -> Outcome:
+async def retry_elsewhere(manager: ClusterControl, task_id: str) -> Outcome:
     """Retry a task this instance cannot see, on the instance that holds its record."""
     reply = await _ask(manager, "retry", task_id)
     if reply is None:
@@ -65,7 +112,7 @@ async def retry_elsewhere(manager: TaskManager, task_id: str) -> Outcome:
     )
 
 
-async def _ask(manager: TaskManager, kind: str, task_id: str) -> Command | None:
+async def _ask(manager: ClusterControl, kind: str, task_id: str) -> Command | None:
     cluster = manager.cluster
     if cluster is None:
         return None
@@ -75,7 +122,7 @@ async def _ask(manager: TaskManager, kind: str, task_id: str) -> Command | None:
     return await cluster.request(kind, task_id=task_id, expect=others, timeout=REPLY_TIMEOUT)
 
 
-async def handle_command(manager: TaskManager, command: Command) -> dict[str, Any] | None:
+async def handle_command(manager: ClusterControl, command: Command) -> dict[str, Any] | None:
     """Apply a command from another instance; the reply's data (None: no reply)."""
     task_id = command.task_id
     if command.kind == "queue":
@@ -96,7 +143,7 @@ async def handle_command(manager: TaskManager, command: Command) -> dict[str, An
     return None
 
 
-async def _cancel_here(manager: TaskManager, task_id: str) -> dict[str, Any]:
+async def _cancel_here(manager: ClusterControl, task_id: str) -> dict[str, Any]:
     record = manager.store.get(task_id)
     if record is None or not manager.cancel(task_id):
         return {"found": False}
@@ -107,7 +154,7 @@ async def _cancel_here(manager: TaskManager, task_id: str) -> dict[str, Any]:
     return {"found": True, "task": manager.record_dict(record)}
 
 
-async def _retry_here(manager: TaskManager, task_id: str) -> dict[str, Any]:
+async def _retry_here(manager: ClusterControl, task_id: str) -> dict[str, Any]:
     if manager.store.get(task_id) is None:
         return {"found": False}
     try:
@@ -125,7 +172,7 @@ def queue_document(config: QueueConfig) -> dict[str, Any]:
     return {"concurrency": config.concurrency, "max_size": config.max_size}
 
 
-async def share_queue_config(manager: TaskManager, name: str, config: QueueConfig) -> None:
+async def share_queue_config(manager: ClusterControl, name: str, config: QueueConfig) -> None:
     """Save a queue's new caps for later instances and tell the running ones."""
     backend = manager.backend if manager.started else None
     if backend is None:
@@ -136,7 +183,7 @@ async def share_queue_config(manager: TaskManager, name: str, config: QueueConfi
         await manager.cluster.send("queue", name=name, **document)
 
 
-async def load_queue_configs(manager: TaskManager) -> None:
+async def load_queue_configs(manager: ClusterControl) -> None:
     """At startup: the caps last set through the API for each queue this app has."""
     backend = manager.backend
     assert backend is not None
@@ -149,7 +196,7 @@ async def load_queue_configs(manager: TaskManager) -> None:
                 logger.warning("ignoring the saved caps of queue %r: %r", name, raw, exc_info=True)
 
 
-def _apply_queue(manager: TaskManager, data: dict[str, Any]) -> None:
+def _apply_queue(manager: ClusterControl, data: dict[str, Any]) -> None:
     name = data.get("name")
     if not isinstance(name, str) or name not in manager.queue_stats():
         return  # a queue this app does not have

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, MutableMapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.background import BackgroundTasks
 
@@ -17,8 +17,37 @@ START_SLICE = 256
 
 if TYPE_CHECKING:
     from .dispatch.job import Job
-    from .manager import TaskManager
+    from .models import TaskSource
     from .registry import TaskOptions
+
+
+class TaskControl(Protocol):
+    """What handles use of their manager: wait for or cancel a task, enqueue one, and start
+    or settle the jobs a request held until its response went out."""
+
+    async def wait_for(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord: ...
+
+    def cancel(self, task_id: str) -> bool: ...
+
+    def enqueue(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        eager: bool | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_options: TaskOptions | None = None,
+        defer: Callable[[Job], None] | None = None,
+        source: TaskSource = "manual",
+    ) -> TaskHandle: ...
+
+    def submit_many(self, jobs: list[Job]) -> None: ...
+
+    def discard_held(self, jobs: list[Job], reason: str) -> None: ...
 
 
 class TaskHandle(str):
@@ -28,10 +57,10 @@ class TaskHandle(str):
     ``cancel()`` stops a pending or running task.
     """
 
-    _manager: TaskManager
+    _manager: TaskControl
     _record: TaskRecord
 
-    def __new__(cls, record: TaskRecord, manager: TaskManager) -> TaskHandle:
+    def __new__(cls, record: TaskRecord, manager: TaskControl) -> TaskHandle:
         handle = str.__new__(cls, record.task_id)
         handle._manager = manager
         handle._record = record
@@ -73,7 +102,7 @@ class ManagedBackgroundTasks(BackgroundTasks):
 
     def __init__(
         self,
-        manager: TaskManager,
+        manager: TaskControl,
         request_tasks: BackgroundTasks | None = None,
         *,
         request_scope: MutableMapping[str, Any] | None = None,

@@ -43,6 +43,7 @@ from .errors import ArgumentDecryptionError, BackendError, ConfigurationError, U
 from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
+from .journal_writes import Commit
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
@@ -414,7 +415,7 @@ class TaskManager:
         from .barrier import JournalBarrier
 
         try:
-            app.add_middleware(JournalBarrier, manager=self)
+            app.add_middleware(JournalBarrier, tasks=self, timeout=self.settings.barrier_timeout)
         except RuntimeError:  # the app already started: its middleware stack is fixed
             logger.warning(
                 "init_app() after the app started: responses will not wait for "
@@ -608,6 +609,14 @@ class TaskManager:
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
+
+    async def wait_journaled(self, seq: int, timeout: float) -> Commit:
+        """How waiting for journal write ``seq`` ended; committed at once with no persister
+        (a write noted before the backend went away has nothing left to wait for)."""
+        persister = self.persister
+        if persister is None:
+            return Commit.COMMITTED
+        return await persister.wait_written(seq, timeout)
 
     def withdraw_tasks(self, task_ids: Sequence[str], reason: str) -> int:
         """Cancel tasks whose enqueue the client was told failed (the response barrier's 503);

@@ -41,8 +41,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
-from .barrier import Commit, note_journal_write
 from .errors import WriteBufferFullError
+from .journal_writes import Commit, note_journal_write
 from .loopref import LoopRef
 from .models import TaskRecord
 from .store import TaskStore

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, get_args
 
 from .errors import UnknownTaskError
 from .models import ExecutorKind
+from .schedules import check_schedule
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -256,14 +257,46 @@ class TaskRegistry:
             self._by_func[func] = definition
         return definition
 
-    def schedule(self, **kwargs: Any) -> Callable[[F], F]:
-        """Declare a periodic task (``every=`` seconds or ``cron=``).
+    def schedule(
+        self,
+        every: float | None = None,
+        cron: str | None = None,
+        retries: int = 0,
+        delay: float = 0.0,
+        backoff: float = 1.0,
+        name: str | None = None,
+        run_on_startup: bool = False,
+        timezone: str = "UTC",
+        queue: str | None = None,
+        executor: ExecutorKind | None = None,
+        catch_up: bool = False,
+    ) -> Callable[[F], F]:
+        """Declare a periodic task (``every=`` seconds or ``cron=``): the function becomes a
+        task plus a schedule for it.
 
-        See "Schedules" in docs/task-control.md.
+        Everything is validated here, at decoration time, with a message naming the bad
+        option. See "Schedules" in docs/task-control.md.
         """
-        from .scheduling import make_schedule_decorator
+        check_schedule(every, cron, timezone, run_on_startup, catch_up)
+        options = TaskOptions(
+            retries=retries, delay=delay, backoff=backoff, name=name, queue=queue, executor=executor
+        )
 
-        return make_schedule_decorator(self, **kwargs)
+        def decorate(func: F) -> F:
+            definition = self.register(func, options)
+            self.add_schedule(
+                ScheduleDefinition(
+                    task=definition,
+                    every=float(every) if every is not None else None,
+                    cron=cron,
+                    run_on_startup=run_on_startup,
+                    timezone=timezone,
+                    catch_up=catch_up,
+                )
+            )
+            return func
+
+        return decorate
 
     def add_schedule(self, schedule: ScheduleDefinition) -> None:
         with self._lock:

@@ -31,158 +31,28 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .backends.base import ScheduledRun
-from .models import ExecutorKind
-from .registry import ScheduleDefinition, TaskDefinition, TaskOptions
+from .registry import ScheduleDefinition, TaskDefinition
+from .schedules import CronTrigger, EveryTrigger, Trigger, load_zone
 from .serialization import decode_call, encode_call
 from .validation import check_call_options
 
 if TYPE_CHECKING:
     from .backends.base import TaskBackend
     from .crypto import ArgumentCipher
-    from .manager import TaskManager
+    from .models import TaskSource
     from .registry import TaskRegistry
 
 logger = logging.getLogger("fastapi_taskflow.scheduling")
 
 F = TypeVar("F", bound=Callable[..., Any])
-CRON_INSTALL = "pip install 'fastapi-taskflow[scheduler]'"
 STARTUP_LOCK_TTL = 30.0  # instances starting within this window share one run_on_startup run
 ONCE_INDEX_KEY = "schedule:once"  # where versions before the rows kept one-off runs
 ONCE_RETRY = 5.0  # seconds before a one-off whose row could not be taken is tried again
 
 
-# ---- declaring ---------------------------------------------------------------------------------
-
-
-def make_schedule_decorator(
-    registry: TaskRegistry,
-    every: float | None = None,
-    cron: str | None = None,
-    retries: int = 0,
-    delay: float = 0.0,
-    backoff: float = 1.0,
-    name: str | None = None,
-    run_on_startup: bool = False,
-    timezone: str = "UTC",
-    queue: str | None = None,
-    executor: ExecutorKind | None = None,
-    catch_up: bool = False,
-) -> Callable[[F], F]:
-    """``@schedule(...)``: register the function as a task plus a periodic schedule for it.
-
-    Everything is validated here, at decoration time, with a message naming the bad option.
-    """
-    _check_trigger(every, cron, timezone)
-    for flag, value in (("run_on_startup", run_on_startup), ("catch_up", catch_up)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{flag} must be True or False, got {value!r}")
-    options = TaskOptions(
-        retries=retries, delay=delay, backoff=backoff, name=name, queue=queue, executor=executor
-    )
-
-    def decorate(func: F) -> F:
-        definition = registry.register(func, options)
-        registry.add_schedule(
-            ScheduleDefinition(
-                task=definition,
-                every=float(every) if every is not None else None,
-                cron=cron,
-                run_on_startup=run_on_startup,
-                timezone=timezone,
-                catch_up=catch_up,
-            )
-        )
-        return func
-
-    return decorate
-
-
-def _check_trigger(every: Any, cron: Any, timezone: Any) -> None:
-    if (every is None) == (cron is None):
-        raise ValueError("a schedule needs exactly one of every= (seconds) or cron=")
-    zone = load_zone(timezone)
-    if every is not None:
-        if isinstance(every, bool) or not isinstance(every, int | float):
-            raise ValueError(f"every must be a number of seconds, got {every!r}")
-        if not math.isfinite(every) or every <= 0:
-            raise ValueError(f"every must be > 0 seconds, got {every!r}")
-    else:
-        CronTrigger(cron, zone)
-
-
-def load_zone(timezone: Any) -> ZoneInfo:
-    """The ``ZoneInfo`` for an IANA name; ``ValueError`` naming ``timezone`` otherwise."""
-    if not isinstance(timezone, str) or not timezone:
-        raise ValueError(f"timezone must be an IANA time zone name, got {timezone!r}")
-    try:
-        return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"timezone {timezone!r} is not a known IANA time zone (e.g. 'UTC', 'Europe/Paris')"
-        ) from None
-
-
-def _croniter() -> Any:
-    try:
-        from croniter import croniter
-    except ImportError:
-        raise ImportError(f"cron= schedules need croniter: {CRON_INSTALL}") from None
-    return croniter
-
-
 # ---- triggers: when slots fall -----------------------------------------------------------------
-
-
-class Trigger(Protocol):
-    def first_after(self, now: float) -> float: ...
-
-    def after(self, slot: float) -> float: ...
-
-    def latest(self, now: float) -> float: ...
-
-
-class EveryTrigger:
-    """Slots at whole multiples of ``interval`` seconds since the epoch."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = float(interval)
-
-    def first_after(self, now: float) -> float:
-        slot = (math.floor(now / self.interval) + 1) * self.interval
-        return slot if slot > now else slot + self.interval
-
-    def after(self, slot: float) -> float:
-        # round(): a slot is k * interval; float division must not land on k - 1.
-        return (round(slot / self.interval) + 1) * self.interval
-
-    def latest(self, now: float) -> float:
-        return math.floor(now / self.interval) * self.interval
-
-
-class CronTrigger:
-    """Slots of a cron expression, evaluated in a time zone (DST handled by croniter)."""
-
-    def __init__(self, expression: Any, zone: ZoneInfo) -> None:
-        self._croniter = _croniter()
-        if not isinstance(expression, str) or not self._croniter.is_valid(expression):
-            raise ValueError(f"cron must be a valid cron expression, got {expression!r}")
-        self.expression = expression
-        self.zone = zone
-
-    def _at(self, when: float) -> Any:
-        return self._croniter(self.expression, datetime.fromtimestamp(when, self.zone))
-
-    def first_after(self, now: float) -> float:
-        return float(self._at(now).get_next(datetime).timestamp())
-
-    def after(self, slot: float) -> float:
-        return self.first_after(slot)
-
-    def latest(self, now: float) -> float:
-        return float(self._at(now).get_prev(datetime).timestamp())
 
 
 def make_trigger(schedule: ScheduleDefinition) -> Trigger:
@@ -314,6 +184,36 @@ def _timestamp(run_at: Any, clock: Callable[[], float]) -> float:
 # ---- the scheduler -----------------------------------------------------------------------------
 
 
+class ScheduleHost(Protocol):
+    """What the scheduler uses of its manager: the tasks declared, the backend that shares
+    runs between instances, the key that seals saved arguments, and the one enqueue path."""
+
+    @property
+    def registry(self) -> TaskRegistry: ...
+
+    @property
+    def backend(self) -> TaskBackend | None: ...
+
+    @property
+    def cipher(self) -> ArgumentCipher | None: ...
+
+    @property
+    def instance_id(self) -> str: ...
+
+    def enqueue_definition(
+        self,
+        definition: TaskDefinition,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        source: TaskSource,
+        tags: dict[str, str] | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> object: ...
+
+
 class Scheduler:
     """Fires a manager's schedules and one-off runs; started and stopped by the manager.
 
@@ -322,7 +222,7 @@ class Scheduler:
 
     def __init__(
         self,
-        manager: TaskManager,
+        manager: ScheduleHost,
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 10.0,
     ) -> None:

@@ -304,18 +304,23 @@ def env_names_for(env_vars: Any, field_name: str) -> list[str]:
 class SourceReport:
     """The sources of one load, and how to turn their failures into one clear error."""
 
-    def __init__(self, sources: tuple[PydanticBaseSettingsSource, ...]) -> None:
+    def __init__(
+        self,
+        settings_cls: type[BaseModel],
+        sources: tuple[PydanticBaseSettingsSource, ...],
+        mapping_label: str | None = None,
+    ) -> None:
+        # The settings class comes in from its own module, which imports this one.
+        self.settings_cls = settings_cls
         self.ordered_sources = sources
-        self._mapping_label: str | None = None
+        self._mapping_label = mapping_label
 
     @classmethod
     def for_mapping(
         cls, label: str, settings_cls: type[BaseSettings], data: dict[str, Any]
     ) -> SourceReport:
         """A report over one already-merged mapping, every value attributed to ``label``."""
-        report = cls((InitSettingsSource(settings_cls, init_kwargs=data),))
-        report._mapping_label = label
-        return report
+        return cls(settings_cls, (InitSettingsSource(settings_cls, init_kwargs=data),), label)
 
     def recorded_problems(self) -> list[ConfigProblem]:
         return [p for s in self.ordered_sources for p in getattr(s, "problems", [])]
@@ -326,7 +331,7 @@ class SourceReport:
             raise InvalidConfigurationError(problems)
 
     def error(self, exc: ValidationError) -> InvalidConfigurationError:
-        settings_cls = self._settings_cls()
+        settings_cls = self.settings_cls
         recorded = self.recorded_problems()
         problems = list(recorded)
         for item in exc.errors(include_url=False, include_context=False):
@@ -338,11 +343,6 @@ class SourceReport:
                 continue
             problems.append(ConfigProblem(path, source, describe_error(item, path, parent)))
         return InvalidConfigurationError(problems)
-
-    def _settings_cls(self) -> type[BaseModel]:
-        from .settings import TaskflowSettings
-
-        return TaskflowSettings
 
     def source_of(self, parts: Path_) -> str:
         """The strongest source that supplied the deepest part of ``parts``."""

@@ -321,7 +321,7 @@ class TaskflowSettings(BaseSettings):
         if _mapping_source is not None:
             report = SourceReport.for_mapping(_mapping_source, type(self), values)
         else:
-            report = SourceReport(build_sources(type(self), config_file, values))
+            report = SourceReport(type(self), build_sources(type(self), config_file, values))
         try:
             super().__init__(_build_sources=(report.ordered_sources, values))
         except ValidationError as exc:
