@@ -34,6 +34,11 @@ Message = dict[str, Any]
 class RequestTasks(Protocol):
     """What the barrier needs from the manager: wait for a journal write, withdraw tasks."""
 
+    @property
+    def barrier_timeout(self) -> float:
+        """Seconds a response waits for its commit unless the barrier is given its own."""
+        ...
+
     async def wait_journaled(self, seq: int, timeout: float) -> Commit:
         """How waiting up to ``timeout`` seconds for journal write ``seq`` ended."""
         ...
@@ -46,15 +51,14 @@ class RequestTasks(Protocol):
 class JournalBarrier:
     """ASGI middleware: hold a response until its request's journal writes are committed.
 
-    ``timeout`` bounds the wait for a commit that neither succeeds nor fails (the manager
-    passes its ``barrier_timeout``); past it the request's tasks are withdrawn and the answer
-    is 503.
+    ``timeout`` (default: the manager's ``barrier_timeout``) bounds the wait for a commit that
+    neither succeeds nor fails; past it the request's tasks are withdrawn and the answer is 503.
     """
 
-    def __init__(self, app: Any, tasks: RequestTasks, timeout: float) -> None:
+    def __init__(self, app: Any, manager: RequestTasks, timeout: float | None = None) -> None:
         self.app = app
-        self.tasks = tasks
-        self.timeout = timeout
+        self.tasks = manager
+        self.timeout = manager.barrier_timeout if timeout is None else timeout
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -415,7 +415,7 @@ class TaskManager:
         from .barrier import JournalBarrier
 
         try:
-            app.add_middleware(JournalBarrier, tasks=self, timeout=self.settings.barrier_timeout)
+            app.add_middleware(JournalBarrier, manager=self)
         except RuntimeError:  # the app already started: its middleware stack is fixed
             logger.warning(
                 "init_app() after the app started: responses will not wait for "
@@ -609,6 +609,11 @@ class TaskManager:
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
+
+    @property
+    def barrier_timeout(self) -> float:
+        """Seconds a response waits for its request's journal commit (see barrier.py)."""
+        return self.settings.barrier_timeout
 
     async def wait_journaled(self, seq: int, timeout: float) -> Commit:
         """How waiting for journal write ``seq`` ended; committed at once with no persister

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from asgi_calls import empty_body, post_scope
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager, TaskStatus
 from fastapi_taskflow.backends.base import RecordQuery
+from fastapi_taskflow.barrier import JournalBarrier
 
 
 @dataclass
@@ -77,10 +78,14 @@ class Service:
 async def service(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Service]:
     """A started app whose route journals one task (requeue_pending) on a real SQLite file."""
     path = tmp_path / "tasks.db"
-    options = getattr(request, "param", {})
+    options = dict(getattr(request, "param", {}))
+    by_hand = options.pop("barrier_by_hand", False)
     manager = TaskManager(snapshot_db=str(path), requeue_pending=True, **options)
     app = FastAPI()
-    manager.init_app(app)
+    if by_hand:  # an app that starts the manager itself adds the middleware (docs/durability.md)
+        app.add_middleware(JournalBarrier, manager=manager)
+    else:
+        manager.init_app(app)
     ran: list[str] = []
 
     @manager.task(name="jobs.note")
@@ -98,9 +103,13 @@ async def service(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         await manager.shutdown()
 
 
+@pytest.mark.parametrize(
+    "service", [{}, {"barrier_by_hand": True}], indirect=True, ids=["init_app", "by_hand"]
+)
 async def test_a_2xx_waits_for_a_commit_slower_than_two_seconds(service: Service) -> None:
     """With the write lock held 2.6 s (under the 5 s busy timeout), the 200 goes out only
-    once the task's journal entry is committed: a crash after the response keeps the task."""
+    once the task's journal entry is committed, whether init_app or the app added the
+    barrier: a crash after the response keeps the task."""
     with write_lock_held(service.path, 2.6):
         answer = await call(service.app, service.path, "/enqueue")
     assert answer.status == 200
