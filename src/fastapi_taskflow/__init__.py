@@ -11,6 +11,7 @@ from .errors import (
     ConfigurationError,
     QueueFullError,
     TaskArgumentError,
+    TaskFailedError,
     TaskflowError,
     TaskTimeoutError,
     UnknownTaskError,
@@ -28,6 +29,7 @@ from .loggers import (
 )
 from .manager import TaskManager
 from .models import QueueConfig, TaskContext, TaskRecord, TaskStatus
+from .ratelimit import RateLimit
 from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     # core
     "ManagedBackgroundTasks",
     "QueueConfig",
+    "RateLimit",
     "TaskAdmin",
     "TaskContext",
     "TaskHandle",
@@ -69,6 +72,7 @@ __all__ = [
     "ConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
+    "TaskFailedError",
     "TaskTimeoutError",
     "TaskflowError",
     "UnknownTaskError",

@@ -63,6 +63,8 @@ class ManagerSettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_requeues: int = 3
+    max_result_bytes: int = MiB
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
@@ -85,6 +87,14 @@ class ManagerSettings:
         _positive(
             "max_requeues", self.max_requeues, allow_none=False, integer=True, allow_zero=True
         )
+        _positive(
+            "max_result_bytes",
+            self.max_result_bytes,
+            allow_none=False,
+            integer=True,
+            allow_zero=True,
+        )
+        _positive("result_ttl", self.result_ttl)
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

@@ -67,6 +67,7 @@ class TaskAdmin:
         read_only: bool = False,
         api_tokens: Sequence[str] | Mapping[str, str] | None = None,
         manage_lifecycle: bool = True,
+        display_results: bool = True,
     ) -> None:
         _check(path, token_expiry, poll_interval, retention_days, title)
         if auto_install and not manage_lifecycle:
@@ -97,12 +98,14 @@ class TaskAdmin:
             include_args=display_func_args,
             read_only=read_only,
             series=self.series,
+            include_results=display_results,
         )
         config = {
             "title": title,
             "poll_interval": poll_interval,
             "read_only": read_only,
             "display_func_args": display_func_args,
+            "display_results": display_results,
             "path": path,
         }
         # Order matters: fixed paths before the /{task_id} catch-all.

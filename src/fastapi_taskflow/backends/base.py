@@ -11,7 +11,8 @@ Four kinds of data live in a backend:
   heartbeat; entries of an owner whose lease expired, or with no owner (released at a clean
   shutdown), are *claimed* atomically by a live instance, which re-runs or interrupts them;
 * **idempotency keys**: reserved atomically, so two instances never both run one key;
-* **locks and one-off schedules**: a scheduled slot fires on exactly one instance.
+* **locks and one-off schedules**: a scheduled slot fires on exactly one instance;
+* **rate limits**: one GCRA state per limit, taken atomically (see ``ratelimit.py``).
 
 Write a custom backend by subclassing :class:`TaskBackend` and implementing the primitives; run
 ``tests/contract`` against it (see docs/backends.md).
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..models import TaskRecord, TaskStatus
+from ..ratelimit import RateLimit
 from ..serialization import compact_json, decode_call, record_call
 
 logger = logging.getLogger("fastapi_taskflow.backends")
@@ -206,6 +208,14 @@ def record_to_row(record: TaskRecord) -> Row:
             document[name] = filled
     if record.encrypted_error is not None:
         document["encrypted_error"] = base64.b64encode(record.encrypted_error).decode("ascii")
+    if record.result_data is not None:
+        document["result"] = record.result_data.decode()
+    elif record.encrypted_result is not None:
+        document["encrypted_result"] = base64.b64encode(record.encrypted_result).decode("ascii")
+    if record.result_note is not None:
+        document["result_note"] = record.result_note
+    if record.result_expires_at is not None:
+        document["result_expires_at"] = record.result_expires_at.isoformat()
     return {
         "task_id": record.task_id,
         "func_name": record.func_name,
@@ -256,6 +266,13 @@ def row_to_record(data: str | bytes) -> TaskRecord:
             encrypted_error=(
                 base64.b64decode(doc["encrypted_error"]) if doc.get("encrypted_error") else None
             ),
+            # Rows written before results existed have none of these: no result kept.
+            result_data=doc["result"].encode() if doc.get("result") is not None else None,
+            encrypted_result=(
+                base64.b64decode(doc["encrypted_result"]) if doc.get("encrypted_result") else None
+            ),
+            result_note=doc.get("result_note"),
+            result_expires_at=_parse_dt(doc.get("result_expires_at")),
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"corrupt task record: {exc}") from exc
@@ -425,6 +442,15 @@ class TaskBackend(ABC):
     async def get_meta(self, key: str) -> str | None:
         return await self._get_meta(key)
 
+    async def take_rate_token(self, key: str, limit: RateLimit) -> float:
+        """One start under the rate limit ``key``: 0.0 when it may start now (the start is
+        counted), else the seconds until the next start could be allowed (nothing counted).
+
+        Atomic across every process sharing this backend: two callers never take one slot.
+        """
+        wait = await self._take_rate_token(key, limit.interval, limit.burst)
+        return wait if wait > 0 else 0.0
+
     async def set_meta(self, key: str, value: str) -> None:
         await self._set_meta(key, value)
 
@@ -487,6 +513,16 @@ class TaskBackend(ABC):
 
     @abstractmethod
     async def _set_meta(self, key: str, value: str) -> None: ...
+
+    # A newer primitive, not abstract so a backend written before it still runs every task
+    # without a rate limit.
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        """GCRA on the state stored under ``key`` (see ``ratelimit.gcra_step``), atomically:
+        read the theoretical arrival time (missing: now), and if ``now >= tat - (burst - 1) *
+        interval`` store ``max(tat, now) + interval`` and return 0.0; else store nothing and
+        return the seconds until that holds. Use one clock for every caller (the server's)."""
+        raise BackendError(f"{self.describe()} does not support rate limits (_take_rate_token)")
 
     # Maintenance primitives: not abstract, so a backend written before them still works for
     # tasks; only ``taskflow keys rotate`` needs them.

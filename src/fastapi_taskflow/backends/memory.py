@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import FINISHED_STATUSES
+from ..ratelimit import gcra_step
 from .base import RecordQuery, Row, TaskBackend
 
 _FINISHED = frozenset(s.value for s in FINISHED_STATUSES)
@@ -85,6 +86,7 @@ class MemoryBackend(TaskBackend):
         self._keys: dict[str, tuple[str, float | None]] = {}  # key -> (task_id, expires_at)
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, expires_at)
         self._meta: dict[str, str] = {}
+        self._rates: dict[str, float] = {}  # rate limit key -> theoretical arrival time
 
     def describe(self) -> str:
         return "memory"
@@ -268,3 +270,10 @@ class MemoryBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         with self._mutex:
             self._meta[key] = value
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        with self._mutex:
+            tat, wait = gcra_step(self._rates.get(key), time.time(), interval, burst)
+            if wait == 0.0:
+                self._rates[key] = tat
+            return wait

@@ -18,6 +18,7 @@ key                            type    holds
 ``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
 ``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
 ``P:meta``                     hash    metadata
+``P:rate:<limit key>``         string  a rate limit's theoretical arrival time (GCRA), seconds
 =============================  ======  ============================================================
 
 Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
@@ -205,6 +206,22 @@ end
 return n
 """
 
+# KEYS: the limit's key. ARGV: interval, burst (see ratelimit.gcra_step). The server's clock
+# serves every instance. Returns "0" when the start is taken, else the seconds to wait. The
+# key expires once its arrival time has passed: a missing key means "now".
+_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allowed_at = tat - (burst - 1) * interval
+if now < allowed_at then return string.format('%.6f', allowed_at - now) end
+local new = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', new), 'PX', math.ceil((new - now) * 1000) + 1000)
+return '0'
+"""
+
 # KEYS: the key. ARGV: holder. Compare-and-delete.
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -310,6 +327,7 @@ class RedisBackend(TaskBackend):
                 ("reserve", _RESERVE),
                 ("compare_delete", _COMPARE_DELETE),
                 ("update_existing", _UPDATE_EXISTING),
+                ("rate", _RATE),
             )
         }
         self._client = client
@@ -547,3 +565,7 @@ class RedisBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         async with self._errors() as client:
             await self._call(client.hset(self.key("meta"), key, value))
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        wait = await self._script("rate", [self.key("rate", key)], [repr(interval), burst])
+        return float(wait)

@@ -22,6 +22,7 @@ import aiosqlite
 
 from ..errors import BackendError, ConfigurationError
 from ..models import FINISHED_STATUSES
+from ..ratelimit import gcra_step
 from .base import RecordQuery, Row, TaskBackend
 
 SCHEMA_VERSION = 1
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS tf_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS tf_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                      expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL);
 """
 
 _UPSERT_RECORD = """
@@ -408,3 +410,17 @@ class SqliteBackend(TaskBackend):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        # BEGIN IMMEDIATE takes the write lock before the read: processes take turns.
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall("SELECT tat FROM tf_rates WHERE key = ?", (key,)))
+            stored = float(rows[0][0]) if rows else None
+            tat, wait = gcra_step(stored, time.time(), interval, burst)
+            if wait == 0.0:
+                await db.execute(
+                    "INSERT INTO tf_rates (key, tat) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+                    (key, tat),
+                )
+            return wait

@@ -171,6 +171,7 @@ def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
     options: dict[str, Any] = {
         "path": admin.path,
         "display_func_args": admin.display_func_args,
+        "display_results": admin.display_results,
         "read_only": admin.read_only,
         "token_expiry": admin.token_expiry,
         "poll_interval": admin.poll_interval,
