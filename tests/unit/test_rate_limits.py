@@ -1,8 +1,9 @@
-"""Rate limits: parsing, even spacing, waiting without a slot, priorities, retries, cancel, shutdown."""
+"""Rate limits: parsing, spacing, waiting without a slot, priority, retries, cancel, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from control_helpers import running, wait_until
@@ -24,7 +25,7 @@ SLACK = 0.02
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_typed_limit_is_validated() -> None:
     for args in ((0,), (1, 0.0), (1, 1.0, 0)):
         with pytest.raises(ValueError, match="rate limit"):
             RateLimit(*args)
-    with pytest.raises(ValueError, match="QueueConfig.rate_limit"):
+    with pytest.raises(ValueError, match=r"QueueConfig\.rate_limit"):
         QueueConfig(rate_limit="fast")
 
 

@@ -275,7 +275,8 @@ async def test_key_rotation_re_encrypts_results() -> None:
     report = await rotate_keys(backend, manager.cipher)
     assert report.rotated == 1
     stored = await backend.get_record(task_id)
-    assert stored is not None and stored.encrypted_result is not None
+    assert stored is not None
+    assert stored.encrypted_result is not None
     assert manager.cipher.is_current(stored.encrypted_result)
     only_new = TaskManager(encrypt_args_key=new)
     assert only_new.results.value(stored) == "kept"
@@ -287,14 +288,15 @@ def test_rows_written_before_results_existed_are_readable() -> None:
     doc = json.loads(row["data"])
     assert not {"result", "encrypted_result", "result_note"} & set(doc)
     record = row_to_record(row["data"])
-    assert not record.has_result and record.result_note is None
+    assert not record.has_result
+    assert record.result_note is None
 
 
 def test_bad_result_options_are_refused_at_decoration() -> None:
     """store_result, max_result_bytes and result_ttl are validated where they are written."""
     manager = TaskManager()
-    for options in ({"store_result": "yes"}, {"max_result_bytes": -1}, {"result_ttl": 0}):
-        with pytest.raises(ValueError):
-            manager.task(**options)
+    for name, value in (("store_result", "yes"), ("max_result_bytes", -1), ("result_ttl", 0)):
+        with pytest.raises(ValueError, match=name):
+            manager.task(**{name: value})
     with pytest.raises(ValueError, match="max_result_bytes"):
         TaskManager(max_result_bytes=-1)
