@@ -9,6 +9,7 @@ import pytest
 from control_helpers import running, wait_until
 
 from fastapi_taskflow import (
+    BackendError,
     ConfigurationError,
     MemoryBackend,
     QueueConfig,
@@ -239,3 +240,47 @@ def test_bad_yaml_rate_limit_names_the_key() -> None:
     """A bad rate_limit in settings is a ConfigurationError naming the key."""
     with pytest.raises(ConfigurationError, match="rate_limit"):
         TaskflowSettings.from_mapping({"queues": {"mail": {"rate_limit": "lots"}}})
+
+
+class CountingBackend(MemoryBackend):
+    """A memory backend that counts how often a rate limit is asked."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.asked = 0
+        self.fail = fail
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        self.asked += 1
+        if self.fail:
+            raise BackendError("rates table is gone")
+        return await super()._take_rate_token(key, interval, burst)
+
+
+async def test_waiting_does_not_spin() -> None:
+    """Tasks waiting for a limit ask the backend about once per start, not in a loop."""
+    backend = CountingBackend()
+    async with running(snapshot_backend=backend) as manager:
+
+        @manager.task(rate_limit=RateLimit(1, per=0.3))
+        async def job() -> None:
+            return None
+
+        handles = [manager.add_task(job) for _ in range(3)]
+        await asyncio.gather(*(h.wait() for h in handles))
+        assert backend.asked <= 6  # one grant per task, plus at most one refusal before each
+
+
+async def test_backend_trouble_keeps_tasks_pending_with_the_reason() -> None:
+    """When the backend cannot answer, a rate-limited task waits PENDING and says why."""
+    async with running(snapshot_backend=CountingBackend(fail=True), drain_timeout=0.1) as manager:
+
+        @manager.task(rate_limit="5/s")
+        async def job() -> None:
+            return None
+
+        handle = manager.add_task(job)
+        await wait_until(lambda: handle.record.waiting_reason is not None)
+        assert handle.status is TaskStatus.PENDING
+        assert "backend unavailable" in (handle.record.waiting_reason or "")
+        assert "rates table is gone" in (handle.record.waiting_reason or "")

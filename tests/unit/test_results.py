@@ -10,10 +10,11 @@ from decimal import Decimal
 
 import pydantic
 import pytest
-from control_helpers import running
+from control_helpers import SharedMemoryBackend, running
 from cryptography.fernet import Fernet
 
 from fastapi_taskflow import (
+    ConfigurationError,
     MemoryBackend,
     QueueConfig,
     QueueFullError,
@@ -24,6 +25,8 @@ from fastapi_taskflow import (
     UnknownTaskError,
 )
 from fastapi_taskflow.backends.base import record_to_row, row_to_record
+from fastapi_taskflow.di.containers import manager_options
+from fastapi_taskflow.di.settings import TaskflowSettings
 from fastapi_taskflow.keyrotation import rotate_keys
 from fastapi_taskflow.models import TaskRecord
 
@@ -300,3 +303,49 @@ def test_bad_result_options_are_refused_at_decoration() -> None:
             manager.task(**{name: value})
     with pytest.raises(ValueError, match="max_result_bytes"):
         TaskManager(max_result_bytes=-1)
+
+
+async def test_per_task_result_ttl_wins_over_the_manager_setting() -> None:
+    """@task(result_ttl=...) sets the expiry of that task's results."""
+    async with running(result_ttl=3600) as manager:
+
+        @manager.task(result_ttl=0.01)
+        async def brief() -> int:
+            return 1
+
+        handle = manager.add_task(brief)
+        await handle.wait()
+        expires = handle.record.result_expires_at
+        assert expires is not None
+        assert handle.record.end_time is not None
+        assert (expires - handle.record.end_time).total_seconds() < 1
+
+
+async def test_another_instance_reads_the_result_from_the_backend() -> None:
+    """An instance sharing the backend gets the value once the finished record is written."""
+    backend = SharedMemoryBackend()
+    async with (
+        running(snapshot_backend=backend, close_backend=False) as first,
+        running(snapshot_backend=backend, close_backend=False) as second,
+    ):
+
+        @first.task(name="shared-report")
+        async def report() -> bytes:
+            return b"pdf"
+
+        handle = first.add_task(report)
+        await handle.wait()
+        assert first.persister is not None
+        await first.persister.flush_history()
+        assert second.store.get(handle.task_id) is None
+        assert await second.get_result(handle.task_id, timeout=5) == b"pdf"
+
+
+def test_yaml_result_settings_reach_the_manager() -> None:
+    """max_result_bytes and result_ttl in settings become the manager's."""
+    settings = TaskflowSettings.from_mapping({"max_result_bytes": 2048, "result_ttl": 60})
+    options = manager_options(settings)
+    manager = TaskManager(**{k: options[k] for k in ("max_result_bytes", "result_ttl")})
+    assert (manager.results.max_result_bytes, manager.results.result_ttl) == (2048, 60)
+    with pytest.raises(ConfigurationError, match="max_result_bytes"):
+        TaskflowSettings.from_mapping({"max_result_bytes": -5})

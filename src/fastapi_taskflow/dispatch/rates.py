@@ -56,6 +56,7 @@ class _Gate:
         self.unmarked: list[Job] = []  # waiting jobs whose record does not say why yet
         self.pump: asyncio.Task[None] | None = None
         self.sleeper: asyncio.Future[None] | None = None
+        self.failing = False  # the backend could not answer the last ask
 
     def push(self, job: Job, queue: QueueState) -> None:
         entry = (-(job.record.priority or 0), next(self.gates.sequence), job, queue)
@@ -77,12 +78,21 @@ class _Gate:
                 try:
                     wait = await self.gates.backend.take_rate_token(self.key, self.limit)
                 except BackendError as exc:
-                    logger.error(
-                        "rate limit %s: the backend cannot answer", self.key, exc_info=True
-                    )
+                    # Logged once per outage, not on every retry; the records say it meanwhile.
+                    if not self.failing:
+                        logger.error(
+                            "rate limit %s: the backend cannot answer; its tasks wait",
+                            self.key,
+                            exc_info=True,
+                        )
+                    self.failing = True
                     self._mark(f"waiting for rate limit {self.key}: backend unavailable ({exc})")
                     await self._sleep(BACKEND_RETRY)
                     continue
+                if self.failing:
+                    self.failing = False
+                    self.unmarked = [job for _, _, job, _ in self.waiting]
+                    logger.info("rate limit %s: the backend answers again", self.key)
                 if wait == 0.0:
                     self._let_one_through()
                 else:
