@@ -565,6 +565,9 @@ class TaskManager:
 
     async def result_of(self, record: TaskRecord, timeout: float | None = None) -> Any:
         """The return value of ``record``'s task once it has finished (see TaskHandle.result)."""
+        if not record.status.finished and self.store.get(record.task_id) is not record:
+            # A handle on a backend row (another instance runs it): follow the backend.
+            return await self.get_result(record.task_id, timeout)
         return self.results.outcome(await self.wait_for(record, timeout))
 
     async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
