@@ -134,9 +134,17 @@ def decode_call(data: bytes | str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 # ---- results ---------------------------------------------------------------------------------
 
 
+# Types the codec carries as they are: no model or dataclass can hide inside them.
+_LEAVES = frozenset(
+    {str, int, float, bool, type(None), bytes, datetime, date, time, timedelta, Decimal, uuid.UUID}
+)
+
+
 def _plain(value: Any) -> Any:
     """Pydantic models and dataclasses as their JSON form, inside containers too."""
     kind = type(value)
+    if kind in _LEAVES:
+        return value
     if kind in (list, tuple, set, frozenset):
         return kind(_plain(v) for v in value)
     if kind is dict:
