@@ -164,6 +164,8 @@ class TaskManager:
             cipher=self.cipher,
             max_result_bytes=max_result_bytes,
             result_ttl=result_ttl,
+            lookup=self.store.get,
+            tracked_limit=2 * max_history + 1000,
             on_dropped=self._result_dropped,
         )
         self.dispatcher = Dispatcher(

@@ -5,7 +5,8 @@ A task that returns None keeps nothing and pays nothing. Any other value is enco
 the lossless codec (``serialization.encode_result``); a value over ``max_result_bytes`` or one
 the codec cannot carry is not stored, and ``record.result_note`` says why (the task still
 succeeded). Expired results are dropped from memory by one timer, rewritten in the backend
-(the record stays), and never returned by a reader even before the timer fires.
+(the record stays), and never returned by a reader even before the timer fires (a row read
+from the backend after a restart included).
 """
 
 from __future__ import annotations
@@ -41,14 +42,20 @@ class ResultKeeper:
         cipher: ArgumentCipher | None,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         result_ttl: float | None = None,
+        lookup: Callable[[str], TaskRecord | None] | None = None,
+        tracked_limit: int = 100_000,
         on_dropped: Callable[[TaskRecord], None] | None = None,
     ) -> None:
         self.cipher = cipher
         self.max_result_bytes = max_result_bytes
         self.result_ttl = result_ttl
+        # Expiring results are tracked by task id and found again in memory (``lookup``):
+        # a record that left memory expires on read, and is not kept alive by this heap.
+        self._lookup = lookup
+        self._tracked_limit = tracked_limit
         # Told when an expired result left a record (the persister rewrites its row).
         self._on_dropped = on_dropped
-        self._expiring: list[tuple[float, int, TaskRecord]] = []
+        self._expiring: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.not_stored = 0
@@ -90,7 +97,9 @@ class ResultKeeper:
     def _expire_later(self, record: TaskRecord, ttl: float) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time() + ttl
-        heapq.heappush(self._expiring, (due, next(self._sequence), record))
+        if len(self._expiring) >= self._tracked_limit:
+            self._forget_evicted()
+        heapq.heappush(self._expiring, (due, next(self._sequence), record.task_id))
         if self._timer is None or self._timer.when() > due:
             if self._timer is not None:
                 self._timer.cancel()
@@ -101,11 +110,21 @@ class ResultKeeper:
         self._timer = None
         now = loop.time()
         while self._expiring and self._expiring[0][0] <= now:
-            _, _, record = heapq.heappop(self._expiring)
-            if self.drop_if_expired(record) and self._on_dropped is not None:
+            _, _, task_id = heapq.heappop(self._expiring)
+            record = self._lookup(task_id) if self._lookup is not None else None
+            if record is not None and self.drop_if_expired(record) and self._on_dropped:
                 self._on_dropped(record)
         if self._expiring:
             self._timer = loop.call_at(self._expiring[0][0], self._sweep)
+
+    def _forget_evicted(self) -> None:
+        """Keep only the ids still in memory (the others expire when read)."""
+        if self._lookup is not None:
+            lookup = self._lookup
+            self._expiring = [e for e in self._expiring if lookup(e[2]) is not None]
+            heapq.heapify(self._expiring)
+        if len(self._expiring) >= self._tracked_limit:
+            self._expiring = heapq.nsmallest(self._tracked_limit // 2, self._expiring)
 
     def drop_if_expired(self, record: TaskRecord) -> bool:
         """Drop ``record``'s result if its ``result_ttl`` is over; True when it did."""
