@@ -70,6 +70,7 @@ def queue_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, dict[str, An
         stats[queue.name] = {
             "concurrency": queue.config.concurrency,
             "max_size": queue.config.max_size,
+            "rate_limit": str(queue.config.rate) if queue.config.rate is not None else None,
             "running": queue.running,
             "waiting": queue.waiting_count,
             "pending": counts[TaskStatus.PENDING],

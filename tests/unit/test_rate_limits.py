@@ -227,6 +227,7 @@ async def test_queue_rate_limit_spaces_every_task_of_the_queue() -> None:
         await manager.join()
         assert len(starts) == 3
         assert min(gaps(starts)) >= 0.1 - SLACK
+        assert manager.queue_stats()["mail"]["rate_limit"] == "1/0.1s"
 
 
 def test_yaml_queue_rate_limit_reaches_the_queue() -> None:
