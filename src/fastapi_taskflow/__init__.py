@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends import MemoryBackend, RedisBackend, SqliteBackend, TaskBackend
+from .backends.base import TaskBackend
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
+    ConfigProblem,
     ConfigurationError,
+    InvalidConfigurationError,
     QueueFullError,
     TaskArgumentError,
     TaskFailedError,
@@ -34,6 +36,9 @@ from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
     from .admin import TaskAdmin
+    from .backends.memory import MemoryBackend
+    from .backends.redis import RedisBackend
+    from .backends.sqlite import SqliteBackend
 
 __version__ = "0.1.0"
 
@@ -69,7 +74,9 @@ __all__ = [
     "TaskObserver",
     # errors
     "BackendError",
+    "ConfigProblem",
     "ConfigurationError",
+    "InvalidConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
     "TaskFailedError",
@@ -81,9 +88,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The admin pulls in the web layer; import it only when asked for.
+    # The admin pulls in the web layer and each backend its driver (redis, aiosqlite): import
+    # them only when asked for, so ``import fastapi_taskflow`` stays cheap.
     if name == "TaskAdmin":
         from .admin import TaskAdmin
 
         return TaskAdmin
+    if name in ("MemoryBackend", "RedisBackend", "SqliteBackend"):
+        from . import backends
+
+        return getattr(backends, name)
     raise AttributeError(f"module 'fastapi_taskflow' has no attribute {name!r}")

@@ -13,18 +13,22 @@ import inspect
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar, get_args
 
 from .errors import UnknownTaskError
+from .models import ExecutorKind
 from .ratelimit import RateLimit, parse_rate_limit
 
 logger = logging.getLogger("fastapi_taskflow")
 
-ExecutorKind = Literal["async", "thread", "process"]
-EXECUTOR_KINDS: tuple[str, ...] = ("async", "thread", "process")
+EXECUTOR_KINDS: tuple[ExecutorKind, ...] = get_args(ExecutorKind)
 F = TypeVar("F", bound=Callable[..., Any])
+# Definitions kept for plain functions passed to add_task: enough for every function an app
+# names, bounded so a new lambda or closure per request cannot grow it without end.
+UNREGISTERED_CACHE_SIZE = 1024
 
 
 def _check_number(name: str, value: Any, *, minimum: float, allow_none: bool = False) -> None:
@@ -53,7 +57,7 @@ class TaskOptions:
     eager: bool = False
     priority: int | None = None
     queue: str | None = None
-    executor: str | None = None
+    executor: ExecutorKind | None = None
     # Results: kept unless ``store_result=False``; None below means the manager's setting.
     store_result: bool = True
     max_result_bytes: int | None = None
@@ -137,7 +141,7 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
     return callable(func) and inspect.iscoroutinefunction(type(func).__call__)
 
 
-def resolve_executor(func: Callable[..., Any], requested: str | None) -> str:
+def resolve_executor(func: Callable[..., Any], requested: ExecutorKind | None) -> ExecutorKind:
     """The executor a function runs on; raises ``ValueError`` for an impossible combination."""
     is_async = is_async_callable(func)
     if requested is None:
@@ -186,7 +190,7 @@ class TaskDefinition:
     func: Callable[..., Any]
     options: TaskOptions
     name: str
-    executor: str
+    executor: ExecutorKind
     registered: bool = True
 
 
@@ -210,7 +214,7 @@ class TaskRegistry:
         self._by_name: dict[str, TaskDefinition] = {}
         self._by_func: dict[Any, TaskDefinition] = {}
         self._schedules: list[ScheduleDefinition] = []
-        self._unregistered: dict[Any, TaskDefinition] = {}
+        self._unregistered: OrderedDict[Any, TaskDefinition] = OrderedDict()
         self._lock = threading.Lock()
 
     def task(
@@ -224,7 +228,7 @@ class TaskRegistry:
         eager: bool = False,
         priority: int | None = None,
         queue: str | None = None,
-        executor: str | None = None,
+        executor: ExecutorKind | None = None,
         timeout: float | None = None,
         max_delay: float | None = None,
         jitter: float = 0.0,
@@ -282,7 +286,10 @@ class TaskRegistry:
         return definition
 
     def schedule(self, **kwargs: Any) -> Callable[[F], F]:
-        """Declare a periodic task (``every=`` seconds or ``cron=``); see docs/scheduling.md."""
+        """Declare a periodic task (``every=`` seconds or ``cron=``).
+
+        See "Schedules" in docs/task-control.md.
+        """
         from .scheduling import make_schedule_decorator
 
         return make_schedule_decorator(self, **kwargs)
@@ -315,8 +322,7 @@ class TaskRegistry:
             # A wrapper of a registered task (a test spy, a decorator using functools.wraps):
             # call the wrapper so it sees the call, with the task's own name and options.
             definition = replace(registered, func=func)
-            with self._lock:
-                self._unregistered[func] = definition
+            self._remember(func, definition)
             return definition
         definition = TaskDefinition(
             func=func,
@@ -325,15 +331,21 @@ class TaskRegistry:
             executor=resolve_executor(func, None),
             registered=False,
         )
-        with self._lock:
-            self._unregistered[func] = definition
-        # Logged once per function: the cache above keeps this branch cold.
+        self._remember(func, definition)
+        # Logged once per function while it stays in the cache (see UNREGISTERED_CACHE_SIZE).
         logger.info(
             "task %s is not registered with @task(); it runs with default options and "
             "cannot be requeued after a restart",
             definition.name,
         )
         return definition
+
+    def _remember(self, func: Callable[..., Any], definition: TaskDefinition) -> None:
+        """Cache ``definition``, letting go of the least recently added past the bound."""
+        with self._lock:
+            self._unregistered[func] = definition
+            if len(self._unregistered) > UNREGISTERED_CACHE_SIZE:
+                self._unregistered.popitem(last=False)
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BackendError
-from ..models import TaskRecord, TaskStatus
+from ..models import TaskRecord, TaskSource, TaskStatus
 from ..ratelimit import RateLimit
 from ..serialization import compact_json, decode_call, record_call
 
@@ -108,7 +108,7 @@ class JournalEntry:
     priority: int | None = None
     queue: str = "default"
     idempotency_key: str | None = None
-    source: str = "manual"
+    source: TaskSource = "manual"
     retries_used: int = 0
     requeue_count: int = 0
     requeue: bool = False
