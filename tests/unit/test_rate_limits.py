@@ -285,3 +285,18 @@ async def test_backend_trouble_keeps_tasks_pending_with_the_reason() -> None:
         assert handle.status is TaskStatus.PENDING
         assert "backend unavailable" in (handle.record.waiting_reason or "")
         assert "rates table is gone" in (handle.record.waiting_reason or "")
+
+
+async def test_jobs_that_never_wait_are_not_retained_by_the_gate() -> None:
+    """Tasks that pass an unmet limit at once leave nothing behind in the gate."""
+    async with running() as manager:
+
+        @manager.task(rate_limit=RateLimit(1_000_000, per=1.0))
+        async def job() -> None:
+            return None
+
+        for _ in range(200):
+            manager.add_task(job)
+        await manager.join()
+        gates = manager.dispatcher.rates._gates
+        assert all(not g.waiting and len(g.unmarked) <= 16 for g in gates.values())

@@ -74,6 +74,7 @@ class _Gate:
             while not self.gates.stopping:
                 self._drop_cancelled()
                 if not self.waiting:
+                    self.unmarked = []
                     return
                 try:
                     wait = await self.gates.backend.take_rate_token(self.key, self.limit)
@@ -106,6 +107,9 @@ class _Gate:
         if not self.waiting:
             return  # the job it was taken for was cancelled meanwhile
         _, _, job, queue = heapq.heappop(self.waiting)
+        if len(self.unmarked) > 2 * len(self.waiting) + 16:
+            # Jobs that went through without waiting: never let this list outgrow the heap.
+            self.unmarked = [e[2] for e in self.waiting if e[2].record.waiting_reason is None]
         if job.record.waiting_reason is not None:
             job.record.waiting_reason = None
             self.gates.store.touch(job.record)
