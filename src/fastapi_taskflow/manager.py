@@ -621,6 +621,10 @@ class TaskManager:
         record = self.store.get(task_id)
         if record is None and self.backend is not None and self._started:
             record = await self.backend.get_record(task_id)
+            if record is not None and self.results.drop_if_expired(record):
+                # An expired result in a row no timer of this process knew of: drop it at
+                # rest too, now that it is seen (the record stays).
+                await self.backend.update_records([record])
         return record
 
     async def retry(self, task_id: str, *, source: TaskSource = "retry") -> TaskHandle:

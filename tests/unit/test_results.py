@@ -349,3 +349,17 @@ def test_yaml_result_settings_reach_the_manager() -> None:
     assert (manager.results.max_result_bytes, manager.results.result_ttl) == (2048, 60)
     with pytest.raises(ConfigurationError, match="max_result_bytes"):
         TaskflowSettings.from_mapping({"max_result_bytes": -5})
+
+
+async def test_expired_result_read_from_the_backend_is_dropped_at_rest() -> None:
+    """A row whose result expired (e.g. before a restart) loses it when read; the row stays."""
+    backend = MemoryBackend()
+    record = TaskRecord("old", "app:job", status=TaskStatus.SUCCESS, result_data=b"1")
+    record.result_expires_at = datetime(2000, 1, 1, tzinfo=UTC)
+    await backend.save_records([record])
+    async with running(snapshot_backend=backend, close_backend=False) as manager:
+        assert await manager.get_result("old") is None
+    stored = await backend.get_record("old")
+    assert stored is not None
+    assert stored.result_data is None
+    assert stored.result_note == "dropped after its result_ttl"
