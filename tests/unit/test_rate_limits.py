@@ -108,6 +108,7 @@ async def test_waiting_task_is_pending_with_a_reason_and_holds_no_slot() -> None
         await wait_until(lambda: second.record.waiting_reason is not None)
         assert second.status is TaskStatus.PENDING
         assert "rate limit 1/0.5s" in (second.record.waiting_reason or "")
+        assert first.record.waiting_reason is None  # it went through before anyone waited
         assert manager.record_dict(second.record)["waiting_reason"] == second.record.waiting_reason
         other = manager.add_task(free)
         assert await other.result() == "free"

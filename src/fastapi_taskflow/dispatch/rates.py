@@ -118,10 +118,19 @@ class _Gate:
     def _mark(self, reason: str) -> None:
         """Say why in the records of waiting jobs (once per job, not on every wait)."""
         for job in self.unmarked:
-            if not job.cancelled and job.record.waiting_reason != reason:
+            if self._holds(job) and job.record.waiting_reason != reason:
                 job.record.waiting_reason = reason
                 self.gates.store.touch(job.record)
         self.unmarked = []
+
+    def _holds(self, job: Job) -> bool:
+        """``job`` waits in this gate now (it may have passed since it was listed)."""
+        step = job.rate_step
+        return (
+            not job.cancelled
+            and step < len(job.rate_limits)
+            and job.rate_limits[step][0] == self.key
+        )
 
     async def _sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
