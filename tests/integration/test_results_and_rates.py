@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -126,3 +127,21 @@ def test_two_processes_on_one_sqlite_file_share_the_rate_limit(tmp_path: Path) -
     assert len(lines) == 16
     assert len({pid for _, pid in lines}) == 2
     assert_spaced([float(t) for t, _ in lines], RateLimit(10, per=1.0))
+
+
+async def test_sqlite_file_from_before_rate_limits_gets_its_table(tmp_path: Path) -> None:
+    """A SQLite file made before rate limits existed gains tf_rates when opened."""
+    path = tmp_path / "old.db"
+    backend = SqliteBackend(path)
+    await backend.open()
+    await backend.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE tf_rates")
+    db.close()
+    reopened = SqliteBackend(path)
+    await reopened.open()
+    try:
+        assert await reopened.take_rate_token("k", RateLimit(1, per=10.0)) == 0.0
+        assert await reopened.take_rate_token("k", RateLimit(1, per=10.0)) > 0.0
+    finally:
+        await reopened.close()
