@@ -17,6 +17,7 @@ from fastapi_taskflow import (
     TaskManager,
     TaskStatus,
 )
+from fastapi_taskflow.backends.base import TaskBackend
 from fastapi_taskflow.di.containers import manager_options
 from fastapi_taskflow.di.settings import TaskflowSettings
 from fastapi_taskflow.ratelimit import gcra_step, parse_rate_limit
@@ -301,3 +302,23 @@ async def test_jobs_that_never_wait_are_not_retained_by_the_gate() -> None:
         await manager.join()
         gates = manager.dispatcher.rates._gates
         assert all(not g.waiting and len(g.unmarked) <= 16 for g in gates.values())
+
+
+class NoRatesBackend(MemoryBackend):
+    """A backend written before rate limits: the base class's primitive."""
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        return await TaskBackend._take_rate_token(self, key, interval, burst)
+
+
+async def test_backend_without_rate_limits_fails_the_task_with_the_reason() -> None:
+    """On a backend that lacks the primitive a rate-limited task is FAILED, never left waiting."""
+    async with running(snapshot_backend=NoRatesBackend()) as manager:
+
+        @manager.task(rate_limit="5/s")
+        async def job() -> None:
+            return None
+
+        record = await manager.add_task(job).wait(timeout=5)
+        assert record.status is TaskStatus.FAILED
+        assert "does not implement rate limits" in (record.error or "")

@@ -67,7 +67,7 @@ class Dispatcher:
         self.default_timeout = default_timeout
         self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
         self.results = results
-        self.rates = RateGates(store=store, admit=self._queue)
+        self.rates = RateGates(store=store, admit=self._queue, refuse=self._refuse)
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).
@@ -102,6 +102,9 @@ class Dispatcher:
 
     def _queue(self, job: Job, queue: QueueState) -> None:
         self.queues.push(queue, job, job.record.priority)
+
+    def _refuse(self, job: Job, reason: str) -> None:
+        self.finish_waiting(job, TaskStatus.FAILED, reason)
 
     def _start(self, job: Job, queue: QueueState) -> None:
         assert self._loop is not None

@@ -33,6 +33,7 @@ logger = logging.getLogger("fastapi_taskflow")
 BACKEND_RETRY = 1.0
 
 Admit = Callable[[Job, "QueueState"], None]
+Refuse = Callable[[Job, str], None]
 
 
 def job_limits(job: Job, queue: QueueState) -> tuple[tuple[str, RateLimit], ...]:
@@ -78,6 +79,9 @@ class _Gate:
                     return
                 try:
                     wait = await self.gates.backend.take_rate_token(self.key, self.limit)
+                except NotImplementedError as exc:
+                    self._refuse_all(f"cannot start: {exc}")  # never left PENDING
+                    return
                 except BackendError as exc:
                     # Logged once per outage, not on every retry; the records say it meanwhile.
                     if not self.failing:
@@ -114,6 +118,14 @@ class _Gate:
             job.record.waiting_reason = None
             self.gates.store.touch(job.record)
         self.gates.passed(job, queue)
+
+    def _refuse_all(self, reason: str) -> None:
+        """The backend has no rate limits: every waiting job ends FAILED with the reason."""
+        logger.error("rate limit %s: %s", self.key, reason)
+        waiting, self.waiting, self.unmarked = self.waiting, [], []
+        for _, _, job, _ in waiting:
+            if not job.cancelled:
+                self.gates.refuse(job, reason)
 
     def _mark(self, reason: str) -> None:
         """Say why in the records of waiting jobs (once per job, not on every wait)."""
@@ -155,9 +167,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class RateGates:
     """Every gate of one dispatcher; ``admit`` is where a rate-limited job enters."""
 
-    def __init__(self, *, store: TaskStore, admit: Admit) -> None:
+    def __init__(self, *, store: TaskStore, admit: Admit, refuse: Refuse) -> None:
         self.store = store
         self._admit = admit
+        self.refuse = refuse
         # Per process until the manager starts with a backend (``use``): the same rules.
         self.backend: TaskBackend = MemoryBackend()
         self.sequence = itertools.count()
