@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import RedisServer, find_redis_server, running_redis_server
+from servers import RedisServer, require_redis_server, running_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +17,7 @@ def redis_server() -> Iterator[RedisServer]:
 
     Missing binary: skipped locally, a failure in CI (a CI that skips Redis proves nothing).
     """
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server not installed, and CI must run the Redis tests")
-        pytest.skip("redis-server not installed")
-    with running_redis_server(binary) as server:
+    with running_redis_server(require_redis_server()) as server:
         yield server
 
 

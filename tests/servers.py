@@ -6,6 +6,7 @@ holds stays valid across the outage.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,19 @@ class RedisServer:
 
 def find_redis_server() -> str | None:
     return shutil.which("redis-server")
+
+
+def require_redis_server() -> str:
+    """The redis-server binary. Missing: skipped locally, a failure in CI (a CI that skips
+    Redis proves nothing)."""
+    import pytest
+
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server not installed, and CI must run the Redis tests")
+        pytest.skip("redis-server not installed")
+    return binary
 
 
 @contextmanager

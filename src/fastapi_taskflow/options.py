@@ -55,6 +55,17 @@ class ManagerSettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_requeues: int = 3
+    # How often finished records older than retention_days are deleted (seconds).
+    prune_interval: float = 3600.0
+    # How long a response waits for its request's journal commit before the request's tasks
+    # are withdrawn and it becomes a 503 (seconds; see barrier.py).
+    barrier_timeout: float = 30.0
+    # Writes waiting for the backend (batches being written included) before the oldest
+    # finished-record writes are dropped.
+    max_buffered: int = 100_000
+    # Past max_buffered journal changes, refuse new journaled tasks (WriteBufferFullError)
+    # instead of keeping every journal change in memory.
+    journal_backpressure: bool = False
     max_result_bytes: int = MiB
     result_ttl: float | None = None
 
@@ -79,6 +90,9 @@ class ManagerSettings:
         _positive(
             "max_requeues", self.max_requeues, allow_none=False, integer=True, allow_zero=True
         )
+        _positive("prune_interval", self.prune_interval, allow_none=False)
+        _positive("barrier_timeout", self.barrier_timeout, allow_none=False)
+        _positive("max_buffered", self.max_buffered, allow_none=False, integer=True)
         _positive(
             "max_result_bytes",
             self.max_result_bytes,

@@ -38,3 +38,10 @@ def register_run(root: typer.Typer) -> None:
     from .run import run
 
     root.command("run")(run)
+
+
+def register_db(root: typer.Typer) -> None:
+    """``taskflow db check``."""
+    from .db import group
+
+    root.add_typer(group, name="db")

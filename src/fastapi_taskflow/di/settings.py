@@ -108,6 +108,8 @@ class SqliteSettings(Section):
     """``backend.sqlite``: where the SQLite file lives (created with its folder if missing)."""
 
     path: Path = Path("var/taskflow.db")
+    # SQLite's own check at every open: quick_check (default), integrity_check, or none.
+    integrity_check: Literal["off", "quick", "full"] = "quick"
 
 
 class RedisSettings(Section):
@@ -282,6 +284,11 @@ class TaskflowSettings(BaseSettings):
     heartbeat_interval: PositiveFloat = 10.0
     lease_ttl: PositiveFloat = 30.0
     max_requeues: NonNegativeInt = 3
+    # Durability under slow or damaged storage (docs/durability.md).
+    prune_interval: PositiveFloat = 3600.0
+    barrier_timeout: PositiveFloat = 30.0
+    max_buffered: PositiveInt = 100_000
+    journal_backpressure: bool = False
     # Results (docs/task-control.md): the largest encoded value kept, and how long.
     max_result_bytes: NonNegativeInt = 1024 * 1024
     result_ttl: PositiveFloat | None = None
