@@ -145,3 +145,26 @@ async def test_sqlite_file_from_before_rate_limits_gets_its_table(tmp_path: Path
         assert await reopened.take_rate_token("k", RateLimit(1, per=10.0)) > 0.0
     finally:
         await reopened.close()
+
+
+@pytest.mark.slow
+async def test_result_written_by_another_process_is_read_here(tmp_path: Path) -> None:
+    """A result one process kept on a SQLite file is read by get_result in another."""
+    db = tmp_path / "shared.db"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("result_worker.py")),
+        str(db),
+        "9",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(worker.communicate(), 60)
+    assert worker.returncode == 0
+    task_id = out.decode().strip()
+    manager = TaskManager(snapshot_backend=SqliteBackend(db))
+    register(manager)
+    await manager.startup()
+    try:
+        assert await manager.get_result(task_id, timeout=5) == b"%PDF report 9"
+    finally:
+        await manager.shutdown()
