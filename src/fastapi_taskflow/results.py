@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import TaskFailedError
+from .errors import ArgumentDecryptionError, TaskFailedError
 from .models import TaskRecord, TaskStatus, utcnow
 from .serialization import decode_result, encode_result
 
@@ -153,8 +153,6 @@ class ResultKeeper:
         self.drop_if_expired(record)
         if record.encrypted_result is not None:
             if self.cipher is None:
-                from .errors import ArgumentDecryptionError
-
                 raise ArgumentDecryptionError(
                     "the task's result is encrypted but no encryption key is configured"
                 )
