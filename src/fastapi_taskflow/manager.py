@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow")
 F = TypeVar("F", bound=Callable[..., Any])
+# Seconds get_result looks for an id no shared backend knows yet (see _finished_elsewhere).
+UNKNOWN_GRACE = 1.0
 
 
 class TaskManager:
@@ -648,15 +650,20 @@ class TaskManager:
 
     async def _finished_elsewhere(self, task_id: str) -> TaskRecord:
         """The backend's record of ``task_id`` once it is finished (polled: another instance
-        runs it, and its row is written when it finishes)."""
+        runs it, and its row changes when it finishes)."""
+        shared = self.backend is not None and self.backend.shared and self._started
+        # Another instance writes a new task's row in its next batch, just after add_task
+        # returned there: an id not found at once is looked for a little longer.
+        unknown_until = asyncio.get_running_loop().time() + (UNKNOWN_GRACE if shared else 0.0)
         pause = 0.05
         while True:
             record = await self.get_record(task_id)
             if record is None:
-                raise UnknownTaskError(f"no task with id {task_id!r}")
-            if record.status.finished:
+                if asyncio.get_running_loop().time() >= unknown_until:
+                    raise UnknownTaskError(f"no task with id {task_id!r}")
+            elif record.status.finished:
                 return record
-            if self.store.get(task_id) is record:  # it came to this instance meanwhile
+            elif self.store.get(task_id) is record:  # it came to this instance meanwhile
                 return await self.wait_for(record)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)

@@ -168,3 +168,25 @@ async def test_result_written_by_another_process_is_read_here(tmp_path: Path) ->
         assert await manager.get_result(task_id, timeout=5) == b"%PDF report 9"
     finally:
         await manager.shutdown()
+
+
+@pytest.mark.redis
+async def test_get_result_on_another_instance_waits_for_a_running_task(
+    redis_pair: list[TaskManager],
+) -> None:
+    """Instance B's get_result of a task running on A returns A's value once it finishes."""
+    runner, reader = redis_pair
+    release = asyncio.Event()
+
+    async def slow_total(a: int, b: int) -> int:
+        await release.wait()
+        return a + b
+
+    for manager in redis_pair:
+        manager.task(name="slow_total")(slow_total)
+    handle = runner.add_task(slow_total, 20, 22)
+    waiting = asyncio.ensure_future(reader.get_result(handle.task_id, timeout=15))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    release.set()
+    assert await waiting == 42
