@@ -363,3 +363,10 @@ async def test_expired_result_read_from_the_backend_is_dropped_at_rest() -> None
     assert stored is not None
     assert stored.result_data is None
     assert stored.result_note == "dropped after its result_ttl"
+
+
+async def test_unknown_id_on_a_shared_backend_raises_after_a_short_look() -> None:
+    """With a shared backend an id nobody wrote still ends in UnknownTaskError."""
+    async with running(snapshot_backend=SharedMemoryBackend()) as manager:
+        with pytest.raises(UnknownTaskError):
+            await manager.get_result("never-written", timeout=5)
