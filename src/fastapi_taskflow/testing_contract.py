@@ -189,13 +189,17 @@ class BackendContract:
         assert (got.args, got.kwargs) == ((), {})
 
     async def test_results_round_trip(self, backend: TaskBackend) -> None:
-        """A kept result, a sealed one, and the note of one not kept come back as saved."""
+        """A kept result, a sealed one, the note of one not kept, and a waiting reason come
+        back as saved."""
         kept = make_record(
             "res", result_data=b'{"__tf__":"bytes","v":"AA=="}', result_expires_at=at(60)
         )
         sealed = make_record("sealed", encrypted_result=b"gAAAA\x00result")
         noted = make_record("noted", result_note="not stored: 2000 bytes encoded, over 1000")
-        await backend.save_records([kept, sealed, noted])
+        waiting = make_record(
+            "waiting", status=TaskStatus.PENDING, waiting_reason="waiting for rate limit 1/s"
+        )
+        await backend.save_records([kept, sealed, noted, waiting])
         got = {r.task_id: await backend.get_record(r.task_id) for r in (kept, sealed, noted)}
         assert got["res"] is not None
         assert got["res"].result_data == kept.result_data
@@ -206,6 +210,9 @@ class BackendContract:
         assert got["noted"] is not None
         assert got["noted"].result_note == noted.result_note
         assert not got["noted"].has_result
+        pending = await backend.get_record("waiting")
+        assert pending is not None
+        assert pending.waiting_reason == "waiting for rate limit 1/s"
 
     async def test_unknown_record_is_none(self, backend: TaskBackend) -> None:
         """Getting a task id that was never saved returns None."""

@@ -338,6 +338,7 @@ def record_to_row(record: TaskRecord) -> Row:
         ("priority", record.priority),
         ("progress", record.progress),
         ("progress_message", record.progress_message),
+        ("waiting_reason", record.waiting_reason),
     ):
         if value is not None:
             document[name] = value
@@ -420,6 +421,7 @@ def row_to_record(data: str | bytes) -> TaskRecord:
                 base64.b64decode(doc["encrypted_result"]) if doc.get("encrypted_result") else None
             ),
             result_note=doc.get("result_note"),
+            waiting_reason=doc.get("waiting_reason"),
             result_expires_at=_parse_dt(doc.get("result_expires_at")),
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
