@@ -206,6 +206,8 @@ def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
         "display_func_args": admin.display_func_args,
         "display_results": admin.display_results,
         "read_only": admin.read_only,
+        "read_only_users": admin.read_only_users,
+        "include_in_schema": admin.include_in_schema,
         "token_expiry": admin.token_expiry,
         "poll_interval": admin.poll_interval,
     }
