@@ -37,6 +37,7 @@ async def test_bytes_result_is_described_and_served_raw(env):
     assert raw.status_code == 200
     assert raw.headers["content-type"] == "application/octet-stream"
     assert raw.content == pdf
+    assert raw.headers["cache-control"] == "no-store"  # never kept by a cache on the way
 
 
 async def test_result_route_answers_json(env):

@@ -428,6 +428,7 @@ class MemoryBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         with self._mutex:
             self._counters.pop(key, None)
+
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         with self._mutex:
             tat, wait = gcra_step(self._rates.get(key), time.time(), interval, burst)

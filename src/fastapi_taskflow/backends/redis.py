@@ -819,6 +819,7 @@ class RedisBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         async with self._errors() as client:
             await self._call(client.delete(self.key("counter", key)))
+
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         wait = await self._script("rate", [self.key("rate", key)], [repr(interval), burst])
         return float(wait)

@@ -721,6 +721,7 @@ class SqliteBackend(TaskBackend):
 
     async def _counter_delete(self, key: str) -> None:
         await self._run("DELETE FROM tf_counters WHERE key = ?", (key,))
+
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         # BEGIN IMMEDIATE takes the write lock before the read: processes take turns.
         async with self._transaction() as db:
