@@ -13,6 +13,7 @@ from .errors import (
     InvalidConfigurationError,
     QueueFullError,
     TaskArgumentError,
+    TaskFailedError,
     TaskflowError,
     TaskTimeoutError,
     UnknownTaskError,
@@ -31,6 +32,7 @@ from .loggers import (
 )
 from .manager import TaskManager
 from .models import QueueConfig, TaskContext, TaskRecord, TaskStatus
+from .ratelimit import RateLimit
 from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ __all__ = [
     # core
     "ManagedBackgroundTasks",
     "QueueConfig",
+    "RateLimit",
     "TaskAdmin",
     "TaskContext",
     "TaskHandle",
@@ -77,6 +80,7 @@ __all__ = [
     "InvalidConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
+    "TaskFailedError",
     "TaskTimeoutError",
     "TaskflowError",
     "UnknownTaskError",

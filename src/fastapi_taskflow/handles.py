@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 
 class TaskControl(Protocol):
-    """What handles use of their manager: wait for or cancel a task, enqueue one, and start
-    or settle the jobs a request held until its response went out."""
+    """What handles use of their manager: wait for, read the result of or cancel a task,
+    enqueue one, and start or settle the jobs a request held until its response went out."""
 
     async def wait_for(self, record: TaskRecord, timeout: float | None = None) -> TaskRecord: ...
+
+    async def result_of(self, record: TaskRecord, timeout: float | None = None) -> Any: ...
 
     def cancel(self, task_id: str) -> bool: ...
 
@@ -81,6 +83,15 @@ class TaskHandle(str):
     async def wait(self, timeout: float | None = None) -> TaskRecord:
         """The final record once the task is finished; ``TimeoutError`` after ``timeout``."""
         return await self._manager.wait_for(self._record, timeout)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The task's return value once it has finished.
+
+        ``TaskFailedError`` (holding the record) when it failed, was cancelled, rejected or
+        interrupted; ``TimeoutError`` after ``timeout``. None when the task returned None or
+        its value was not kept (``record.result_note`` says why).
+        """
+        return await self._manager.result_of(self._record, timeout)
 
     def cancel(self) -> bool:
         """Cancel the task; False when it had already finished."""
