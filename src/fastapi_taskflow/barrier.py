@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .journal_writes import Commit, RequestJournal, recording_request
+from .journal_writes import Commit, RequestJournal, close_request, open_request
 
 logger = logging.getLogger("fastapi_taskflow.barrier")
 
@@ -64,23 +64,26 @@ class JournalBarrier:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        holder, token = open_request()
         withdrawn = False
-        with recording_request() as holder:
 
-            async def send_when_durable(message: Message) -> None:
-                nonlocal withdrawn
-                if withdrawn:  # the 503 went out instead of the app's response
+        async def send_when_durable(message: Message) -> None:
+            nonlocal withdrawn
+            if withdrawn:  # the 503 went out instead of the app's response
+                return
+            if holder.seq and message["type"] == "http.response.start":
+                outcome = await self.tasks.wait_journaled(holder.seq, self.timeout)
+                if outcome is Commit.TIMED_OUT:
+                    withdrawn = True
+                    self._withdraw(scope, holder)
+                    await self._unavailable(send)
                     return
-                if holder.seq and message["type"] == "http.response.start":
-                    outcome = await self.tasks.wait_journaled(holder.seq, self.timeout)
-                    if outcome is Commit.TIMED_OUT:
-                        withdrawn = True
-                        self._withdraw(scope, holder)
-                        await self._unavailable(send)
-                        return
-                await send(message)
+            await send(message)
 
+        try:
             await self.app(scope, receive, send_when_durable)
+        finally:
+            close_request(token)
 
     def _withdraw(self, scope: Scope, holder: RequestJournal) -> None:
         reason = (

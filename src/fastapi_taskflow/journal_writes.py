@@ -8,9 +8,7 @@ imports the other, so the durability core does not depend on the web layer.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 
@@ -46,12 +44,13 @@ def note_journal_write(seq: int, task_id: str) -> None:
             holder.seq = seq
 
 
-@contextmanager
-def recording_request() -> Iterator[RequestJournal]:
-    """Collect the journal writes made until the block ends (one HTTP request's)."""
+def open_request() -> tuple[RequestJournal, Token[RequestJournal | None]]:
+    """Start collecting the journal writes of one HTTP request; pass the token to
+    ``close_request`` when it ends. Two plain calls, not a context manager: every request
+    through the barrier pays them."""
     holder = RequestJournal()
-    token = _request_writes.set(holder)
-    try:
-        yield holder
-    finally:
-        _request_writes.reset(token)
+    return holder, _request_writes.set(holder)
+
+
+def close_request(token: Token[RequestJournal | None]) -> None:
+    _request_writes.reset(token)
