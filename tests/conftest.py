@@ -8,7 +8,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import RedisServer, find_redis_server, running_redis_server
+from servers import (
+    MariaDBServer,
+    PostgresServer,
+    RedisServer,
+    find_mariadb,
+    find_postgres,
+    find_redis_server,
+    running,
+    running_redis_server,
+)
+
+
+def missing(what: str) -> None:
+    """Skip for a missing server binary locally; in CI a missing binary is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} not installed, and CI must run its tests")
+    pytest.skip(f"{what} not installed")
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +35,8 @@ def redis_server() -> Iterator[RedisServer]:
     """
     binary = find_redis_server()
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server not installed, and CI must run the Redis tests")
-        pytest.skip("redis-server not installed")
+        missing("redis-server")
+    assert binary is not None
     with running_redis_server(binary) as server:
         yield server
 
@@ -37,6 +52,35 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_prefix() -> str:
     """A key prefix no other test uses, so tests share the server but not their data."""
     return f"tftest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole session (initdb + postgres, ~2 s)."""
+    bin_dir = find_postgres()
+    if bin_dir is None:
+        missing("PostgreSQL (initdb, postgres)")
+    assert bin_dir is not None
+    with running(PostgresServer(bin_dir)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One throwaway MariaDB for the whole session (mariadb-install-db + mariadbd, ~5 s)."""
+    found = find_mariadb()
+    if found is None:
+        missing("MariaDB (mariadbd, mariadb-install-db)")
+    assert found is not None
+    with running(MariaDBServer(*found)) as server:
+        server.create_database("taskflow")
+        yield server
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    """Table names no other test uses, so tests share a SQL server but not their data."""
+    return f"t{uuid.uuid4().hex[:10]}_"
 
 
 @pytest.hookimpl(hookwrapper=True)

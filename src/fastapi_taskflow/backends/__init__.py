@@ -9,6 +9,8 @@ from .base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 __all__ = [
     "JournalEntry",
     "MemoryBackend",
+    "MySQLBackend",
+    "PostgresBackend",
     "RecordPage",
     "RecordQuery",
     "RedisBackend",
@@ -30,4 +32,12 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisBackend
 
         return RedisBackend
+    if name == "PostgresBackend":
+        from .postgres import PostgresBackend
+
+        return PostgresBackend
+    if name == "MySQLBackend":
+        from .mysql import MySQLBackend
+
+        return MySQLBackend
     raise AttributeError(name)

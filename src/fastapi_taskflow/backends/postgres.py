@@ -1,0 +1,240 @@
+"""PostgreSQL on asyncpg: history, journal and leases shared by instances on many machines.
+
+asyncpg speaks PostgreSQL's protocol natively on asyncio (no thread per query), keeps prepared
+statements per connection, ships its own pool and receives ``LISTEN`` notifications on a
+connection with a callback. Tables are named ``<table_prefix><name>`` (default ``tf_``): see
+``sql.py`` for what they hold and how claims, reservations and schema versions work.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendError, ConfigurationError
+from .redis import mask_url
+from .sql import SqlBackend, legacy_pool_sizes
+
+if TYPE_CHECKING:
+    import asyncpg
+
+INSTALL_HINT = "pip install 'fastapi-taskflow[postgres]'"
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS {t}schema (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {t}records (
+        task_id TEXT COLLATE "C" PRIMARY KEY,
+        func_name TEXT COLLATE "C" NOT NULL,
+        status TEXT COLLATE "C" NOT NULL,
+        queue TEXT COLLATE "C" NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        end_time DOUBLE PRECISION,
+        error TEXT,
+        data TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS {t}records_page ON {t}records (created_at DESC, task_id DESC)",
+    "CREATE INDEX IF NOT EXISTS {t}records_status_page"
+    " ON {t}records (status, created_at DESC, task_id DESC)",
+    "CREATE INDEX IF NOT EXISTS {t}records_func_page"
+    " ON {t}records (func_name, created_at DESC, task_id DESC)",
+    "CREATE INDEX IF NOT EXISTS {t}records_queue_page"
+    " ON {t}records (queue, created_at DESC, task_id DESC)",
+    "CREATE INDEX IF NOT EXISTS {t}records_end ON {t}records (end_time)",
+    """CREATE TABLE IF NOT EXISTS {t}journal (
+        task_id TEXT COLLATE "C" PRIMARY KEY,
+        seq BIGSERIAL,
+        owner TEXT,
+        data TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS {t}journal_owner ON {t}journal (owner)",
+    "CREATE INDEX IF NOT EXISTS {t}journal_seq ON {t}journal (seq)",
+    """CREATE TABLE IF NOT EXISTS {t}owners (
+        owner TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {t}keys (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION)""",
+    """CREATE TABLE IF NOT EXISTS {t}locks (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION)""",
+    "CREATE TABLE IF NOT EXISTS {t}meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The tag filter reads JSON out of ``data``; a row that is not JSON must read as "no tags",
+    # not abort the whole page with a cast error.
+    """CREATE OR REPLACE FUNCTION {t}jsonb_or_null(doc TEXT) RETURNS JSONB
+        LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+]
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+@functools.lru_cache(maxsize=512)
+def numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+def _changed(status: str) -> int:
+    """Rows changed, from a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError:
+        raise ConfigurationError(f"PostgresBackend needs asyncpg: {INSTALL_HINT}") from None
+    return asyncpg
+
+
+class _Session:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(await self.connection.fetch(numbered(sql), *params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return _changed(await self.connection.execute(numbered(sql), *params))
+
+    async def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        await self.connection.executemany(numbered(sql), params)
+
+
+class PostgresBackend(SqlBackend):
+    """Records, journal, leases, keys and locks in PostgreSQL tables.
+
+    Give ``url`` (``postgresql://user:password@host:5432/db``) to let the backend make and close
+    its own pool of ``min_size``..``max_size`` connections, or ``pool``: an ``asyncpg.Pool``
+    your app made and closes itself.
+    """
+
+    server = "PostgreSQL"
+    now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    like_escape = " ESCAPE '\\'"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        pool: asyncpg.Pool | None = None,
+        table_prefix: str = "tf_",
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        command_timeout: float | None = 30.0,
+        **legacy: Any,
+    ) -> None:
+        super().__init__(table_prefix=table_prefix)
+        min_size, max_size = legacy_pool_sizes("PostgresBackend", legacy, min_size, max_size)
+        if (url is None) == (pool is None):
+            raise ConfigurationError("PostgresBackend: give either url= or pool=, not both")
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError(
+                f"PostgresBackend url {mask_url(url)!r}: must start with postgresql://"
+            )
+        if not 1 <= min_size <= max_size:
+            raise ConfigurationError(
+                f"PostgresBackend min_size={min_size}, max_size={max_size}:"
+                " need 1 <= min_size <= max_size"
+            )
+        self.url = url
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._given_pool = pool
+        self._pool: asyncpg.Pool | None = None
+
+    def describe(self) -> str:
+        where = mask_url(self.url) if self.url is not None else "postgresql (given pool)"
+        return f"{where} (tables {self.table_prefix}*)"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        asyncpg = _asyncpg()
+        if self._given_pool is not None:
+            if not isinstance(self._given_pool, asyncpg.Pool):
+                raise ConfigurationError(
+                    f"PostgresBackend pool= must be an asyncpg.Pool, got"
+                    f" {type(self._given_pool).__name__} (fastapi-taskflow 0.12 took a psycopg2"
+                    " pool; pass url= or make one with asyncpg.create_pool)"
+                )
+            self._pool = self._given_pool
+        else:
+            self._pool = await self._connect(asyncpg)
+        try:
+            await self.create_schema()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self, asyncpg: Any) -> asyncpg.Pool:
+        try:
+            return await asyncpg.create_pool(
+                dsn=self.url,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise BackendError(f"PostgreSQL at {self.describe()} does not answer: {exc}") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and pool is not self._given_pool:
+            await pool.close()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _connection_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise BackendError(f"{self.describe()} is not open; call open() first")
+        return self._pool
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        asyncpg = _asyncpg()
+        try:
+            yield
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise BackendError(f"{self.describe()}: {exc}") from exc
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[_Session]:
+        pool = self._connection_pool()
+        async with self._errors(), pool.acquire() as connection, connection.transaction():
+            yield _Session(connection)
+
+    @asynccontextmanager
+    async def schema_lock(self) -> AsyncIterator[None]:
+        key = zlib.crc32(f"fastapi-taskflow:{self.table_prefix}".encode())
+        pool = self._connection_pool()
+        async with self._errors(), pool.acquire() as connection:
+            await connection.execute("SELECT pg_advisory_lock($1)", key)
+            try:
+                yield
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", key)
+
+    # ---- dialect ---------------------------------------------------------------------------
+
+    def schema_statements(self) -> list[str]:
+        return list(_SCHEMA)
+
+    def on_duplicate_sql(self, keys: Sequence[str], updates: Sequence[str]) -> str:
+        assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
+        return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {assignments}"
+
+    def insert_absent_sql(self, table: str, columns: Sequence[str], values: str) -> str:
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING"
+        )
+
+    def tag_sql(self) -> str:
+        return "(({t}jsonb_or_null(data) -> 'tags') ->> ?) = ?"

@@ -1,0 +1,416 @@
+"""What PostgreSQL and MySQL share: the backend primitives written once, as SQL.
+
+A dialect (``postgres.py``, ``mysql.py``) supplies a connection pool, a transaction
+(:class:`SqlSession`), its DDL and a few fragments that differ between the two: the server's
+clock, "insert or update", "insert unless present", the JSON tag lookup and the schema lock.
+Statements here use ``?`` placeholders and ``{t}`` for the table prefix; the dialect turns
+them into its own form.
+
+Time is the database server's clock (``{now}``), not this process's: instances on several
+machines then agree on when a lease or a reservation expires.
+
+Claims lock the journal rows they take with ``FOR UPDATE SKIP LOCKED``: two instances claiming
+at once each take different rows and never wait for each other.
+
+Schema: one row in ``{t}schema`` holds the version. :data:`MIGRATIONS` maps a version to the
+statements that bring a database from it to the next, so a later change of tables upgrades
+existing databases in place (under the dialect's schema lock) instead of breaking them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from ..errors import BackendError, ConfigurationError
+from ..models import FINISHED_STATUSES
+from .base import RecordQuery, Row, TaskBackend
+
+logger = logging.getLogger("fastapi_taskflow.backends")
+
+SCHEMA_VERSION = 1
+#: ``MIGRATIONS[v]``: the statements that take a version ``v`` database to ``v + 1``.
+MIGRATIONS: dict[int, list[str]] = {}
+
+FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
+RECORD_COLUMNS = ("task_id", "func_name", "status", "queue", "created_at", "end_time", "error")
+_CHUNK = 500
+_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
+
+
+def check_table_prefix(prefix: str) -> str:
+    """``prefix`` if it is safe to put in SQL as part of a table name, else a clear error."""
+    if not _PREFIX.match(prefix):
+        raise ConfigurationError(
+            f"table_prefix={prefix!r}: use lower-case letters, digits and underscores"
+            " (at most 31, not starting with a digit)"
+        )
+    return prefix
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, case-folded, with ``%`` and ``_`` literal."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class SqlSession(Protocol):
+    """One transaction on one connection; statements use ``?`` placeholders."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the rows it changed."""
+        ...
+
+    async def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
+
+
+class SqlBackend(TaskBackend):
+    """The primitives on any SQL server a dialect subclass connects to."""
+
+    shared = True
+
+    #: The dialect's name in messages ("PostgreSQL", "MySQL").
+    server = "SQL"
+    #: An expression for the server's clock in epoch seconds.
+    now_sql = ""
+    #: What follows ``LIKE ?`` to make backslash the escape character.
+    like_escape = ""
+
+    def __init__(self, *, table_prefix: str = "tf_") -> None:
+        super().__init__()
+        self.table_prefix = check_table_prefix(table_prefix)
+
+    # ---- what a dialect provides -----------------------------------------------------------
+
+    @abstractmethod
+    def session(self) -> AbstractAsyncContextManager[SqlSession]:
+        """A transaction: committed when the block ends, rolled back when it raises."""
+
+    @abstractmethod
+    def schema_statements(self) -> list[str]:
+        """``CREATE ... IF NOT EXISTS`` for every table and index (``{t}`` for the prefix)."""
+
+    @abstractmethod
+    def on_duplicate_sql(self, keys: Sequence[str], updates: Sequence[str]) -> str:
+        """What follows an INSERT so that a row with the same ``keys`` gets the new values of
+        the ``updates`` columns instead."""
+
+    @abstractmethod
+    def insert_absent_sql(self, table: str, columns: Sequence[str], values: str) -> str:
+        """INSERT of ``columns`` (``values`` is the VALUES list) that does nothing on conflict."""
+
+    @abstractmethod
+    def tag_sql(self) -> str:
+        """A condition true when the record's ``data`` has tag ``?`` equal to ``?``; false for
+        a row whose ``data`` is not JSON (never an error that aborts the page)."""
+
+    @abstractmethod
+    def schema_lock(self) -> AbstractAsyncContextManager[None]:
+        """Held while the schema is created or migrated, so two instances starting at once do
+        not both run the DDL."""
+
+    # ---- SQL text ----------------------------------------------------------------------------
+
+    def upsert_sql(
+        self, table: str, columns: Sequence[str], keys: Sequence[str], values: str | None = None
+    ) -> str:
+        """INSERT of ``columns`` (``values``: the VALUES list, default one ``?`` each) that
+        replaces the non-key columns when a row with the same ``keys`` exists."""
+        updates = [c for c in columns if c not in keys]
+        return (
+            f"INSERT INTO {table} ({', '.join(columns)})"
+            f" VALUES ({values or marks(len(columns))}) {self.on_duplicate_sql(keys, updates)}"
+        )
+
+    def sql(self, text: str) -> str:
+        """``text`` with the table prefix and the clock filled in."""
+        return text.replace("{t}", self.table_prefix).replace("{now}", self.now_sql)
+
+    async def fetch(self, text: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        async with self.session() as s:
+            return await s.fetch(self.sql(text), params)
+
+    async def execute(self, text: str, params: Sequence[Any] = ()) -> int:
+        async with self.session() as s:
+            return await s.execute(self.sql(text), params)
+
+    # ---- schema ------------------------------------------------------------------------------
+
+    async def create_schema(self) -> None:
+        """Create missing tables, then bring an older schema up to :data:`SCHEMA_VERSION`."""
+        async with self.schema_lock():
+            async with self.session() as s:
+                for statement in self.schema_statements():
+                    await s.execute(self.sql(statement))
+            async with self.session() as s:
+                rows = await s.fetch(self.sql("SELECT version FROM {t}schema WHERE id = 1"))
+                if not rows:
+                    await s.execute(
+                        self.sql("INSERT INTO {t}schema (id, version) VALUES (1, ?)"),
+                        [SCHEMA_VERSION],
+                    )
+                    return
+                version = int(rows[0][0])
+            if version > SCHEMA_VERSION:
+                raise BackendError(
+                    f"{self.describe()} has schema version {version}; this fastapi-taskflow"
+                    f" reads up to {SCHEMA_VERSION}: upgrade fastapi-taskflow"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                await self._migrate(step)
+
+    async def _migrate(self, version: int) -> None:
+        logger.info("migrating %s from schema %d to %d", self.describe(), version, version + 1)
+        async with self.session() as s:
+            for statement in MIGRATIONS.get(version, []):
+                await s.execute(self.sql(statement))
+            await s.execute(
+                self.sql("UPDATE {t}schema SET version = ? WHERE id = 1"), [version + 1]
+            )
+
+    async def schema_version(self) -> int:
+        rows = await self.fetch("SELECT version FROM {t}schema WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    # ---- records -----------------------------------------------------------------------------
+
+    async def _write_rows(self, rows: list[Row]) -> None:
+        columns = (*RECORD_COLUMNS, "data")
+        statement = self.sql(self.upsert_sql("{t}records", columns, ["task_id"]))
+        async with self.session() as s:
+            await s.executemany(statement, [[row[c] for c in columns] for row in rows])
+
+    async def _read_row(self, task_id: str) -> str | bytes | None:
+        rows = await self.fetch("SELECT data FROM {t}records WHERE task_id = ?", [task_id])
+        return rows[0][0] if rows else None
+
+    def _where(self, query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("status", query.status),
+            ("func_name", query.func_name),
+            ("queue", query.queue),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.tag is not None:
+            clauses.append(self.tag_sql())
+            params.extend(query.tag)
+        if query.text:
+            like = f"LIKE ?{self.like_escape}"
+            clauses.append(
+                f"(LOWER(func_name) {like} OR LOWER(task_id) {like} OR LOWER(error) {like})"
+            )
+            params.extend([like_pattern(query.text)] * 3)
+        if query.since is not None:
+            clauses.append("created_at >= ?")
+            params.append(query.since.timestamp())
+        if query.until is not None:
+            clauses.append("created_at < ?")
+            params.append(query.until.timestamp())
+        if after is not None:
+            clauses.append("(created_at < ? OR (created_at = ? AND task_id < ?))")
+            params.extend([after[0], after[0], after[1]])
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    async def _query_rows(
+        self, query: RecordQuery, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[str, str | bytes]]:
+        where, params = self._where(query, after)
+        rows = await self.fetch(
+            f"SELECT task_id, data FROM {{t}}records{where}"
+            " ORDER BY created_at DESC, task_id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _delete_rows_before(self, cutoff: float) -> int:
+        return await self.execute(
+            f"DELETE FROM {{t}}records WHERE end_time < ? AND status IN ({marks(len(FINISHED))})",
+            [cutoff, *FINISHED],
+        )
+
+    async def _delete_rows(self, task_ids: list[str]) -> int:
+        return await self._delete_ids("{t}records", task_ids)
+
+    async def _delete_ids(self, table: str, task_ids: Sequence[str]) -> int:
+        deleted = 0
+        async with self.session() as s:
+            for part in chunks(task_ids):
+                deleted += await s.execute(
+                    self.sql(f"DELETE FROM {table} WHERE task_id IN ({marks(len(part))})"), part
+                )
+        return deleted
+
+    async def _count_rows(self) -> dict[str, int]:
+        rows = await self.fetch("SELECT status, COUNT(*) FROM {t}records GROUP BY status")
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def _update_rows(self, items: list[tuple[str, str]]) -> int:
+        return await self._update_each("UPDATE {t}records SET data = ? WHERE task_id = ?", items)
+
+    async def _update_each(self, text: str, items: list[tuple[str, str]]) -> int:
+        updated = 0
+        async with self.session() as s:
+            for task_id, data in items:
+                updated += await s.execute(self.sql(text), [data, task_id])
+        return updated
+
+    # ---- journal and leases ----------------------------------------------------------------
+
+    async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None:
+        statement = self.sql(
+            self.upsert_sql("{t}journal", ("task_id", "owner", "data"), ["task_id"])
+        )
+        async with self.session() as s:
+            await s.executemany(statement, [[task_id, owner, data] for task_id, data in items])
+
+    async def _journal_delete(self, task_ids: list[str]) -> None:
+        await self._delete_ids("{t}journal", task_ids)
+
+    async def _journal_release(self, owner: str) -> int:
+        return await self.execute("UPDATE {t}journal SET owner = NULL WHERE owner = ?", [owner])
+
+    async def _journal_claim(self, owner: str, limit: int) -> list[tuple[str, str]]:
+        async with self.session() as s:
+            live = [
+                row[0]
+                for row in await s.fetch(
+                    self.sql("SELECT owner FROM {t}owners WHERE expires_at > {now}")
+                )
+            ]
+            # No live lease at all: every entry is free.
+            free = f" WHERE owner IS NULL OR owner NOT IN ({marks(len(live))})" if live else ""
+            # SKIP LOCKED: rows another claimer is taking right now are left to it.
+            rows = await s.fetch(
+                self.sql(
+                    f"SELECT task_id, data FROM {{t}}journal{free}"
+                    " ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+                [*live, limit],
+            )
+            taken = [(row[0], row[1]) for row in rows]
+            for part in chunks([task_id for task_id, _ in taken]):
+                await s.execute(
+                    self.sql(
+                        f"UPDATE {{t}}journal SET owner = ? WHERE task_id IN ({marks(len(part))})"
+                    ),
+                    [owner, *part],
+                )
+        return taken
+
+    async def _journal_list(self, owner: str) -> list[tuple[str, str]]:
+        rows = await self.fetch(
+            "SELECT task_id, data FROM {t}journal WHERE owner = ? ORDER BY seq", [owner]
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _journal_page(
+        self, after: str | None, limit: int
+    ) -> list[tuple[str, str | None, str]]:
+        rows = await self.fetch(
+            "SELECT task_id, owner, data FROM {t}journal WHERE task_id > ?"
+            " ORDER BY task_id LIMIT ?",
+            [after or "", limit],
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def _journal_update(self, items: list[tuple[str, str]]) -> int:
+        return await self._update_each("UPDATE {t}journal SET data = ? WHERE task_id = ?", items)
+
+    async def _heartbeat(self, owner: str, ttl: float) -> None:
+        upsert = self.upsert_sql("{t}owners", ("owner", "expires_at"), ["owner"], "?, {now} + ?")
+        await self.execute(upsert, [owner, ttl])
+
+    async def _drop_owner(self, owner: str) -> None:
+        await self.execute("DELETE FROM {t}owners WHERE owner = ?", [owner])
+
+    # ---- idempotency, locks, metadata --------------------------------------------------------
+
+    async def _take(self, table: str, key: str, holder: str, ttl: float | None) -> str | None:
+        """Give ``key`` to ``holder`` unless someone else holds it unexpired; that one's id.
+
+        Expired holders are deleted first; the insert waits for a concurrent taker of the same
+        key to commit and then does nothing, so the read after it sees the winner.
+        """
+        async with self.session() as s:
+            await s.execute(
+                self.sql(f"DELETE FROM {table} WHERE name = ? AND expires_at <= {{now}}"), [key]
+            )
+            await s.execute(
+                self.sql(
+                    self.insert_absent_sql(
+                        table, ("name", "holder", "expires_at"), "?, ?, {now} + ?"
+                    )
+                ),
+                [key, holder, ttl],
+            )
+            rows = await s.fetch(self.sql(f"SELECT holder FROM {table} WHERE name = ?"), [key])
+            current = str(rows[0][0]) if rows else None
+            if current != holder:
+                return current
+            await s.execute(
+                self.sql(f"UPDATE {table} SET expires_at = {{now}} + ? WHERE name = ?"),
+                [ttl, key],
+            )
+            return None
+
+    async def _reserve_key(self, key: str, task_id: str, ttl: float | None) -> str | None:
+        return await self._take("{t}keys", key, task_id, ttl)
+
+    async def _release_key(self, key: str, task_id: str) -> None:
+        await self.execute("DELETE FROM {t}keys WHERE name = ? AND holder = ?", [key, task_id])
+
+    async def _acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._take("{t}locks", name, owner, ttl) is None
+
+    async def _get_meta(self, key: str) -> str | None:
+        rows = await self.fetch("SELECT value FROM {t}meta WHERE name = ?", [key])
+        return str(rows[0][0]) if rows else None
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        await self.execute(self.upsert_sql("{t}meta", ("name", "value"), ["name"]), [key, value])
+
+
+def legacy_pool_sizes(
+    backend: str, legacy: dict[str, Any], min_size: int, max_size: int
+) -> tuple[int, int]:
+    """0.12's ``min_conn``/``max_conn``/``max_workers`` keywords, with the new spelling."""
+    renamed = {"min_conn": "min_size", "max_conn": "max_size"}
+    for old, value in legacy.items():
+        if old in renamed:
+            warnings.warn(
+                f"{backend}({old}=...) is now {renamed[old]}=...",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if old == "min_conn":
+                min_size = int(value)
+            else:
+                max_size = int(value)
+        elif old == "max_workers":
+            warnings.warn(
+                f"{backend}(max_workers=...) has no effect: queries run on asyncio, not threads",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        else:
+            raise TypeError(f"{backend}() got an unexpected keyword argument {old!r}")
+    return min_size, max_size
