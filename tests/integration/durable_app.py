@@ -1,6 +1,6 @@
 """The app the crash and outage tests run under uvicorn, configured by environment variables.
 
-TF_BACKEND     ``sqlite:<path>`` or ``redis:<url>|<prefix>``
+TF_BACKEND     a backend spec (backend_specs.py): ``sqlite:<path>``, ``redis:<url>|<prefix>``...
 TF_SIDE        a file each task appends ``S <n> <pid>`` (start) and ``E <n> <pid>`` (end) to
 TF_CONCURRENCY max_concurrent_tasks
 TF_HEARTBEAT, TF_LEASE, TF_TASK_SECONDS  lease timings and how long each task takes
@@ -12,29 +12,16 @@ import asyncio
 import os
 from typing import Any
 
+from backend_specs import backend_from_spec
 from fastapi import Depends, FastAPI
 
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager
-from fastapi_taskflow.backends.base import TaskBackend
-
-
-def _backend(spec: str) -> TaskBackend:
-    kind, _, where = spec.partition(":")
-    if kind == "sqlite":
-        from fastapi_taskflow.backends.sqlite import SqliteBackend
-
-        return SqliteBackend(where)
-    from fastapi_taskflow.backends.redis import RedisBackend
-
-    url, _, prefix = where.partition("|")
-    return RedisBackend(url, prefix=prefix, socket_timeout=0.5)
-
 
 SIDE = os.environ["TF_SIDE"]
 TASK_SECONDS = float(os.environ.get("TF_TASK_SECONDS", "0.05"))
 
 task_manager = TaskManager(
-    snapshot_backend=_backend(os.environ["TF_BACKEND"]),
+    snapshot_backend=backend_from_spec(os.environ["TF_BACKEND"]),
     requeue_pending=True,
     max_concurrent_tasks=int(os.environ.get("TF_CONCURRENCY", "4")),
     heartbeat_interval=float(os.environ.get("TF_HEARTBEAT", "0.5")),
