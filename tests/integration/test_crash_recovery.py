@@ -1,6 +1,7 @@
 """Crash and outage tests with real processes: uvicorn apps killed with SIGKILL on SQLite,
-Redis, PostgreSQL and MariaDB, redis-server stopped under load. The app is ``durable_app.py``; each task notes its start and end in a side
-file, so the test can tell which tasks ran twice and why."""
+Redis, PostgreSQL and MariaDB, redis-server stopped under load. The app is ``durable_app.py``;
+each task notes its start and end in a side file, so the test can tell which tasks ran twice
+and why."""
 
 from __future__ import annotations
 

@@ -141,6 +141,7 @@ class MySQLBackend(SqlBackend):
         **legacy: Any,
     ) -> None:
         super().__init__(table_prefix=table_prefix)
+        self._driver = _asyncmy()  # a missing driver is a clear error now, not at startup
         min_size, max_size = legacy_pool_sizes("MySQLBackend", legacy, min_size, max_size)
         self._options = connect_options(url)
         if not 1 <= min_size <= max_size:
@@ -162,7 +163,7 @@ class MySQLBackend(SqlBackend):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        asyncmy = _asyncmy()
+        asyncmy = self._driver
         from asyncmy.constants import CLIENT
 
         try:
@@ -200,7 +201,7 @@ class MySQLBackend(SqlBackend):
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
-        asyncmy = _asyncmy()
+        asyncmy = self._driver
         try:
             yield
         except (asyncmy.errors.Error, OSError) as exc:

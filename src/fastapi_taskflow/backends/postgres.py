@@ -127,6 +127,7 @@ class PostgresBackend(SqlBackend):
         **legacy: Any,
     ) -> None:
         super().__init__(table_prefix=table_prefix)
+        self._driver = _asyncpg()  # a missing driver is a clear error now, not at startup
         min_size, max_size = legacy_pool_sizes("PostgresBackend", legacy, min_size, max_size)
         if (url is None) == (pool is None):
             raise ConfigurationError("PostgresBackend: give either url= or pool=, not both")
@@ -156,7 +157,7 @@ class PostgresBackend(SqlBackend):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        asyncpg = _asyncpg()
+        asyncpg = self._driver
         if self._given_pool is not None:
             if not isinstance(self._given_pool, asyncpg.Pool):
                 raise ConfigurationError(
@@ -199,7 +200,7 @@ class PostgresBackend(SqlBackend):
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
-        asyncpg = _asyncpg()
+        asyncpg = self._driver
         try:
             yield
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:

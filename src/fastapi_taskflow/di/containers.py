@@ -35,6 +35,8 @@ from .settings import (
     FileLoggerSettings,
     LoggerSettings,
     MemoryLoggerSettings,
+    MySQLSettings,
+    PostgresSettings,
     TaskflowSettings,
 )
 
@@ -50,6 +52,8 @@ BACKEND_CLASSES = {
     "memory": ("MemoryBackend", None),
     "sqlite": ("SqliteBackend", "aiosqlite"),
     "redis": ("RedisBackend", "redis"),
+    "postgres": ("PostgresBackend", "asyncpg"),
+    "mysql": ("MySQLBackend", "asyncmy"),
 }
 
 
@@ -71,6 +75,11 @@ def make_backend(kind: str, **options: Any) -> TaskBackend:
         ) from None
     backend: TaskBackend = backend_cls(**options)
     return backend
+
+
+def make_sql_backend(kind: str, server: PostgresSettings | MySQLSettings) -> TaskBackend:
+    """The PostgreSQL or MySQL backend ``backend.<kind>`` describes (not opened)."""
+    return make_backend(kind, url=str(server.url), **server.options())
 
 
 async def open_backend(
@@ -220,6 +229,10 @@ class TaskflowContainer(containers.DeclarativeContainer):
             prefix=settings.provided.backend.redis.prefix,
             socket_timeout=settings.provided.backend.redis.socket_timeout,
         ),
+        postgres=providers.Factory(
+            make_sql_backend, "postgres", settings.provided.backend.postgres
+        ),
+        mysql=providers.Factory(make_sql_backend, "mysql", settings.provided.backend.mysql),
     )
     backend = providers.Resource(open_backend, settings, backend_factory)
 
