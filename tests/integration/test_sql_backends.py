@@ -190,7 +190,7 @@ async def test_newer_schema_is_refused(sql_url: str, table_prefix: str) -> None:
     await backend.open()
     await backend.execute("UPDATE {t}schema SET version = ? WHERE id = 1", [99])
     await backend.close()
-    with pytest.raises(BackendError, match="schema version 99.*upgrade fastapi-taskflow"):
+    with pytest.raises(BackendError, match=r"schema version 99.*upgrade fastapi-taskflow"):
         await make(sql_url, table_prefix=table_prefix).open()
 
 
