@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backends import MemoryBackend, RedisBackend, SqliteBackend, TaskBackend
+from .compat import RENAMED, ScheduledOnce, renamed
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
@@ -31,7 +32,9 @@ from .models import QueueConfig, TaskContext, TaskRecord, TaskStatus
 from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
-    from .admin import TaskAdmin
+    from .admin import TaskAdmin, TaskAuthBackend
+    from .backends.mysql import MySQLBackend
+    from .backends.postgres import PostgresBackend
 
 __version__ = "0.1.0"
 
@@ -40,6 +43,7 @@ __all__ = [
     "ManagedBackgroundTasks",
     "QueueConfig",
     "TaskAdmin",
+    "TaskAuthBackend",
     "TaskContext",
     "TaskHandle",
     "TaskManager",
@@ -47,12 +51,15 @@ __all__ = [
     "TaskRecord",
     "TaskRegistry",
     "TaskStatus",
+    "ScheduledOnce",
     # inside a task
     "get_task_context",
     "set_progress",
     "task_log",
     # backends
     "MemoryBackend",
+    "MySQLBackend",
+    "PostgresBackend",
     "RedisBackend",
     "SqliteBackend",
     "TaskBackend",
@@ -82,4 +89,14 @@ def __getattr__(name: str) -> Any:
         from .admin import TaskAdmin
 
         return TaskAdmin
+    if name == "TaskAuthBackend":
+        from .admin.auth import TaskAuthBackend
+
+        return TaskAuthBackend
+    if name in ("PostgresBackend", "MySQLBackend"):
+        from . import backends
+
+        return getattr(backends, name)
+    if name in RENAMED:
+        return renamed(name, __name__)
     raise AttributeError(f"module 'fastapi_taskflow' has no attribute {name!r}")

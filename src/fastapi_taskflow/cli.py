@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from .commands import register_dead_letters, register_keys, register_run, register_tasks
+from .commands import (
+    register_dead_letters,
+    register_keys,
+    register_migrate,
+    register_run,
+    register_tasks,
+)
 
 if TYPE_CHECKING:
     import typer
@@ -42,6 +48,7 @@ def register_config(root: "typer.Typer") -> None:
 
 COMMAND_GROUPS: "list[Callable[[typer.Typer], None]]" = [register_config]
 COMMAND_GROUPS += [register_tasks, register_dead_letters, register_keys, register_run]
+COMMAND_GROUPS += [register_migrate]
 
 
 def config_check(path: Path | None, output: str = "yaml") -> int:

@@ -29,10 +29,16 @@ from .dispatch.events import EventHub
 from .dispatch.job import Job
 from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
-from .errors import ArgumentDecryptionError, ConfigurationError, UnknownTaskError
+from .errors import (
+    ArgumentDecryptionError,
+    BackendError,
+    ConfigurationError,
+    UnknownTaskError,
+)
 from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
+from .legacy import import_legacy
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
@@ -411,6 +417,12 @@ class TaskManager:
 
     async def _start_persistence(self, backend: TaskBackend) -> None:
         await backend.open()
+        # Before the first claim, so 0.12's waiting tasks are among what it takes.
+        try:
+            await import_legacy(backend, self.cipher)
+        except BackendError:
+            # Nothing is marked imported: the next start (or `taskflow migrate`) tries again.
+            logger.error("could not import fastapi-taskflow 0.12 data", exc_info=True)
         s = self.settings
         self.persister = Persister(
             backend,

@@ -40,4 +40,8 @@ def __getattr__(name: str) -> Any:
         from .mysql import MySQLBackend
 
         return MySQLBackend
+    if name == "SnapshotBackend":
+        from ..compat import renamed
+
+        return renamed(name, __name__)
     raise AttributeError(name)

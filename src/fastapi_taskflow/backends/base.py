@@ -504,3 +504,14 @@ class TaskBackend(ABC):
     async def _update_rows(self, items: list[tuple[str, str]]) -> int:
         """Replace the ``data`` of existing records only; returns how many."""
         raise BackendError(f"{self.describe()} cannot update records (needed by key rotation)")
+
+    # Data written by fastapi-taskflow 0.12 (``legacy.py`` imports it once). Not abstract: a
+    # backend with no 0.12 predecessor has none.
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        """Rows of 0.12's ``table`` (``task_snapshots`` or ``task_pending_requeue``) as
+        column -> value, task_id > ``after`` ascending, at most ``limit``; [] when absent."""
+        return []
+
+    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
+        """Remove rows of 0.12's ``table`` (waiting tasks, once they are journaled here)."""

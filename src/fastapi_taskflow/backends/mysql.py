@@ -121,6 +121,11 @@ class _Session:
     async def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         await self.cursor.executemany(pyformat(sql), [tuple(p) for p in params])
 
+    async def fetch_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows = await self.fetch(sql, params)
+        names = [column[0] for column in self.cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
 
 class MySQLBackend(SqlBackend):
     """Records, journal, leases, keys and locks in MySQL or MariaDB tables (InnoDB)."""
@@ -246,6 +251,12 @@ class MySQLBackend(SqlBackend):
         return (
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
             f" ON DUPLICATE KEY UPDATE {first} = {first}"
+        )
+
+    def table_exists_sql(self) -> str:
+        return (
+            "SELECT COUNT(*) FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_name = ?"
         )
 
     def tag_sql(self) -> str:

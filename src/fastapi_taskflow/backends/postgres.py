@@ -101,6 +101,9 @@ class _Session:
     async def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         await self.connection.executemany(numbered(sql), params)
 
+    async def fetch_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self.connection.fetch(numbered(sql), *params)]
+
 
 class PostgresBackend(SqlBackend):
     """Records, journal, leases, keys and locks in PostgreSQL tables.
@@ -236,6 +239,9 @@ class PostgresBackend(SqlBackend):
         return (
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING"
         )
+
+    def table_exists_sql(self) -> str:
+        return "SELECT to_regclass(?::text) IS NOT NULL"
 
     def tag_sql(self) -> str:
         return "(({t}jsonb_or_null(data) -> 'tags') ->> ?) = ?"

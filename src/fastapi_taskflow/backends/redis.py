@@ -41,12 +41,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..compat import renamed_keyword
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
 from .base import RecordQuery, Row, TaskBackend
 
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
 _BATCH = 500
+#: fastapi-taskflow 0.12's default key prefix (its data is imported from there too).
+LEGACY_PREFIX = "fbtm:snapshots"
+#: 0.12's tables as key infixes: ``<p>:<id>`` hashes in ``<p>:_index``, waiting tasks in
+#: ``<p>:_pending:<id>`` listed by ``<p>:_pending:_index``.
+_LEGACY_INFIX = {"task_snapshots": "", "task_pending_requeue": ":_pending"}
 
 # ARGV: prefix, ttl_ms (0: none), then 7 values per row.
 _SAVE = """
@@ -267,8 +273,14 @@ class RedisBackend(TaskBackend):
         prefix: str = "taskflow",
         record_ttl: float | None = None,
         socket_timeout: float = 5.0,
+        ttl: float | None = None,
+        **client_options: Any,
     ) -> None:
+        """``client_options`` go to ``redis.asyncio.Redis.from_url`` (``ssl_cert_reqs``...)."""
         super().__init__()
+        if ttl is not None:
+            record_ttl = renamed_keyword("RedisBackend", "ttl", "record_ttl", ttl, record_ttl)
+        self.client_options = client_options
         self.url = url
         self.prefix = prefix
         self.record_ttl = record_ttl
@@ -293,6 +305,7 @@ class RedisBackend(TaskBackend):
             decode_responses=True,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
+            **self.client_options,
         )
         try:
             await cast(Awaitable[Any], client.ping())
@@ -547,3 +560,33 @@ class RedisBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         async with self._errors() as client:
             await self._call(client.hset(self.key("meta"), key, value))
+
+    # ---- fastapi-taskflow 0.12's keys ----------------------------------------------------------
+
+    def _legacy_prefixes(self) -> list[str]:
+        """Where 0.12 kept its keys: this backend's prefix (0.12 took the same ``prefix=``)
+        and 0.12's default."""
+        return list(dict.fromkeys([self.prefix, LEGACY_PREFIX]))
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        infix = _LEGACY_INFIX[table]
+        async with self._errors() as client:
+            found: dict[str, str] = {}
+            for prefix in self._legacy_prefixes():
+                ids = await self._call(client.smembers(f"{prefix}{infix}:_index"))
+                found.update({tid: prefix for tid in ids if tid not in found})
+            page = sorted(t for t in found if after is None or t > after)[:limit]
+            pipe = client.pipeline(transaction=False)
+            for task_id in page:
+                pipe.hgetall(f"{found[task_id]}{infix}:{task_id}")
+            hashes = await pipe.execute() if page else []
+        return [dict(h) for h in hashes if h]
+
+    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
+        infix = _LEGACY_INFIX[table]
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            for prefix in self._legacy_prefixes():
+                pipe.srem(f"{prefix}{infix}:_index", *task_ids)
+                pipe.delete(*(f"{prefix}{infix}:{task_id}" for task_id in task_ids))
+            await pipe.execute()

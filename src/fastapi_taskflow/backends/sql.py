@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError
 from ..models import FINISHED_STATUSES
 from .base import RecordQuery, Row, TaskBackend
@@ -78,6 +78,10 @@ class SqlSession(Protocol):
 
     async def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
 
+    async def fetch_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as column name -> value (for tables whose columns vary, such as 0.12's)."""
+        ...
+
 
 class SqlBackend(TaskBackend):
     """The primitives on any SQL server a dialect subclass connects to."""
@@ -118,6 +122,10 @@ class SqlBackend(TaskBackend):
     def tag_sql(self) -> str:
         """A condition true when the record's ``data`` has tag ``?`` equal to ``?``; false for
         a row whose ``data`` is not JSON (never an error that aborts the page)."""
+
+    @abstractmethod
+    def table_exists_sql(self) -> str:
+        """A query of one ``?`` (a table name) whose one value is true when the table exists."""
 
     @abstractmethod
     def schema_lock(self) -> AbstractAsyncContextManager[None]:
@@ -388,29 +396,38 @@ class SqlBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         await self.execute(self.upsert_sql("{t}meta", ("name", "value"), ["name"]), [key, value])
 
+    # ---- 0.12's tables (same names and columns on PostgreSQL and MySQL) ----------------------
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        table = LEGACY_TABLES[table]
+        async with self.session() as s:
+            found = await s.fetch(self.table_exists_sql(), [table])
+            if not found or not found[0][0]:
+                return []
+            return await s.fetch_dicts(
+                f"SELECT * FROM {table} WHERE task_id > ? ORDER BY task_id LIMIT ?",
+                [after or "", limit],
+            )
+
+    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
+        await self._delete_ids(LEGACY_TABLES[table], task_ids)
+
+
+#: 0.12's table names, as the only values that reach the SQL (never a caller's string).
+LEGACY_TABLES = {name: name for name in ("task_snapshots", "task_pending_requeue")}
+
 
 def legacy_pool_sizes(
     backend: str, legacy: dict[str, Any], min_size: int, max_size: int
 ) -> tuple[int, int]:
     """0.12's ``min_conn``/``max_conn``/``max_workers`` keywords, with the new spelling."""
-    renamed = {"min_conn": "min_size", "max_conn": "max_size"}
     for old, value in legacy.items():
-        if old in renamed:
-            warnings.warn(
-                f"{backend}({old}=...) is now {renamed[old]}=...",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            if old == "min_conn":
-                min_size = int(value)
-            else:
-                max_size = int(value)
+        if old == "min_conn":
+            min_size = renamed_keyword(backend, old, "min_size", int(value), None)
+        elif old == "max_conn":
+            max_size = renamed_keyword(backend, old, "max_size", int(value), None)
         elif old == "max_workers":
-            warnings.warn(
-                f"{backend}(max_workers=...) has no effect: queries run on asyncio, not threads",
-                DeprecationWarning,
-                stacklevel=3,
-            )
+            no_effect(backend, old)
         else:
             raise TypeError(f"{backend}() got an unexpected keyword argument {old!r}")
     return min_size, max_size

@@ -38,3 +38,10 @@ def register_run(root: typer.Typer) -> None:
     from .run import run
 
     root.command("run")(run)
+
+
+def register_migrate(root: typer.Typer) -> None:
+    """``taskflow migrate``."""
+    from .migrate import migrate
+
+    root.command("migrate")(migrate)
