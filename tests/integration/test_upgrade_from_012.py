@@ -239,12 +239,17 @@ async def test_startup_imports_history_and_runs_waiting_tasks_once(
     assert "2 finished records, 1 waiting tasks journaled" in imported[0]
     assert sent == [("late@example.com", "later")]
     ok, bad = await manager.get_record("old-ok"), await manager.get_record("old-bad")
-    assert ok is not None and ok.status is TaskStatus.SUCCESS
-    assert ok.args == ("a@example.com",) and ok.kwargs == {"subject": "hi"}
-    assert bad is not None and bad.status is TaskStatus.FAILED and bad.error == "SMTP down"
+    assert ok is not None
+    assert ok.status is TaskStatus.SUCCESS
+    assert ok.args == ("a@example.com",)
+    assert ok.kwargs == {"subject": "hi"}
+    assert bad is not None
+    assert bad.status is TaskStatus.FAILED
+    assert bad.error == "SMTP down"
     assert list(bad.logs) == ["try 1"]
     ran = await manager.get_record("old-wait")
-    assert ran is not None and ran.status is TaskStatus.SUCCESS
+    assert ran is not None
+    assert ran.status is TaskStatus.SUCCESS
     await manager.shutdown()
 
     caplog.clear()
@@ -294,7 +299,8 @@ async def test_sealed_arguments_open_with_the_same_key(tmp_path: Path) -> None:
     try:
         assert sent == [("w@example.com", "x")]
         record = await manager.get_record("old-ok")
-        assert record is not None and record.encrypted_payload is not None
+        assert record is not None
+        assert record.encrypted_payload is not None
         assert manager.cipher is not None
         assert b"s@example.com" in manager.cipher.decrypt(record.encrypted_payload)
     finally:
@@ -313,8 +319,10 @@ async def test_sealed_waiting_task_without_the_key_fails_with_the_reason(tmp_pat
     await manager.join(timeout=10)
     try:
         record = await manager.get_record("old-wait")
-        assert record is not None and record.status is TaskStatus.FAILED
-        assert record.error is not None and "encrypt_args_key" in record.error
+        assert record is not None
+        assert record.status is TaskStatus.FAILED
+        assert record.error is not None
+        assert "encrypt_args_key" in record.error
         assert sent == []
     finally:
         await manager.shutdown()
