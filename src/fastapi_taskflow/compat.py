@@ -13,20 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-#: 0.12 name -> (module, new name, why the new one).
+#: 0.12 name -> (the public module of the new name, new name, why the new one).
 RENAMED = {
     "SnapshotBackend": (
-        "fastapi_taskflow.backends.base",
+        "fastapi_taskflow",
         "TaskBackend",
         "backends hold live tasks and the journal, not only snapshots",
     ),
     "LoggerChain": (
-        "fastapi_taskflow.loggers.chain",
+        "fastapi_taskflow.loggers",
         "ObserverChain",
         "it delivers to every TaskObserver, not only loggers",
     ),
     "TaskConfig": (
-        "fastapi_taskflow.registry",
+        "fastapi_taskflow",
         "TaskOptions",
         "the same fields plus timeout, max_delay, jitter and retry_on",
     ),
@@ -37,7 +37,7 @@ def renamed(name: str, where: str) -> Any:
     """The class 0.12 called ``name``, with a warning naming its new spelling."""
     module, new, why = RENAMED[name]
     warnings.warn(
-        f"{where}.{name} is now {new} ({why}); import {new} from fastapi_taskflow",
+        f"{where}.{name} is now {new} ({why}): from {module} import {new}",
         DeprecationWarning,
         stacklevel=3,
     )
