@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends import MemoryBackend, RedisBackend, SqliteBackend, TaskBackend
+from .backends.base import TaskBackend
 from .compat import RENAMED, ScheduledOnce, renamed
 from .context import get_task_context, set_progress, task_log
 from .errors import (
@@ -33,8 +33,11 @@ from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
     from .admin import TaskAdmin, TaskAuthBackend
+    from .backends.memory import MemoryBackend
     from .backends.mysql import MySQLBackend
     from .backends.postgres import PostgresBackend
+    from .backends.redis import RedisBackend
+    from .backends.sqlite import SqliteBackend
 
 __version__ = "0.1.0"
 
@@ -84,7 +87,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The admin pulls in the web layer; import it only when asked for.
+    # The admin pulls in the web layer and each backend its driver (redis, aiosqlite): import
+    # them only when asked for, so ``import fastapi_taskflow`` stays cheap.
     if name == "TaskAdmin":
         from .admin import TaskAdmin
 
@@ -93,7 +97,13 @@ def __getattr__(name: str) -> Any:
         from .admin.auth import TaskAuthBackend
 
         return TaskAuthBackend
-    if name in ("PostgresBackend", "MySQLBackend"):
+    if name in (
+        "MemoryBackend",
+        "RedisBackend",
+        "SqliteBackend",
+        "PostgresBackend",
+        "MySQLBackend",
+    ):
         from . import backends
 
         return getattr(backends, name)

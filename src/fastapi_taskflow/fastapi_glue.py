@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +18,15 @@ from fastapi.routing import APIRoute
 
 logger = logging.getLogger("fastapi_taskflow")
 
-_HOOKED = "_taskflow_lifespan_managers"
+# The attribute of ``app.state`` (public State API) that holds the hooks added to one app.
+_HOOKS_ATTR = "taskflow_lifespan_hooks"
+
+
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    key: object
+    startup: Callable[[], Awaitable[None]]
+    shutdown: Callable[[], Awaitable[None]]
 
 
 def add_lifespan(
@@ -26,24 +35,33 @@ def add_lifespan(
     startup: Callable[[], Awaitable[None]],
     shutdown: Callable[[], Awaitable[None]],
 ) -> bool:
-    """Run ``startup`` before and ``shutdown`` after the app's own lifespan. Once per key."""
-    hooked: set[int] = app.state._state.setdefault(_HOOKED, set())
-    if id(key) in hooked:
-        return False
-    hooked.add(id(key))
-    inner = app.router.lifespan_context
+    """Run ``startup`` before and ``shutdown`` after the app's own lifespan. Once per key.
 
+    The router's lifespan is wrapped once per app, however many parts hook in: the hook added
+    last starts first and stops last, as if each had wrapped the lifespan in turn.
+    """
+    hooks: list[_Hook] | None = getattr(app.state, _HOOKS_ATTR, None)
+    if hooks is None:
+        hooks = []
+        setattr(app.state, _HOOKS_ATTR, hooks)
+        app.router.lifespan_context = _with_hooks(app.router.lifespan_context, hooks)
+    if any(hook.key is key for hook in hooks):
+        return False
+    hooks.append(_Hook(key, startup, shutdown))
+    return True
+
+
+def _with_hooks(inner: Callable[[Any], Any], hooks: list[_Hook]) -> Callable[[Any], Any]:
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
-        await startup()
-        try:
+        async with AsyncExitStack() as stack:
+            for hook in reversed(hooks):
+                await hook.startup()
+                stack.push_async_callback(hook.shutdown)
             async with inner(asgi_app) as state:
                 yield state
-        finally:
-            await shutdown()
 
-    app.router.lifespan_context = lifespan
-    return True
+    return lifespan
 
 
 def route_background_params(app: FastAPI, provider: Callable[..., Any]) -> int:

@@ -26,11 +26,11 @@ import pickle
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from .backends.base import JournalEntry, Row, TaskBackend
 from .crypto import ArgumentCipher
-from .models import TaskRecord, TaskStatus
+from .models import ExecutorKind, TaskRecord, TaskSource, TaskStatus
 from .serialization import encode_call
 
 logger = logging.getLogger("fastapi_taskflow.legacy")
@@ -125,9 +125,9 @@ class _Rows:
             error=error,
             logs=logs,
             stacktrace=_text(row.get("stacktrace")),
-            source=_text(row.get("source")) or "manual",
+            source=_one_of(row.get("source"), TaskSource, "manual"),
             priority=int(row["priority"]) if _text(row.get("priority")) else None,
-            executor=_text(row.get("executor")) or "async",
+            executor=_one_of(row.get("executor"), ExecutorKind, "async"),
             queue=_text(row.get("queue")) or "default",
             encrypted_payload=sealed,
         )
@@ -167,6 +167,12 @@ def _text(value: Any) -> str | None:
     if value is None or value == "":
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _one_of(value: Any, kind: Any, default: str) -> Any:
+    """``value`` if it is one of the ``Literal`` type ``kind``'s values, else ``default``."""
+    text = _text(value)
+    return text if text in get_args(kind) else default
 
 
 def _when(value: Any) -> datetime | None:

@@ -22,6 +22,7 @@ from fastapi import BackgroundTasks, FastAPI
 from starlette.requests import HTTPConnection
 
 from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
+from .backends.factory import build_backend
 from .crypto import ArgumentCipher, KeyLike
 from .dispatch.attempts import Dispatcher
 from .dispatch.enqueue import Enqueuer, merge_task_kwargs
@@ -42,7 +43,7 @@ from .legacy import import_legacy
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
-from .models import QueueConfig, TaskRecord, TaskStatus, utcnow
+from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, TaskStatus, utcnow
 from .options import NOT_YET, ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow")
 F = TypeVar("F", bound=Callable[..., Any])
-RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
 
 class TaskManager:
@@ -138,7 +138,9 @@ class TaskManager:
         self.cipher = cipher or (
             ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None
         )
-        self.backend = snapshot_backend or (_sqlite(snapshot_db) if snapshot_db else None)
+        self.backend = snapshot_backend or (
+            build_backend("sqlite", path=snapshot_db) if snapshot_db else None
+        )
         self._close_backend = close_backend
         self.observers = ObserverChain(
             _observers(
@@ -279,7 +281,7 @@ class TaskManager:
         queue: str | None = None,
         task_options: TaskOptions | None = None,
         defer: Callable[[Job], None] | None = None,
-        source: str = "manual",
+        source: TaskSource = "manual",
     ) -> TaskHandle:
         """The one entry point behind every ``add_task``. ``defer`` delays the start."""
         if eager is not None and not isinstance(eager, bool):
@@ -337,7 +339,7 @@ class TaskManager:
             self._bind(asyncio.get_running_loop())
         except RuntimeError:
             # A sync (``def``) route runs in an AnyIO worker thread: bind the app's loop from
-            # its own thread instead of failing with "no running event loop" (defect 6).
+            # its own thread instead of failing with "no running event loop".
             try:
                 anyio.from_thread.run_sync(self._bind_here)
             except RuntimeError:
@@ -572,12 +574,12 @@ class TaskManager:
             record = await self.backend.get_record(task_id)
         return record
 
-    async def retry(self, task_id: str, *, source: str = "retry") -> TaskHandle:
+    async def retry(self, task_id: str, *, source: TaskSource = "retry") -> TaskHandle:
         """Run a failed, interrupted or cancelled task again with the same arguments."""
         record = await self.get_record(task_id)
         if record is None:
             raise UnknownTaskError(f"no task with id {task_id!r}")
-        if record.status not in RETRYABLE:
+        if record.status not in RETRYABLE_STATUSES:
             raise ValueError(
                 f"only failed, interrupted or cancelled tasks can be retried; "
                 f"{task_id} is {record.status.value}"
@@ -612,7 +614,7 @@ class TaskManager:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        source: str,
+        source: TaskSource,
         tags: dict[str, str] | None = None,
         priority: int | None = None,
         queue: str | None = None,
@@ -666,6 +668,7 @@ class TaskManager:
         data = metrics_snapshot(self.store, self.dispatcher.queues)
         data["unknown_queue_fallbacks"] = self.dispatcher.queues.unknown_queue_fallbacks
         data["schedule_failures"] = self.scheduler.failures
+        data["observer_events_dropped"] = self.hub.dropped_events
         data.update(self._durability_metrics())
         return data
 
@@ -744,12 +747,6 @@ def _error_policy(
     if redactor is None and not encrypt_errors:
         return None
     return ErrorPolicy(redactor, cipher if encrypt_errors else None)
-
-
-def _sqlite(path: str) -> TaskBackend:
-    from .backends.sqlite import SqliteBackend
-
-    return SqliteBackend(path)
 
 
 def _observers(

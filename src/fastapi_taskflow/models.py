@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
+
+#: Where a task's function runs: on the event loop, in a thread, or in a worker process.
+ExecutorKind = Literal["async", "thread", "process"]
+#: Why a running attempt's asyncio task was cancelled: a user cancel, or the manager stopping.
+StopReason = Literal["cancel", "shutdown"]
+#: What created a task; stored as this string in its record and journal entry.
+TaskSource = Literal["manual", "retry", "replay", "requeue", "scheduled"]
 
 
 class TaskStatus(str, Enum):
@@ -41,6 +48,8 @@ FINISHED_STATUSES = frozenset(s for s in TaskStatus if s not in _ACTIVE)
 ACTIVE_STATUSES = _ACTIVE
 # A key held by a task in one of these statuses blocks a second task with the same key.
 IDEMPOTENCY_BLOCKING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS})
+# A task in one of these statuses can be retried (API, CLI, ``TaskManager.retry``).
+RETRYABLE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
 
 # The current time, timezone-aware. A partial, not a def: it is called three times per task,
@@ -80,9 +89,9 @@ class TaskRecord:
     stacktrace: str | None = None
     idempotency_key: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    source: str = "manual"
+    source: TaskSource = "manual"
     priority: int | None = None
-    executor: str = "async"
+    executor: ExecutorKind = "async"
     queue: str = "default"
     progress: float | None = None
     progress_message: str | None = None

@@ -10,7 +10,8 @@ from .models import QueueConfig
 
 MiB = 1024 * 1024
 
-# Parameters of the reference that belong to a later phase: refused loudly, never ignored.
+# Keywords 0.x accepted that are not implemented yet: refused loudly, so a configuration that
+# relies on one fails at construction instead of running without it.
 NOT_YET = {
     "instance_url": "the multi-instance registry",
     "instance_tasks_prefix": "the multi-instance registry",
@@ -47,8 +48,8 @@ class ManagerSettings:
 
     snapshot_interval: float = 60.0
     requeue_pending: bool = False
-    # Accepted for compatibility: the reference cached the whole merged list; here each page
-    # is an indexed backend query, so there is nothing to cache.
+    # Accepted so 0.x configurations still load; it does nothing: each page is an indexed
+    # backend query, so there is no merged list to cache.
     merged_list_ttl: float = 5.0
     max_concurrent_tasks: int | None = None
     max_sync_threads: int | None = None

@@ -523,10 +523,6 @@ class Persister:
             if len(entries) < CLAIM_BATCH:
                 return
 
-    async def claim_orphans(self) -> list[JournalEntry]:
-        """Journal entries no live instance owns (crashed, or released at a clean shutdown)."""
-        return await self.backend.journal_claim(self.owner)
-
     async def prune(self) -> None:
         """Delete finished records older than ``retention_days`` from memory and backend."""
         days = self.settings.retention_days

@@ -48,7 +48,7 @@ def _fields(query: RecordQuery) -> dict[str, Any]:
 
 
 def metrics_snapshot(store: TaskStore, queues: QueueSet) -> dict[str, Any]:
-    """The reference's metrics shape plus percentiles; O(1) in the number of records."""
+    """Counts by status (the shape 0.x clients read) plus percentiles; O(1) in the records."""
     counts = store.counts()
     total = sum(counts.values())
     histogram = store.durations

@@ -13,17 +13,21 @@ import inspect
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar, get_args
 
 from .errors import UnknownTaskError
+from .models import ExecutorKind
 
 logger = logging.getLogger("fastapi_taskflow")
 
-ExecutorKind = Literal["async", "thread", "process"]
-EXECUTOR_KINDS: tuple[str, ...] = ("async", "thread", "process")
+EXECUTOR_KINDS: tuple[ExecutorKind, ...] = get_args(ExecutorKind)
 F = TypeVar("F", bound=Callable[..., Any])
+# Definitions kept for plain functions passed to add_task: enough for every function an app
+# names, bounded so a new lambda or closure per request cannot grow it without end.
+UNREGISTERED_CACHE_SIZE = 1024
 
 
 def _check_number(name: str, value: Any, *, minimum: float, allow_none: bool = False) -> None:
@@ -52,7 +56,7 @@ class TaskOptions:
     eager: bool = False
     priority: int | None = None
     queue: str | None = None
-    executor: str | None = None
+    executor: ExecutorKind | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
@@ -116,7 +120,7 @@ def is_async_callable(func: Callable[..., Any]) -> bool:
     return callable(func) and inspect.iscoroutinefunction(type(func).__call__)
 
 
-def resolve_executor(func: Callable[..., Any], requested: str | None) -> str:
+def resolve_executor(func: Callable[..., Any], requested: ExecutorKind | None) -> ExecutorKind:
     """The executor a function runs on; raises ``ValueError`` for an impossible combination."""
     is_async = is_async_callable(func)
     if requested is None:
@@ -165,7 +169,7 @@ class TaskDefinition:
     func: Callable[..., Any]
     options: TaskOptions
     name: str
-    executor: str
+    executor: ExecutorKind
     registered: bool = True
 
 
@@ -189,7 +193,7 @@ class TaskRegistry:
         self._by_name: dict[str, TaskDefinition] = {}
         self._by_func: dict[Any, TaskDefinition] = {}
         self._schedules: list[ScheduleDefinition] = []
-        self._unregistered: dict[Any, TaskDefinition] = {}
+        self._unregistered: OrderedDict[Any, TaskDefinition] = OrderedDict()
         self._lock = threading.Lock()
 
     def task(
@@ -203,7 +207,7 @@ class TaskRegistry:
         eager: bool = False,
         priority: int | None = None,
         queue: str | None = None,
-        executor: str | None = None,
+        executor: ExecutorKind | None = None,
         timeout: float | None = None,
         max_delay: float | None = None,
         jitter: float = 0.0,
@@ -253,7 +257,10 @@ class TaskRegistry:
         return definition
 
     def schedule(self, **kwargs: Any) -> Callable[[F], F]:
-        """Declare a periodic task (``every=`` seconds or ``cron=``); see docs/scheduling.md."""
+        """Declare a periodic task (``every=`` seconds or ``cron=``).
+
+        See "Schedules" in docs/task-control.md.
+        """
         from .scheduling import make_schedule_decorator
 
         return make_schedule_decorator(self, **kwargs)
@@ -313,8 +320,7 @@ class TaskRegistry:
             # A wrapper of a registered task (a test spy, a decorator using functools.wraps):
             # call the wrapper so it sees the call, with the task's own name and options.
             definition = replace(registered, func=func)
-            with self._lock:
-                self._unregistered[func] = definition
+            self._remember(func, definition)
             return definition
         definition = TaskDefinition(
             func=func,
@@ -323,15 +329,21 @@ class TaskRegistry:
             executor=resolve_executor(func, None),
             registered=False,
         )
-        with self._lock:
-            self._unregistered[func] = definition
-        # Logged once per function: the cache above keeps this branch cold.
+        self._remember(func, definition)
+        # Logged once per function while it stays in the cache (see UNREGISTERED_CACHE_SIZE).
         logger.info(
             "task %s is not registered with @task(); it runs with default options and "
             "cannot be requeued after a restart",
             definition.name,
         )
         return definition
+
+    def _remember(self, func: Callable[..., Any], definition: TaskDefinition) -> None:
+        """Cache ``definition``, letting go of the least recently added past the bound."""
+        with self._lock:
+            self._unregistered[func] = definition
+            if len(self._unregistered) > UNREGISTERED_CACHE_SIZE:
+                self._unregistered.popitem(last=False)
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

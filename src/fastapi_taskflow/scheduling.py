@@ -30,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .dispatch.enqueue import check_call_options
+from .models import ExecutorKind
 from .registry import ScheduleDefinition, TaskDefinition, TaskOptions
 from .serialization import decode_call, encode_call
+from .validation import check_call_options
 
 if TYPE_CHECKING:
     from .backends.base import TaskBackend
@@ -64,7 +65,7 @@ def make_schedule_decorator(
     run_on_startup: bool = False,
     timezone: str = "UTC",
     queue: str | None = None,
-    executor: str | None = None,
+    executor: ExecutorKind | None = None,
     catch_up: bool = False,
 ) -> Callable[[F], F]:
     """``@schedule(...)``: register the function as a task plus a periodic schedule for it.

@@ -26,7 +26,7 @@ async def _finished(env, count: int = 3) -> list[str]:
 
 
 async def test_list_is_a_plain_list_newest_first(env):
-    """GET /tasks answers the reference's plain JSON list, newest first."""
+    """GET /tasks answers a plain JSON list (the shape old clients read), newest first."""
     ids = await _finished(env, 3)
     response = await env.client.get("/tasks")
     assert response.status_code == 200

@@ -16,7 +16,7 @@ from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, TaskManager, T
 
 
 async def test_cancel_deferred_task_before_the_response() -> None:
-    """A request task cancelled before the response is sent never runs (defect 3)."""
+    """A request task cancelled before the response is sent never runs."""
     ran: list[int] = []
 
     async def job() -> None:

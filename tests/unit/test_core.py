@@ -574,7 +574,7 @@ async def test_same_function_name_in_two_modules_does_not_collide(
 
 
 async def test_name_option_is_used_for_retry_lookups() -> None:
-    """A task declared with name= can be retried by id later (the reference lost it: defect 5)."""
+    """A task declared with name= can be retried by id later, under that name."""
     outcomes = ["fail", "ok"]
     async with started() as manager:
 

@@ -21,8 +21,8 @@ from fastapi_taskflow.di import (
     start_resources,
     stop_resources,
 )
-from fastapi_taskflow.di import containers as di_containers
 from fastapi_taskflow.errors import BackendError, ConfigurationError
+from fastapi_taskflow.executors import threads as executor_threads
 
 
 class RecordingBackend(MemoryBackend):
@@ -75,7 +75,8 @@ def record_stops(monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
             events.append("thread pool stopped")
 
     monkeypatch.setattr(TaskManager, "shutdown", shutdown)
-    monkeypatch.setattr(di_containers, "ThreadPoolExecutor", RecordingPool)
+    # The container builds its pool with the one thread-pool builder, executors.threads.
+    monkeypatch.setattr(executor_threads, "ThreadPoolExecutor", RecordingPool)
 
 
 async def test_only_the_selected_backend_is_built(

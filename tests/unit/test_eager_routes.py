@@ -1,4 +1,4 @@
-"""eager=True from async routes, sync (def) routes and outside any request (defect 6)."""
+"""eager=True from async routes, sync (def) routes and outside any request."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def _fail(tm: TaskManager, key: str) -> Callable[[], object]:
 
 @pytest.mark.parametrize("ending", ["failed", "cancelled", "rejected"])
 async def test_key_is_free_after_failure_cancel_or_reject(ending: str) -> None:
-    """A failed, cancelled or rejected task does not block its key (defect 11)."""
+    """A failed, cancelled or rejected task does not block its key."""
     gate = Gate()
     async with running(queues={"q": QueueConfig(concurrency=1, max_size=1)}) as tm:
         if ending == "failed":

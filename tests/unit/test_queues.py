@@ -41,7 +41,7 @@ async def test_priority_higher_first_fifo_among_equals() -> None:
 
 
 async def test_waiting_tasks_stay_pending_without_start_time() -> None:
-    """A task waiting for a slot is PENDING with no start time (defect 10)."""
+    """A task waiting for a slot is PENDING with no start time."""
     gate = Gate()
     async with running(queues={"q": QueueConfig(concurrency=1)}) as tm:
         tm.add_task(gate.work, 1, queue="q")
@@ -214,7 +214,7 @@ async def test_live_resize_under_load_never_exceeds_cap() -> None:
 
 
 async def test_invalid_queue_config_raises_and_changes_nothing() -> None:
-    """Bad values raise ValueError naming the field; the live config stays usable (defect 15)."""
+    """Bad values raise ValueError naming the field; the live config stays usable."""
 
     async def noop() -> None:
         return None
@@ -255,7 +255,7 @@ async def test_global_cap_spans_queues() -> None:
 
 
 async def test_backoff_wait_holds_no_slot() -> None:
-    """A task waiting out its retry delay leaves its slot to the next task (defect 10)."""
+    """A task waiting out its retry delay leaves its slot to the next task."""
     attempts: list[int] = []
 
     async def flaky() -> None:

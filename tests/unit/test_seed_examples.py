@@ -673,7 +673,7 @@ async def test_init_app_with_an_app_that_has_its_own_lifespan() -> None:
 
 
 async def test_task_admin_with_an_app_that_has_its_own_lifespan() -> None:
-    """TaskAdmin on FastAPI(lifespan=...) still starts the manager (the reference never did)."""
+    """TaskAdmin on FastAPI(lifespan=...) still starts the manager."""
     from fastapi_taskflow import TaskAdmin
 
     task_manager = TaskManager(snapshot_db="tasks.db")

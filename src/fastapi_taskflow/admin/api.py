@@ -5,7 +5,7 @@ queues, registered tasks, the audit trail. Changing: retry, cancel, bulk retry, 
 delete history, queue settings. Every change is validated first (422 and nothing changed on
 bad input), refused when the admin is read-only (403), and written to the audit trail.
 
-List compatibility: ``GET {path}`` answers a plain JSON list of tasks, as the reference did, so
+List compatibility: ``GET {path}`` answers a plain JSON list of tasks, as 0.x releases did, so
 old clients keep reading it. It is one page (newest first, ``limit`` default 50, max 500); the
 next page's cursor is in the ``X-Next-Cursor`` header and a ``Link: <...>; rel="next"`` header.
 """
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..backends.base import RecordQuery
 from ..errors import ArgumentDecryptionError, BackendError, UnknownTaskError
-from ..models import TaskRecord, TaskStatus
+from ..models import RETRYABLE_STATUSES, TaskRecord, TaskStatus
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
 
@@ -231,7 +231,7 @@ class TaskApi:
                 func_name=record.func_name,
             )
             if new_id is None:
-                status = 400 if record.status not in _RETRYABLE else 409
+                status = 400 if record.status not in RETRYABLE_STATUSES else 409
                 raise HTTPException(status_code=status, detail=why)
             new = self.manager.store.get(new_id) or await self.find(new_id)
             return json_response({"task_id": new_id, "task": self.task_json(new, request)})
@@ -374,9 +374,6 @@ class TaskApi:
                 if cursor is None:
                     break
         return ids, False
-
-
-_RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
 
 def _history_cutoff(

@@ -1,6 +1,6 @@
 """Who may use the task API and the dashboard.
 
-``TaskAdmin(auth=...)`` takes the reference's forms: a ``(username, password)`` pair, a list of
+``TaskAdmin(auth=...)`` takes any of these forms: a ``(username, password)`` pair, a list of
 pairs, or a :class:`TaskAuthBackend`. API clients may also send ``Authorization: Bearer`` with a
 token from ``POST {path}/auth/login`` (JSON) or one of ``api_tokens``. Browsers get a signed,
 HttpOnly, SameSite=Strict cookie (Secure over HTTPS); a request that changes something with that
@@ -97,7 +97,7 @@ def resolve_backend(auth: Any) -> TaskAuthBackend | None:
 
 
 class _DuckBackend(TaskAuthBackend):
-    """Any object with ``authenticate_user(username, password)`` (the reference accepted these)."""
+    """Any object with ``authenticate_user(username, password)``, a TaskAuthBackend or not."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BackendError
-from ..models import TaskRecord, TaskStatus
+from ..models import TaskRecord, TaskSource, TaskStatus
 from ..serialization import compact_json, decode_call, record_call
 
 logger = logging.getLogger("fastapi_taskflow.backends")
@@ -106,7 +106,7 @@ class JournalEntry:
     priority: int | None = None
     queue: str = "default"
     idempotency_key: str | None = None
-    source: str = "manual"
+    source: TaskSource = "manual"
     retries_used: int = 0
     requeue_count: int = 0
     requeue: bool = False

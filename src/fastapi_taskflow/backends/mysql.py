@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import BackendError, ConfigurationError
-from .redis import mask_url
+from ..urls import mask_url
 from .sql import SqlBackend, legacy_pool_sizes
 
 INSTALL_HINT = "pip install 'fastapi-taskflow[mysql]'"

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, ConfigurationError
-from .redis import mask_url
+from ..urls import mask_url
 from .sql import SqlBackend, legacy_pool_sizes
 
 if TYPE_CHECKING:

@@ -36,7 +36,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -44,6 +43,7 @@ from redis.exceptions import RedisError
 from ..compat import renamed_keyword
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
+from ..urls import mask_url
 from .base import RecordQuery, Row, TaskBackend
 
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
@@ -216,21 +216,6 @@ _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (in the authority or the query) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:***@{hostport}"
-    query = parts.query
-    if "password" in query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _ms(seconds: float) -> int:

@@ -98,24 +98,24 @@ class BackendChoice:
         self.config = config
 
     def build(self) -> TaskBackend:
-        from ..backends.redis import RedisBackend
-        from ..backends.sqlite import SqliteBackend
+        from ..backends.factory import build_backend
 
         if self.db is not None:
             if not self.db.is_file():
                 raise CommandError(f"no SQLite database at {self.db}")
-            return SqliteBackend(self.db)
+            return build_backend("sqlite", path=self.db)
         if self.redis is not None:
-            return RedisBackend(self.redis, prefix=self.prefix or "taskflow")
+            return build_backend("redis", url=self.redis, prefix=self.prefix or "taskflow")
         settings = load_settings(self.config)
         backend = settings.backend
         if backend.kind == "sqlite":
             if not backend.sqlite.path.is_file():
                 raise CommandError(f"no SQLite database at {backend.sqlite.path} (backend.sqlite)")
-            return SqliteBackend(backend.sqlite.path)
+            return build_backend("sqlite", path=backend.sqlite.path)
         if backend.kind == "redis":
-            return RedisBackend(
-                str(backend.redis.url),
+            return build_backend(
+                "redis",
+                url=str(backend.redis.url),
                 prefix=self.prefix or backend.redis.prefix,
                 socket_timeout=backend.redis.socket_timeout,
             )

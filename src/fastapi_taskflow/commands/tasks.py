@@ -15,7 +15,7 @@ import typer
 
 from ..backends.base import JournalEntry, RecordQuery, TaskBackend
 from ..ids import new_task_id
-from ..models import TaskRecord, TaskStatus
+from ..models import RETRYABLE_STATUSES, TaskRecord, TaskSource, TaskStatus
 from ..serialization import decode_call, encode_call
 from .common import (
     BackendChoice,
@@ -33,8 +33,6 @@ from .common import (
     run,
     short,
 )
-
-RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
 group = typer.Typer(
     help="Inspect and act on stored tasks (history and journal).", no_args_is_help=True
@@ -139,7 +137,7 @@ def retry_task(
             record = await backend.get_record(task_id)
             if record is None:
                 raise CommandError(f"no task with id {task_id!r}", ExitCode.NOT_FOUND)
-            if record.status not in RETRYABLE:
+            if record.status not in RETRYABLE_STATUSES:
                 raise CommandError(
                     f"only failed, interrupted or cancelled tasks can be retried; {task_id} is "
                     f"{record.status.value}",
@@ -197,7 +195,7 @@ def cancel_task(
 
 
 async def journal_again(
-    backend: TaskBackend, records: list[TaskRecord], *, source: str
+    backend: TaskBackend, records: list[TaskRecord], *, source: TaskSource
 ) -> list[JournalEntry]:
     """New unowned journal entries that run ``records`` again (same arguments, new ids)."""
     now = datetime.now(UTC)

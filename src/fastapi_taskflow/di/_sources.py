@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import ENV_FILE_SENTINEL
 
 from ..errors import ConfigurationError
+from ..urls import mask_url
 
 ENV_PREFIX = "TASKFLOW_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -356,8 +357,6 @@ def _shown_input(value: Any, path: str) -> str | None:
     if is_secret(path) or isinstance(value, dict | list):
         return None
     if path in URL_PATHS and isinstance(value, str):
-        from .settings import mask_url
-
         return repr(mask_url(value))
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

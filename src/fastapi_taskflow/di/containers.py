@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
+from ..backends.factory import BackendKind, build_backend
 from ..crypto import ArgumentCipher
-from ..errors import ConfigurationError
+from ..executors.threads import make_thread_pool
 from ..loggers.base import TaskObserver
 from ..registry import TaskRegistry
 from ..store import TaskStore
@@ -47,39 +48,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow.di")
 
-#: backend kind -> (class name in ``fastapi_taskflow.backends``, the package it needs)
-BACKEND_CLASSES = {
-    "memory": ("MemoryBackend", None),
-    "sqlite": ("SqliteBackend", "aiosqlite"),
-    "redis": ("RedisBackend", "redis"),
-    "postgres": ("PostgresBackend", "asyncpg"),
-    "mysql": ("MySQLBackend", "asyncmy"),
-}
-
-
 # ---- builders (plain functions: each one is easy to call, test and replace) ----------------
 
 
-def make_backend(kind: str, **options: Any) -> TaskBackend:
-    """Construct (not open) the backend ``kind``; a missing package is a ConfigurationError."""
-    class_name, package = BACKEND_CLASSES[kind]
-    try:
-        from .. import backends
-
-        backend_cls = getattr(backends, class_name)
-    except ImportError as exc:
-        missing = exc.name or package
-        raise ConfigurationError(
-            f"backend.kind is {kind!r}, but the package {missing!r} it needs is not installed "
-            f"(install it: pip install {package or missing})"
-        ) from None
-    backend: TaskBackend = backend_cls(**options)
-    return backend
-
-
-def make_sql_backend(kind: str, server: PostgresSettings | MySQLSettings) -> TaskBackend:
+def make_sql_backend(kind: BackendKind, server: PostgresSettings | MySQLSettings) -> TaskBackend:
     """The PostgreSQL or MySQL backend ``backend.<kind>`` describes (not opened)."""
-    return make_backend(kind, url=str(server.url), **server.options())
+    return build_backend(kind, url=str(server.url), **server.options())
 
 
 async def open_backend(
@@ -106,7 +80,7 @@ async def thread_pool_resource(
     if max_workers is None:
         yield None
         return
-    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="taskflow-sync")
+    pool = make_thread_pool(max_workers)
     try:
         yield pool
     finally:
@@ -218,12 +192,12 @@ class TaskflowContainer(containers.DeclarativeContainer):
 
     backend_factory = providers.Selector(
         settings.provided.backend.kind,
-        memory=providers.Factory(make_backend, "memory"),
+        memory=providers.Factory(build_backend, "memory"),
         sqlite=providers.Factory(
-            make_backend, "sqlite", path=settings.provided.backend.sqlite.path
+            build_backend, "sqlite", path=settings.provided.backend.sqlite.path
         ),
         redis=providers.Factory(
-            make_backend,
+            build_backend,
             "redis",
             url=settings.provided.backend.redis.url,
             prefix=settings.provided.backend.redis.prefix,

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -39,7 +39,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from ..backends.factory import BackendKind
 from ..errors import ConfigurationError
+from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
     SECRET_PATHS,
@@ -87,8 +89,8 @@ class MaskedURL(str):
     def parse(cls, value: str) -> MaskedURL:
         scheme = urlsplit(value).scheme
         if scheme not in cls.schemes:
-            allowed = ", ".join(f"{s}://" for s in cls.schemes)
-            raise ValueError(f"scheme must be one of {allowed}; got {scheme!r}")
+            *others, last = [f"{s}://" for s in cls.schemes]
+            raise ValueError(f"scheme must be {', '.join(others)} or {last}, got {scheme!r}")
         return cls(value)
 
     def __repr__(self) -> str:
@@ -111,18 +113,6 @@ class MySQLURL(MaskedURL):
     """A MySQL or MariaDB URL (``mysql://user:password@host:3306/db``)."""
 
     schemes = ("mysql", "mariadb")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, errors and the CLI)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return str(url)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class SqliteSettings(Section):
@@ -188,7 +178,7 @@ class MySQLSettings(SqlServerSettings):
 class BackendSettings(Section):
     """``backend``: where records and the journal persist. Only ``kind`` is constructed."""
 
-    kind: Literal["memory", "sqlite", "redis", "postgres", "mysql"] = "memory"
+    kind: BackendKind = "memory"
     sqlite: SqliteSettings = SqliteSettings()
     redis: RedisSettings = RedisSettings()
     postgres: PostgresSettings = PostgresSettings()

@@ -19,7 +19,7 @@ from ..context import current_sink
 from ..crypto import ArgumentCipher
 from ..errors import ArgumentDecryptionError, WorkerCrashedError
 from ..executors import ExecutorSet
-from ..models import QueueConfig, TaskRecord, TaskStatus, utcnow
+from ..models import QueueConfig, StopReason, TaskRecord, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
 from ..tracing import NO_SPAN
@@ -113,7 +113,7 @@ class Dispatcher:
         if queue is not None:
             self.queues.release(queue)
 
-    def stop_attempt(self, job: Job, reason: str) -> None:
+    def stop_attempt(self, job: Job, reason: StopReason) -> None:
         """Cancel a job's attempt for ``reason`` ("cancel" or "shutdown")."""
         task = job.task
         if task is None or task.done():

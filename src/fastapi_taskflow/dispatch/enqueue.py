@@ -13,10 +13,11 @@ from ..backends.base import JournalEntry
 from ..crypto import ArgumentCipher
 from ..errors import QueueFullError
 from ..ids import new_task_id
-from ..models import TaskRecord, TaskStatus, utcnow
+from ..models import TaskRecord, TaskSource, TaskStatus, utcnow
 from ..registry import TaskDefinition, TaskOptions
 from ..serialization import encode_call, record_call
 from ..store import TaskStore
+from ..validation import check_call_options
 from .attempts import Dispatcher
 from .job import Job
 
@@ -26,31 +27,6 @@ if TYPE_CHECKING:
 
 Submit = Callable[[Job], None]
 _REJECTED = TaskStatus.REJECTED  # a module constant: Enum member access is slow on 3.11
-
-
-def check_tags(tags: Any) -> dict[str, str]:
-    if tags is None:
-        return {}
-    if not isinstance(tags, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-    ):
-        raise ValueError(f"tags must be a dict of str to str, got {tags!r}")
-    return dict(tags)
-
-
-def check_call_options(
-    *, idempotency_key: Any = None, priority: Any = None, queue: Any = None, tags: Any = None
-) -> dict[str, str]:
-    """Validate the per-call options of ``add_task``/``schedule_once``; returns clean tags."""
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not idempotency_key
-    ):
-        raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ValueError(f"priority must be an int or None, got {priority!r}")
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise ValueError(f"queue must be a non-empty string or None, got {queue!r}")
-    return check_tags(tags)
 
 
 def merge_task_kwargs(kwargs: dict[str, Any], task_kwargs: Any) -> dict[str, Any]:
@@ -103,7 +79,7 @@ class Enqueuer:
         tags: dict[str, str] | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        source: str = "manual",
+        source: TaskSource = "manual",
         options: TaskOptions | None = None,
         task_id: str | None = None,
     ) -> tuple[TaskRecord, bool]:
@@ -167,7 +143,7 @@ class Enqueuer:
         tags: dict[str, str],
         priority: int | None,
         idempotency_key: str | None,
-        source: str,
+        source: TaskSource,
         task_id: str | None,
     ) -> TaskRecord:
         encrypted = (

@@ -1,6 +1,9 @@
 """EventHub: task logs, progress and lifecycle events, delivered to observers off the task's path.
 
 Tasks never wait on observers: events go into a queue that one pump task drains in order.
+The queue is bounded (``OBSERVER_QUEUE_SIZE``): when observers fall that far behind, new events
+are dropped and counted (``dropped_events``) rather than held without limit or made to block a
+task; a warning is logged once each time the queue overflows, and again when it has drained.
 Calls from threads (sync and process tasks) are marshalled onto the event loop.
 """
 
@@ -20,15 +23,26 @@ from ..store import TaskStore
 logger = logging.getLogger("fastapi_taskflow")
 
 PROGRESS_INTERVAL = 0.05  # seconds between progress notifications of one task
+OBSERVER_QUEUE_SIZE = 10_000  # events waiting for observers before new ones are dropped
 
 
 class EventHub:
     """Owns the observer queue and the loop hand-off for everything a running task reports."""
 
-    def __init__(self, store: TaskStore, observers: ObserverChain, loop_ref: LoopRef) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        observers: ObserverChain,
+        loop_ref: LoopRef,
+        max_pending: int = OBSERVER_QUEUE_SIZE,
+    ) -> None:
         self.store = store
         self.observers = observers
         self.loop_ref = loop_ref
+        self.max_pending = max_pending
+        # Events dropped because the queue was full; True while it still has not drained.
+        self.dropped_events = 0
+        self._overflowing = False
         self._queue: asyncio.Queue[LogEvent | LifecycleEvent | None] | None = None
         self._pump: asyncio.Task[None] | None = None
         # True while observers receive events; callers on the hot path test it before
@@ -37,7 +51,7 @@ class EventHub:
 
     async def start(self) -> None:
         if self.observers:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(self.max_pending)
             await self.observers.startup()
             self._pump = asyncio.create_task(self._deliver(), name="taskflow-observers")
             self.observing = True
@@ -45,7 +59,7 @@ class EventHub:
     async def stop(self) -> None:
         self.observing = False
         if self._pump is not None and self._queue is not None:
-            self._queue.put_nowait(None)
+            await self._queue.put(None)  # waits for room: the pump is draining
             await self._pump
             self._pump = None
             await self.observers.close()
@@ -63,7 +77,7 @@ class EventHub:
     ) -> None:
         if self._queue is None:  # hot paths test ``observing`` first and skip the call
             return
-        self._queue.put_nowait(
+        self._offer(
             LifecycleEvent(
                 task_id=record.task_id,
                 func_name=record.func_name,
@@ -102,7 +116,7 @@ class EventHub:
         record.add_log(f"{now.isoformat()} [{level.upper()}] {message}")
         self.store.touch(record)
         if self._queue is not None:
-            self._queue.put_nowait(
+            self._offer(
                 LogEvent(
                     task_id=record.task_id,
                     func_name=record.func_name,
@@ -130,6 +144,20 @@ class EventHub:
             return now
         return last_notified
 
+    def _offer(self, event: LogEvent | LifecycleEvent) -> None:
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped_events += 1
+            if not self._overflowing:
+                self._overflowing = True
+                logger.warning(
+                    "observers are %d events behind: dropping new events until they catch up "
+                    "(tasks are unaffected)",
+                    self.max_pending,
+                )
+
     async def _deliver(self) -> None:
         assert self._queue is not None
         queue = self._queue
@@ -144,6 +172,11 @@ class EventHub:
                     await self.observers.on_lifecycle(event)
             finally:
                 queue.task_done()
+            if self._overflowing and queue.empty():
+                self._overflowing = False
+                logger.warning(
+                    "observers caught up; %d events dropped since start", self.dropped_events
+                )
 
 
 class AttemptSink:

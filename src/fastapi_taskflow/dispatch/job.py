@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..models import TaskRecord
+from ..models import StopReason, TaskRecord
 from ..registry import TaskDefinition, TaskOptions
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ class Job:
     cancelled: bool = False
     # The queue whose heap holds it, while it waits there (see ``QueueSet.withdraw``).
     waiting_in: QueueState | None = None
-    # Why the running attempt's asyncio task was cancelled: "cancel" or "shutdown".
-    stop_reason: str | None = None
+    # Why the running attempt's asyncio task was cancelled.
+    stop_reason: StopReason | None = None
     task: asyncio.Task[None] | None = None
     # The queue whose slot the current attempt holds, and whether its coroutine has begun (an
     # asyncio task cancelled before its first step never runs its body, not even ``finally``).

@@ -298,11 +298,15 @@ class _Worker:
             return False
         return True
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, at_exit: bool = False) -> None:
+        """Read and parse what the worker wrote. ``at_exit``: the process is gone, so a
+        read that would block is the end too (a child it left may hold the socket open)."""
         try:
             chunk = self.sock.recv(_READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            if not at_exit:
+                return
+            chunk = b""
         except OSError:
             chunk = b""
         if not chunk:
@@ -349,20 +353,9 @@ class _Worker:
         """The process ended: drain what it wrote before dying, then hand over to the pool."""
         self.loop.remove_reader(self.process.sentinel)
         while self._reading:
-            self._on_readable_final()
+            self._on_readable(at_exit=True)
         self.exited = True
         self._on_exit(self)
-
-    def _on_readable_final(self) -> None:
-        try:
-            chunk = self.sock.recv(_READ_CHUNK)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._stop_reading()
-            return
-        self._buffer += chunk
-        self._parse()
 
     def terminate(self) -> None:
         """SIGTERM now, SIGKILL after a grace: a task may ignore SIGTERM but not SIGKILL."""
