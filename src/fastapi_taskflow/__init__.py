@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import TaskBackend
-from .compat import RENAMED, ScheduledOnce, renamed
+from .compat import REMOVED, RENAMED, ScheduledOnce, removed, renamed
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
@@ -109,4 +109,6 @@ def __getattr__(name: str) -> Any:
         return getattr(backends, name)
     if name in RENAMED:
         return renamed(name, __name__)
+    if name in REMOVED:
+        raise removed(name, __name__)
     raise AttributeError(f"module 'fastapi_taskflow' has no attribute {name!r}")

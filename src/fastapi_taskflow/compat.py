@@ -33,6 +33,26 @@ RENAMED = {
 }
 
 
+#: 0.12 names with no counterpart, and what to do instead (the AttributeError says it).
+REMOVED = {
+    "SnapshotScheduler": (
+        "the manager persists by itself now (journal at enqueue, history every"
+        " snapshot_interval): drop it and pass snapshot_backend= to TaskManager"
+    ),
+    "TaskExecutionContext": (
+        "executors are internal now; inside a task use get_task_context() for the task's id,"
+        " name, attempt and tags"
+    ),
+}
+
+
+def removed(name: str, where: str) -> AttributeError:
+    """The error for a 0.12 name that is gone, saying what replaces it (docs/upgrading.md)."""
+    return AttributeError(
+        f"{where}.{name} was removed after fastapi-taskflow 0.12: {REMOVED[name]}"
+    )
+
+
 def renamed(name: str, where: str) -> Any:
     """The class 0.12 called ``name``, with a warning naming its new spelling."""
     module, new, why = RENAMED[name]

@@ -30,6 +30,7 @@ from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sql import SqlBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.cli import build_app
+from fastapi_taskflow.legacy import import_legacy
 from servers import MariaDBServer, PostgresServer
 
 SNAPSHOT_COLUMNS = (
@@ -356,3 +357,39 @@ def test_taskflow_migrate_imports_on_demand_and_reports_counts(
             await backend.close()
 
     assert asyncio.run(journaled()) == ["old-wait"]
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT COUNT(*) FROM task_snapshots").fetchone()[0]
+        waiting_left = db.execute("SELECT COUNT(*) FROM task_pending_requeue").fetchone()[0]
+    db.close()
+    assert (kept, waiting_left) == (2, 0)  # history left for a rollback; waiting ones moved
+
+
+def test_taskflow_migrate_exits_5_when_a_waiting_task_cannot_be_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealed waiting task without its key: recorded FAILED, counted, exit code 5."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TASKFLOW_CONFIG", raising=False)
+    path = tmp_path / "tasks.db"
+    token = sealed(Fernet.generate_key(), ("w@example.com",), {})
+    asyncio.run(sqlite_writer(path)([], [waiting("old-wait", encrypted_payload=token)]))
+    result = CliRunner().invoke(build_app(), ["migrate", "--db", str(path), "--json"])
+    assert result.exit_code == 5, result.output
+    assert json.loads(result.output)["failed"] == 1
+
+
+async def test_instances_starting_together_import_once(target: Target) -> None:
+    """Two instances importing at once: one imports, the other finds it done or under way;
+    each waiting task is journaled once."""
+    await target.write(OLD_HISTORY, [waiting("old-wait")])
+    first, second = target.make(), target.make()
+    await asyncio.gather(first.open(), second.open())
+    try:
+        reports = await asyncio.gather(import_legacy(first), import_legacy(second))
+        assert sorted(r.already for r in reports) == [False, True]
+        entries, _ = await first.journal_page()
+        assert [e.task_id for e in entries] == ["old-wait"]
+        assert (await first.get_record("old-ok")) is not None
+    finally:
+        await first.close()
+        await second.close()

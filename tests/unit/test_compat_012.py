@@ -57,6 +57,13 @@ def test_moved_and_new_names_import_without_a_warning() -> None:
     assert ScheduledOnce.__dataclass_fields__.keys() >= {"run_key", "func_name", "fire_at"}
 
 
+@pytest.mark.parametrize("name", ["SnapshotScheduler", "TaskExecutionContext"])
+def test_removed_names_say_what_replaces_them(name: str) -> None:
+    """A 0.12 name with no counterpart fails with an AttributeError that says what to do."""
+    with pytest.raises(AttributeError, match=f"{name} was removed after fastapi-taskflow 0.12"):
+        getattr(fastapi_taskflow, name)
+
+
 def test_task_config_has_0_12_fields() -> None:
     """TaskConfig (now TaskOptions) takes 0.12's fields by keyword."""
     with pytest.warns(DeprecationWarning, match="TaskConfig is now TaskOptions"):
@@ -85,6 +92,17 @@ def test_redis_ttl_keyword_and_client_options() -> None:
     assert backend.client_options == {"health_check_interval": 5}
     with pytest.raises(TypeError, match="give record_ttl= only"):
         RedisBackend("redis://h:6379/0", ttl=1, record_ttl=2)
+
+
+@pytest.mark.redis
+async def test_redis_client_options_reach_the_client(redis_url: str) -> None:
+    """0.12's extra RedisBackend keywords are handed to redis.asyncio's client."""
+    backend = RedisBackend(redis_url, client_name="taskflow-upgrade-test")
+    await backend.open()
+    try:
+        assert await backend._redis().client_getname() == "taskflow-upgrade-test"
+    finally:
+        await backend.close()
 
 
 def test_managed_background_tasks_task_manager_keyword() -> None:
