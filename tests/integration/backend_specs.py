@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi_taskflow.backends.base import TaskBackend
 
@@ -33,15 +35,28 @@ def backend_from_spec(spec: str) -> TaskBackend:
     raise ValueError(f"unknown backend spec {spec!r}")
 
 
-def successes(spec: str) -> int:
-    """How many records in the backend ``spec`` names are SUCCESS (a fresh connection)."""
+class SuccessCounter:
+    """Counts SUCCESS records in the backend ``spec`` names, on one connection kept open
+    between calls (a test polls it many times while apps in other processes write)."""
 
-    async def count() -> int:
-        backend = backend_from_spec(spec)
-        await backend.open()
-        try:
-            return (await backend.count_by_status()).get("success", 0)
-        finally:
-            await backend.close()
+    def __init__(self, spec: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.backend = backend_from_spec(spec)
+        self.loop.run_until_complete(self.backend.open())
 
-    return asyncio.run(count())
+    def __call__(self) -> int:
+        counts = self.loop.run_until_complete(self.backend.count_by_status())
+        return counts.get("success", 0)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.backend.close())
+        self.loop.close()
+
+
+@contextmanager
+def counting_successes(spec: str) -> Iterator[SuccessCounter]:
+    counter = SuccessCounter(spec)
+    try:
+        yield counter
+    finally:
+        counter.close()

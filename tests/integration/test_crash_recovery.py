@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backend_specs import successes
+from backend_specs import counting_successes
 
 from servers import RedisServer, find_redis_server, free_port
 
@@ -188,7 +188,8 @@ def test_sigkill_mid_way_then_restart_finishes_every_task(spec: str, side: SideF
         assert side.count("E") < TASKS
         second = AppProcess(env).start()
         try:
-            took = wait_for(lambda: successes(spec) == TASKS, 60, "all tasks SUCCESS")
+            with counting_successes(spec) as successes:
+                took = wait_for(lambda: successes() == TASKS, 60, "all tasks SUCCESS")
             print(f"\nrestart to all {TASKS} SUCCESS: {took:.2f} s")
         finally:
             second.stop()
@@ -214,7 +215,8 @@ def test_two_instances_the_survivor_finishes_the_dead_ones_tasks(spec: str, side
         enqueue(survivor, range(1, TASKS, 2))
         wait_for(lambda: side.count("E") >= TASKS // 4, 30, "a quarter of the tasks done")
         doomed.kill()
-        took = wait_for(lambda: successes(spec) == TASKS, 60, "all tasks SUCCESS")
+        with counting_successes(spec) as successes:
+            took = wait_for(lambda: successes() == TASKS, 60, "all tasks SUCCESS")
         print(f"\nkill to all {TASKS} SUCCESS on the survivor: {took:.2f} s")
     finally:
         doomed.stop()
@@ -281,11 +283,8 @@ def test_redis_outage_under_load_loses_nothing_and_serves_every_request(
                 statuses[client.post(f"/enqueue/{n}").status_code] += 1
                 time.sleep(0.02)  # pacing the load, not waiting for anything
             wait_for(lambda: side.count("E") >= total, 30, "every task ran")
-            took = wait_for(
-                lambda: successes(f"redis:{persistent_redis.url}|{prefix}") == total,
-                30,
-                "every record in Redis",
-            )
+            with counting_successes(f"redis:{persistent_redis.url}|{prefix}") as successes:
+                took = wait_for(lambda: successes() == total, 30, "every record in Redis")
             stats = client.get("/stats").json()
         print(
             f"\nbuffer drained {took:.2f} s after the last task; "
