@@ -233,3 +233,47 @@ def test_bad_table_prefix_is_refused() -> None:
     """A table prefix that is not a plain identifier never reaches SQL."""
     with pytest.raises(ConfigurationError, match="table_prefix"):
         PostgresBackend("postgresql://h/db", table_prefix="x; DROP TABLE y")
+
+
+@pytest.mark.postgres
+async def test_a_given_asyncpg_pool_is_borrowed_not_closed(
+    postgres_server: PostgresServer, table_prefix: str
+) -> None:
+    """PostgresBackend(pool=...) works on the app's own pool and leaves it open at close()."""
+    import asyncpg
+
+    pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=2)
+    try:
+        backend = PostgresBackend(pool=pool, table_prefix=table_prefix)
+        await backend.open()
+        await backend.set_meta("k", "v")
+        await backend.close()
+        assert await pool.fetchval(f"SELECT value FROM {table_prefix}meta") == "v"
+        assert "given pool" in backend.describe()
+    finally:
+        await pool.close()
+
+
+async def test_a_pool_of_another_driver_is_refused() -> None:
+    """A 0.12-style psycopg2 pool (anything but an asyncpg.Pool) is a clear error at open()."""
+    backend = PostgresBackend(pool=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"pool= must be an asyncpg\.Pool"):
+        await backend.open()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PostgresBackend("mysql://u:pw-SECRET@h/db"), "must start with postgresql://"),
+        (lambda: PostgresBackend(), "give either url= or pool="),
+        (lambda: PostgresBackend("postgresql://h/db", min_size=5, max_size=2), "min_size <="),
+        (lambda: MySQLBackend("postgresql://u:pw-SECRET@h/db"), "must start with mysql://"),
+        (lambda: MySQLBackend("mysql://u:pw-SECRET@h"), "name the database"),
+        (lambda: MySQLBackend("mysql://u:pw-SECRET@h/db?ssl=1"), "unknown option 'ssl'"),
+    ],
+)
+def test_bad_arguments_are_clear_errors_without_the_password(build: Any, message: str) -> None:
+    """Wrong URLs and pool sizes fail at construction, saying why, never echoing a password."""
+    with pytest.raises(ConfigurationError, match=message) as exc:
+        build()
+    assert "SECRET" not in str(exc.value)
