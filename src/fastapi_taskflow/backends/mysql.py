@@ -62,6 +62,29 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}meta (
         name VARCHAR(512) NOT NULL PRIMARY KEY, value LONGTEXT NOT NULL)"""
     + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}instances (
+        instance_id VARCHAR(191) NOT NULL PRIMARY KEY, expires_at DOUBLE NOT NULL,
+        data LONGTEXT NOT NULL)"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}positions (
+        name VARCHAR(64) NOT NULL PRIMARY KEY, value BIGINT NOT NULL)"""
+    + _TABLE,
+    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0)"
+    " ON DUPLICATE KEY UPDATE name = name",
+    """CREATE TABLE IF NOT EXISTS {t}commands (
+        position BIGINT NOT NULL PRIMARY KEY, sent_at DOUBLE NOT NULL, data LONGTEXT NOT NULL)"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}schedules (
+        run_key VARCHAR(512) NOT NULL PRIMARY KEY, run_at DOUBLE NOT NULL,
+        data LONGTEXT NOT NULL, KEY {t}schedules_due (run_at))"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}rates (
+        name VARCHAR(512) NOT NULL PRIMARY KEY, tat DOUBLE NOT NULL)"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}counters (
+        name VARCHAR(512) NOT NULL PRIMARY KEY, value BIGINT NOT NULL,
+        expires_at DOUBLE NOT NULL)"""
+    + _TABLE,
 ]
 
 
@@ -241,8 +264,18 @@ class MySQLBackend(SqlBackend):
     def schema_statements(self) -> list[str]:
         return list(_SCHEMA)
 
-    def on_duplicate_sql(self, keys: Sequence[str], updates: Sequence[str]) -> str:
-        return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in updates)
+    def on_duplicate_sql(
+        self, table: str, keys: Sequence[str], updates: Sequence[str], add: Sequence[str] = ()
+    ) -> str:
+        # The additions first: MySQL evaluates assignments left to right, and a later one would
+        # otherwise see the earlier ones' new values.
+        assignments = [f"{c} = {c} + VALUES({c})" for c in add]
+        assignments += [f"{c} = VALUES({c})" for c in updates]
+        return "ON DUPLICATE KEY UPDATE " + ", ".join(assignments)
+
+    def is_duplicate_key(self, error: BaseException | None) -> bool:
+        # ER_DUP_ENTRY
+        return isinstance(error, self._driver.errors.IntegrityError) and error.args[:1] == (1062,)
 
     def insert_absent_sql(self, table: str, columns: Sequence[str], values: str) -> str:
         # A no-op update rather than INSERT IGNORE, which would also hide errors such as a

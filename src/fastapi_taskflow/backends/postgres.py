@@ -8,16 +8,18 @@ connection with a callback. Tables are named ``<table_prefix><name>`` (default `
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import re
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, ConfigurationError
 from ..urls import mask_url
-from .sql import SqlBackend, legacy_pool_sizes
+from .sql import SqlBackend, SqlSession, legacy_pool_sizes
 
 if TYPE_CHECKING:
     import asyncpg
@@ -57,6 +59,20 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}locks (
         name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION)""",
     "CREATE TABLE IF NOT EXISTS {t}meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {t}instances (
+        instance_id TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {t}positions (name TEXT PRIMARY KEY, value BIGINT NOT NULL)""",
+    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0)"
+    " ON CONFLICT DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS {t}commands (
+        position BIGINT PRIMARY KEY, sent_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {t}schedules (
+        run_key TEXT COLLATE "C" PRIMARY KEY, run_at DOUBLE PRECISION NOT NULL,
+        data TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS {t}schedules_due ON {t}schedules (run_at)",
+    "CREATE TABLE IF NOT EXISTS {t}rates (name TEXT PRIMARY KEY, tat DOUBLE PRECISION NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {t}counters (
+        name TEXT PRIMARY KEY, value BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     # The tag filter reads JSON out of ``data``; a row that is not JSON must read as "no tags",
     # not abort the whole page with a cast error.
     """CREATE OR REPLACE FUNCTION {t}jsonb_or_null(doc TEXT) RETURNS JSONB
@@ -150,6 +166,12 @@ class PostgresBackend(SqlBackend):
         self.command_timeout = command_timeout
         self._given_pool = pool
         self._pool: asyncpg.Pool | None = None
+        # LISTEN: one connection of the pool held while anyone waits for news; the events of
+        # the coroutines waiting on each channel.
+        self._listener: asyncpg.Connection | None = None
+        self._channels: set[str] = set()
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listen_lock = asyncio.Lock()
 
     def describe(self) -> str:
         where = mask_url(self.url) if self.url is not None else "postgresql (given pool)"
@@ -191,6 +213,13 @@ class PostgresBackend(SqlBackend):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        channels, self._channels = self._channels, set()
+        if pool is not None and listener is not None:
+            for channel in channels:
+                with contextlib.suppress(OSError, *self._driver_errors()):  # lost: no LISTEN left
+                    await listener.remove_listener(self.channel(channel), self._notified)
+            await pool.release(listener)
         if pool is not None and pool is not self._given_pool:
             await pool.close()
 
@@ -201,12 +230,15 @@ class PostgresBackend(SqlBackend):
             raise BackendError(f"{self.describe()} is not open; call open() first")
         return self._pool
 
+    def _driver_errors(self) -> tuple[type[Exception], ...]:
+        return (self._driver.PostgresError, self._driver.InterfaceError)
+
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
-        asyncpg = self._driver
+        failures = (*self._driver_errors(), OSError)
         try:
             yield
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except failures as exc:
             raise BackendError(f"{self.describe()}: {exc}") from exc
 
     @asynccontextmanager
@@ -226,14 +258,66 @@ class PostgresBackend(SqlBackend):
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", key)
 
+    # ---- LISTEN/NOTIFY: readers of a channel wake when a writer commits news ----------------
+
+    def channel(self, name: str) -> str:
+        return f"{self.table_prefix}{name}"
+
+    async def notify(self, s: SqlSession, channel: str) -> None:
+        # Delivered at commit, and only if the transaction commits.
+        await s.execute("SELECT pg_notify(?, '')", [self.channel(channel)])
+
+    @asynccontextmanager
+    async def listening(
+        self, channel: str, wait: float
+    ) -> AsyncIterator[Callable[[], Awaitable[bool]]]:
+        event = asyncio.Event()
+        if wait > 0:
+            await self._listen(channel)
+            self._waiters.setdefault(channel, set()).add(event)
+
+        async def woken() -> bool:
+            if wait <= 0:
+                return False
+            try:
+                await asyncio.wait_for(event.wait(), wait)
+            except TimeoutError:
+                return False
+            return True
+
+        try:
+            yield woken
+        finally:
+            self._waiters.get(channel, set()).discard(event)
+
+    async def _listen(self, channel: str) -> None:
+        async with self._listen_lock:
+            if channel in self._channels:
+                return
+            async with self._errors():
+                if self._listener is None:
+                    self._listener = await self._connection_pool().acquire()
+                await self._listener.add_listener(self.channel(channel), self._notified)
+            self._channels.add(channel)
+
+    def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        for event in self._waiters.get(channel.removeprefix(self.table_prefix), ()):
+            event.set()
+
     # ---- dialect ---------------------------------------------------------------------------
 
     def schema_statements(self) -> list[str]:
         return list(_SCHEMA)
 
-    def on_duplicate_sql(self, keys: Sequence[str], updates: Sequence[str]) -> str:
-        assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in updates)
-        return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {assignments}"
+    def on_duplicate_sql(
+        self, table: str, keys: Sequence[str], updates: Sequence[str], add: Sequence[str] = ()
+    ) -> str:
+        assignments = [f"{c} = EXCLUDED.{c}" for c in updates]
+        assignments += [f"{c} = {table}.{c} + EXCLUDED.{c}" for c in add]
+        return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(assignments)}"
+
+    def is_duplicate_key(self, error: BaseException | None) -> bool:
+        return isinstance(error, self._driver.UniqueViolationError)
 
     def insert_absent_sql(self, table: str, columns: Sequence[str], values: str) -> str:
         return (

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import re
 from abc import abstractmethod
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 from ..compat import no_effect, renamed_keyword
@@ -40,6 +40,8 @@ MIGRATIONS: dict[int, list[str]] = {}
 FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 RECORD_COLUMNS = ("task_id", "func_name", "status", "queue", "created_at", "end_time", "error")
 _CHUNK = 500
+#: Seconds a command stays in the channel (readers are live instances, a second behind at most).
+COMMAND_TTL = 60.0
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 
 
@@ -110,9 +112,11 @@ class SqlBackend(TaskBackend):
         """``CREATE ... IF NOT EXISTS`` for every table and index (``{t}`` for the prefix)."""
 
     @abstractmethod
-    def on_duplicate_sql(self, keys: Sequence[str], updates: Sequence[str]) -> str:
-        """What follows an INSERT so that a row with the same ``keys`` gets the new values of
-        the ``updates`` columns instead."""
+    def on_duplicate_sql(
+        self, table: str, keys: Sequence[str], updates: Sequence[str], add: Sequence[str] = ()
+    ) -> str:
+        """What follows an INSERT into ``table`` so that a row with the same ``keys`` gets the
+        new values of the ``updates`` columns, and the new values added to the ``add`` ones."""
 
     @abstractmethod
     def insert_absent_sql(self, table: str, columns: Sequence[str], values: str) -> str:
@@ -122,6 +126,10 @@ class SqlBackend(TaskBackend):
     def tag_sql(self) -> str:
         """A condition true when the record's ``data`` has tag ``?`` equal to ``?``; false for
         a row whose ``data`` is not JSON (never an error that aborts the page)."""
+
+    @abstractmethod
+    def is_duplicate_key(self, error: BaseException | None) -> bool:
+        """True when the driver's ``error`` is a unique-key violation."""
 
     @abstractmethod
     def table_exists_sql(self) -> str:
@@ -135,14 +143,21 @@ class SqlBackend(TaskBackend):
     # ---- SQL text ----------------------------------------------------------------------------
 
     def upsert_sql(
-        self, table: str, columns: Sequence[str], keys: Sequence[str], values: str | None = None
+        self,
+        table: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+        values: str | None = None,
+        add: Sequence[str] = (),
     ) -> str:
-        """INSERT of ``columns`` (``values``: the VALUES list, default one ``?`` each) that
-        replaces the non-key columns when a row with the same ``keys`` exists."""
-        updates = [c for c in columns if c not in keys]
+        """INSERT of ``columns`` (``values``: the VALUES list, default one ``?`` each) that,
+        when a row with the same ``keys`` exists, replaces its other columns, or adds to them
+        for the columns in ``add`` (counters)."""
+        updates = [c for c in columns if c not in keys and c not in add]
+        conflict = self.on_duplicate_sql(table, keys, updates, add)
         return (
             f"INSERT INTO {table} ({', '.join(columns)})"
-            f" VALUES ({values or marks(len(columns))}) {self.on_duplicate_sql(keys, updates)}"
+            f" VALUES ({values or marks(len(columns))}) {conflict}"
         )
 
     def sql(self, text: str) -> str:
@@ -161,6 +176,10 @@ class SqlBackend(TaskBackend):
 
     async def create_schema(self) -> None:
         """Create missing tables, then bring an older schema up to :data:`SCHEMA_VERSION`."""
+        # The usual start: everything is there. The version row is written after the DDL, so
+        # it also says every table exists; no DDL runs (MySQL would log a warning per table).
+        if await self._stored_version() == SCHEMA_VERSION:
+            return
         async with self.schema_lock():
             async with self.session() as s:
                 for statement in self.schema_statements():
@@ -194,6 +213,15 @@ class SqlBackend(TaskBackend):
     async def schema_version(self) -> int:
         rows = await self.fetch("SELECT version FROM {t}schema WHERE id = 1")
         return int(rows[0][0]) if rows else 0
+
+    async def _stored_version(self) -> int | None:
+        """The schema version, or None when there is no schema table yet."""
+        async with self.session() as s:
+            exists = await s.fetch(self.table_exists_sql(), [f"{self.table_prefix}schema"])
+            if not exists or not exists[0][0]:
+                return None
+            rows = await s.fetch(self.sql("SELECT version FROM {t}schema WHERE id = 1"))
+        return int(rows[0][0]) if rows else None
 
     # ---- records -----------------------------------------------------------------------------
 
@@ -395,6 +423,157 @@ class SqlBackend(TaskBackend):
 
     async def _set_meta(self, key: str, value: str) -> None:
         await self.execute(self.upsert_sql("{t}meta", ("name", "value"), ["name"]), [key, value])
+
+    # ---- instances, commands, one-off schedules ---------------------------------------------
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        upsert = self.upsert_sql(
+            "{t}instances",
+            ("instance_id", "expires_at", "data"),
+            ["instance_id"],
+            "?, {now} + ?, ?",
+        )
+        async with self.session() as s:
+            await s.execute(self.sql(upsert), [instance_id, ttl, data])
+            await s.execute(self.sql("DELETE FROM {t}instances WHERE expires_at <= {now}"))
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        rows = await self.fetch(
+            "SELECT instance_id, data FROM {t}instances WHERE expires_at > {now}"
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        await self.execute("DELETE FROM {t}instances WHERE instance_id = ?", [instance_id])
+
+    async def _next_position(self, s: SqlSession, name: str) -> int:
+        """The next position of the log ``name``. The UPDATE locks its counter row until the
+        transaction ends, so positions commit in order and a reader past one never misses an
+        earlier one that committed late (a database sequence gives no such promise)."""
+        await s.execute(
+            self.sql("UPDATE {t}positions SET value = value + 1 WHERE name = ?"), [name]
+        )
+        rows = await s.fetch(self.sql("SELECT value FROM {t}positions WHERE name = ?"), [name])
+        return int(rows[0][0])
+
+    async def _send_command(self, data: str) -> None:
+        async with self.session() as s:
+            position = await self._next_position(s, "commands")
+            await s.execute(
+                self.sql("INSERT INTO {t}commands (position, sent_at, data) VALUES (?, {now}, ?)"),
+                [position, data],
+            )
+            await s.execute(
+                self.sql("DELETE FROM {t}commands WHERE sent_at < {now} - ?"), [COMMAND_TTL]
+            )
+            await self.notify(s, "commands")
+
+    async def _command_position(self) -> str:
+        rows = await self.fetch("SELECT value FROM {t}positions WHERE name = 'commands'")
+        return str(rows[0][0]) if rows else "0"
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        query = (
+            "SELECT position, data FROM {t}commands WHERE position > ? ORDER BY position LIMIT 500"
+        )
+        async with self.listening("commands", wait) as woken:
+            rows = await self.fetch(query, [int(after)])
+            if not rows and await woken():
+                rows = await self.fetch(query, [int(after)])
+        return [(str(row[0]), row[1]) for row in rows]
+
+    async def notify(self, s: SqlSession, channel: str) -> None:
+        """Tell listeners of ``channel`` that it has news (at commit). Default: nothing, the
+        readers poll."""
+
+    @asynccontextmanager
+    async def listening(
+        self, channel: str, wait: float
+    ) -> AsyncIterator[Callable[[], Awaitable[bool]]]:
+        """A wait for news on ``channel`` (armed before the caller reads, so nothing sent in
+        between is missed): awaiting it returns True when news came within ``wait`` seconds.
+        Default: returns False at once (the caller polls)."""
+
+        async def nothing() -> bool:
+            return False
+
+        yield nothing
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        try:
+            async with self.session() as s:
+                await s.execute(
+                    self.sql("INSERT INTO {t}schedules (run_key, run_at, data) VALUES (?, ?, ?)"),
+                    [run_key, run_at, data],
+                )
+        except BackendError as exc:
+            if self.is_duplicate_key(exc.__cause__):
+                return False
+            raise
+        return True
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        async with self.session() as s:
+            rows = await s.fetch(
+                self.sql("SELECT run_at, data FROM {t}schedules WHERE run_key = ? FOR UPDATE"),
+                [run_key],
+            )
+            if not rows:
+                return None
+            await s.execute(self.sql("DELETE FROM {t}schedules WHERE run_key = ?"), [run_key])
+            return float(rows[0][0]), rows[0][1]
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        due = " WHERE run_at < ?" if before is not None else ""
+        rows = await self.fetch(
+            f"SELECT run_key, run_at, data FROM {{t}}schedules{due} ORDER BY run_at, run_key",
+            [before] if before is not None else [],
+        )
+        return [(row[0], float(row[1]), row[2]) for row in rows]
+
+    # ---- rate limits and counters ----------------------------------------------------------
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        """GCRA with the server's clock; the row lock makes concurrent takers wait in turn."""
+        async with self.session() as s:
+            insert = self.insert_absent_sql("{t}rates", ("name", "tat"), "?, {now}")
+            await s.execute(self.sql(insert), [key])
+            rows = await s.fetch(
+                self.sql("SELECT tat, {now} FROM {t}rates WHERE name = ? FOR UPDATE"), [key]
+            )
+            tat, now = float(rows[0][0]), float(rows[0][1])
+            allowed_from = tat - (burst - 1) * interval
+            if now < allowed_from:
+                return allowed_from - now
+            await s.execute(
+                self.sql("UPDATE {t}rates SET tat = ? WHERE name = ?"),
+                [max(tat, now) + interval, key],
+            )
+            return 0.0
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        upsert = self.upsert_sql(
+            "{t}counters", ("name", "value", "expires_at"), ["name"], "?, ?, {now} + ?", ["value"]
+        )
+        async with self.session() as s:
+            # An expired counter starts again from ``amount``.
+            await s.execute(
+                self.sql("DELETE FROM {t}counters WHERE name = ? AND expires_at <= {now}"), [key]
+            )
+            await s.execute(self.sql(upsert), [key, amount, ttl])
+            rows = await s.fetch(self.sql("SELECT value FROM {t}counters WHERE name = ?"), [key])
+            return int(rows[0][0])
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        rows = await self.fetch(
+            "SELECT value, expires_at - {now} FROM {t}counters"
+            " WHERE name = ? AND expires_at > {now}",
+            [key],
+        )
+        return (int(rows[0][0]), max(0.0, float(rows[0][1]))) if rows else (0, 0.0)
+
+    async def _counter_delete(self, key: str) -> None:
+        await self.execute("DELETE FROM {t}counters WHERE name = ?", [key])
 
     # ---- 0.12's tables (same names and columns on PostgreSQL and MySQL) ----------------------
 
