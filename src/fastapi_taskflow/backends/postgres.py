@@ -235,7 +235,7 @@ class PostgresBackend(SqlBackend):
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
-        failures = (*self._driver_errors(), OSError)
+        failures: tuple[type[BaseException], ...] = (*self._driver_errors(), OSError)
         try:
             yield
         except failures as exc:
