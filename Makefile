@@ -7,12 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 HOST ?= 0.0.0.0
 PORT ?= 8000
+# What `make run` serves: the DI example (container, config/taskflow.yaml) or the plain one.
+APP ?= di
+UVICORN_TARGET_di := examples.di_app.app:create_app --factory
+UVICORN_TARGET_plain := examples.app:app
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint format bench docs clean
 
 help:
-	@echo "make run    serve examples/app.py on http://localhost:$(PORT) (dashboard: /tasks/dashboard)"
+	@echo "make run    serve the example app on http://localhost:$(PORT) (dashboard: /tasks/dashboard)"
+	@echo "           (examples/di_app on config/taskflow.yaml; APP=plain serves examples/app.py)"
 	@echo "make test   run the test suite"
 	@echo "make lint   ruff check, ruff format --check, mypy"
 	@echo "make bench  run the core benchmark (BENCH=admin|di|durability|task_control|instructions for the others)"
@@ -29,8 +34,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
+	$(if $(UVICORN_TARGET_$(APP)),,$(error APP must be di or plain, got '$(APP)'))
 	@mkdir -p var
-	$(BIN)/python -m uvicorn examples.app:app --app-dir . --host $(HOST) --port $(PORT) --timeout-graceful-shutdown 5
+	$(BIN)/python -m uvicorn $(UVICORN_TARGET_$(APP)) --app-dir . --host $(HOST) --port $(PORT) --timeout-graceful-shutdown 5
 
 # Chromium for the browser tests comes from the system (apt in .ci/run); what pip cannot
 # install for the tests is set up here. Extra pytest arguments: make test ARGS="-k sqlite".

@@ -9,7 +9,9 @@ from .compat import REMOVED, RENAMED, ScheduledOnce, removed, renamed
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
+    ConfigProblem,
     ConfigurationError,
+    InvalidConfigurationError,
     QueueFullError,
     TaskArgumentError,
     TaskflowError,
@@ -76,7 +78,9 @@ __all__ = [
     "TaskObserver",
     # errors
     "BackendError",
+    "ConfigProblem",
     "ConfigurationError",
+    "InvalidConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
     "TaskTimeoutError",

@@ -41,6 +41,8 @@ def register_config(root: "typer.Typer") -> None:
         output: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
     ) -> None:
         """Print the effective configuration (secrets masked), or every problem (exit 1)."""
+        if output not in ("yaml", "json"):
+            raise typer.BadParameter(f"must be yaml or json, got {output!r}", param_hint="--format")
         raise typer.Exit(config_check(path, output))
 
     root.add_typer(group, name="config")
@@ -62,12 +64,14 @@ def config_check(path: Path | None, output: str = "yaml") -> int:
         print(exc, file=sys.stderr)
         return 1
     data = settings.masked_dump()
-    print(f"# {describe_source(path)}")
     if output == "json":
+        # stdout stays pure JSON (for jq and scripts); where it came from goes to stderr.
+        print(f"# {describe_source(path)}", file=sys.stderr)
         print(json.dumps(data, indent=2))
     else:
         import yaml
 
+        print(f"# {describe_source(path)}")
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class TaskflowError(Exception):
     """Raised when fastapi-taskflow refuses an operation; the root of every error below."""
@@ -31,6 +34,30 @@ class UnknownTaskError(TaskflowError, LookupError):
 
 class ConfigurationError(TaskflowError, ValueError):
     """Raised when settings are invalid; the message names each bad key, its source and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One bad setting: where it is, where its value came from, and why it is refused."""
+
+    path: str
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{where}{self.reason} [from {self.source}]"
+
+
+class InvalidConfigurationError(ConfigurationError):
+    """Raised when settings are invalid; ``problems`` lists each bad key with source and reason."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"invalid taskflow configuration ({count} {noun}):\n{lines}")
 
 
 class BackendError(TaskflowError):

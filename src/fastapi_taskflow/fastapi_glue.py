@@ -39,29 +39,59 @@ def add_lifespan(
 
     The router's lifespan is wrapped once per app, however many parts hook in: the hook added
     last starts first and stops last, as if each had wrapped the lifespan in turn.
+
+    Added while another hook starts (``TaskAdmin`` mounted by the DI container at startup), the
+    pair also joins the lifespan under way: it starts right after that hook and stops right
+    before it. Otherwise it would only run from the next lifespan on, which a server never has.
     """
     hooks: list[_Hook] | None = getattr(app.state, _HOOKS_ATTR, None)
     if hooks is None:
         hooks = []
         setattr(app.state, _HOOKS_ATTR, hooks)
-        app.router.lifespan_context = _with_hooks(app.router.lifespan_context, hooks)
+        app.router.lifespan_context = _with_hooks(app, app.router.lifespan_context, hooks)
     if any(hook.key is key for hook in hooks):
         return False
     hooks.append(_Hook(key, startup, shutdown))
     return True
 
 
-def _with_hooks(inner: Callable[[Any], Any], hooks: list[_Hook]) -> Callable[[Any], Any]:
+def _with_hooks(
+    app: FastAPI, inner: Callable[[Any], Any], hooks: list[_Hook]
+) -> Callable[[Any], Any]:
     @asynccontextmanager
     async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
         async with AsyncExitStack() as stack:
-            for hook in reversed(hooks):
-                await hook.startup()
-                stack.push_async_callback(hook.shutdown)
+            await _start_hooks(app, list(reversed(hooks)), stack)
             async with inner(asgi_app) as state:
                 yield state
 
     return lifespan
+
+
+@asynccontextmanager
+async def hooks_around(
+    app: FastAPI,
+    startup: Callable[[], Awaitable[None]],
+    shutdown: Callable[[], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """``startup`` on entry and ``shutdown`` on exit, for a lifespan of one's own (the DI
+    ``taskflow_lifespan``): the hooks :func:`add_lifespan` gets while ``startup`` runs join it."""
+    async with AsyncExitStack() as stack:
+        await _start_hooks(app, [_Hook(None, startup, shutdown)], stack)
+        yield
+
+
+async def _start_hooks(app: FastAPI, first: list[_Hook], stack: AsyncExitStack) -> None:
+    """Start ``first`` in order, each followed by the hooks added to ``app`` while it started;
+    every started hook's shutdown goes on ``stack`` (so it stops before the one before it)."""
+    pending = list(first)
+    while pending:
+        hook = pending.pop(0)
+        before = len(getattr(app.state, _HOOKS_ATTR, None) or ())
+        await hook.startup()
+        stack.push_async_callback(hook.shutdown)
+        added = (getattr(app.state, _HOOKS_ATTR, None) or [])[before:]
+        pending[:0] = reversed(added)
 
 
 def route_background_params(app: FastAPI, provider: Callable[..., Any]) -> int:

@@ -13,16 +13,8 @@ from fastapi_taskflow.errors import ConfigurationError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Each test runs in an empty folder with no TASKFLOW_* variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("TASKFLOW_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+# Each test runs in an empty folder with no TASKFLOW_* variables (tests/unit/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def write(path: Path, text: str) -> Path:

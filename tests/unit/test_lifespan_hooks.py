@@ -92,3 +92,27 @@ def test_hooks_are_kept_through_the_public_state_api() -> None:
 
     assert add_lifespan(app, "key", hook, hook)
     assert not add_lifespan(app, "key", hook, hook)
+
+
+async def test_a_hook_added_while_another_starts_joins_the_run_under_way() -> None:
+    """Added during a hook's startup (the DI container mounting TaskAdmin), a hook starts right
+    after it and stops right before it in that same run, and takes part in later runs."""
+    order: list[str] = []
+    app = FastAPI()
+    joiner = _recorder(order, "admin")
+
+    async def container_start() -> None:
+        order.append("container start")
+        add_lifespan(app, "admin", *joiner)
+
+    async def container_stop() -> None:
+        order.append("container stop")
+
+    add_lifespan(app, "container", container_start, container_stop)
+    async with app.router.lifespan_context(app):
+        order.append("serving")
+    assert order == ["container start", "admin start", "serving", "admin stop", "container stop"]
+    order.clear()
+    async with app.router.lifespan_context(app):
+        pass
+    assert order == ["admin start", "container start", "container stop", "admin stop"]

@@ -373,18 +373,39 @@ def test_backend_option_errors(runner: CliRunner, tmp_path: Path) -> None:
 def test_run_serves_the_app_with_uvicorn(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """run hands module:attr to uvicorn (default examples.app:app); a bad target exits 2."""
+    """run hands module:attr to uvicorn (default: the DI example's factory, as make run);
+    --factory calls the target; a bad target exits 2."""
     import uvicorn
 
     calls: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     assert invoke(runner, "run").exit_code == 0
     assert invoke(runner, "run", "--app", "mypkg.web:api", "--port", "9000").exit_code == 0
-    assert calls[0][0] == "examples.app:app"
+    assert invoke(runner, "run", "--app", "mypkg.web:build", "--factory").exit_code == 0
+    assert calls[0] == (
+        "examples.di_app.app:create_app",
+        {
+            "host": "127.0.0.1",
+            "port": 8000,
+            "reload": False,
+            "log_level": "info",
+            "factory": True,
+            "app_dir": ".",
+        },
+    )
     assert calls[1] == (
         "mypkg.web:api",
-        {"host": "127.0.0.1", "port": 9000, "reload": False, "log_level": "info"},
+        {
+            "host": "127.0.0.1",
+            "port": 9000,
+            "reload": False,
+            "log_level": "info",
+            "factory": False,
+            "app_dir": ".",
+        },
     )
+    assert calls[2][0] == "mypkg.web:build"
+    assert calls[2][1]["factory"] is True
     assert invoke(runner, "run", "--app", "not a target").exit_code == ExitCode.USAGE
 
 

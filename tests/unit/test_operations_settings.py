@@ -32,7 +32,7 @@ def test_yaml_operations_keys_build_a_redacting_tracing_manager(tmp_path: Path) 
 
 def test_encrypt_errors_without_keys_is_a_configuration_error() -> None:
     """encrypt_errors: true with no encryption.keys names the key and the reason."""
-    with pytest.raises(ConfigurationError, match=r"encrypt_errors needs encryption\.keys"):
+    with pytest.raises(ConfigurationError, match=r"encrypt_errors: needs encryption\.keys"):
         TaskflowSettings.from_mapping({"encrypt_errors": True})
 
 

@@ -8,11 +8,11 @@ secret keys are never echoed; URLs are shown with their password masked.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import types
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -28,10 +28,22 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources import ENV_FILE_SENTINEL
 
-from ..errors import ConfigurationError
+from ..errors import ConfigProblem, InvalidConfigurationError
 from ..urls import mask_url
 
+logger = logging.getLogger("fastapi_taskflow.di")
+
 ENV_PREFIX = "TASKFLOW_"
+#: ``TASKFLOW_*`` names that are no setting but are read elsewhere in the project: the YAML
+#: path, the CLI's ``taskflow run --app`` and ``--redis``, the example app's data folder and the
+#: browser tests' screenshot switch. Any other unknown ``TASKFLOW_*`` name is a mistake.
+RESERVED_ENV_NAMES = (
+    "TASKFLOW_CONFIG",
+    "TASKFLOW_APP",
+    "TASKFLOW_REDIS_URL",
+    "TASKFLOW_VAR_DIR",
+    "TASKFLOW_SCREENSHOTS",
+)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 #: Key paths whose values are secrets: never shown, never echoed in an error.
 SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
@@ -39,30 +51,6 @@ SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
 URL_PATHS = ("backend.redis.url", "backend.postgres.url", "backend.mysql.url")
 
 Path_ = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One bad setting: where it is, where its value came from, and why it is refused."""
-
-    path: str
-    source: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{where}{self.reason} [from {self.source}]"
-
-
-class InvalidConfigurationError(ConfigurationError):
-    """Raised when settings are invalid; ``problems`` lists each bad key with source and reason."""
-
-    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(f"invalid taskflow configuration ({count} {noun}):\n{lines}")
 
 
 def format_path(parts: Sequence[str | int]) -> str:
@@ -109,9 +97,17 @@ class YamlFileSource(PydanticBaseSettingsSource):
         self.data = self._read()
         return self.data
 
+    def mentioned_env_names(self) -> set[str]:
+        """Every ``${NAME}`` the file mentions, comments included (:func:`unknown_env_names`)."""
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            return set()
+        return {match.group(1).upper() for match in _VAR.finditer(text)}
+
     def _read(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             if self.required:
                 raise InvalidConfigurationError(
@@ -123,7 +119,19 @@ class YamlFileSource(PydanticBaseSettingsSource):
                 [ConfigProblem("", str(self.path), f"cannot read the file: {exc.strerror}")]
             ) from None
         self.loaded = True
-        return self._parse(text)
+        return self._parse(self._decode(data))
+
+    def _decode(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+            found = "UTF-16 (it starts with a byte-order mark)" if utf16 else "not UTF-8"
+            reason = (
+                f"the file is {found}: byte {exc.start} cannot be decoded as UTF-8; "
+                "save it as UTF-8"
+            )
+            raise InvalidConfigurationError([ConfigProblem("", str(self.path), reason)]) from None
 
     def _parse(self, text: str) -> dict[str, Any]:
         try:
@@ -134,6 +142,11 @@ class YamlFileSource(PydanticBaseSettingsSource):
             reason = f"malformed YAML{where}: {getattr(exc, 'problem', None) or exc}"
             raise InvalidConfigurationError([ConfigProblem("", str(self.path), reason)]) from None
         if raw is None:
+            logger.warning(
+                "%s is empty (or only comments): every setting takes its default "
+                "(memory backend, nothing persists, dashboard off)",
+                self.path,
+            )
             return {}
         if not isinstance(raw, dict):
             reason = f"the top level must be a mapping of keys, got {type(raw).__name__}"
@@ -172,15 +185,28 @@ class YamlFileSource(PydanticBaseSettingsSource):
 
 
 class TaskflowEnvSource(EnvSettingsSource):
-    """``TASKFLOW_*`` variables; a value that does not parse is recorded, not raised."""
+    """``TASKFLOW_*`` variables; a value that does not parse, or a name that is no setting,
+    is recorded, not raised."""
 
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+    def __init__(
+        self, settings_cls: type[BaseSettings], allowed: Callable[[], set[str]] = set
+    ) -> None:
         super().__init__(settings_cls)
         self.problems: list[ConfigProblem] = []
+        self.allowed = allowed
 
     def __call__(self) -> dict[str, Any]:
         self.problems = []
-        return super().__call__()
+        values = super().__call__()
+        for name in unknown_env_names(self.settings_cls, self.env_vars, self.allowed()):
+            self.problems.append(
+                ConfigProblem(
+                    name.removeprefix(ENV_PREFIX).lower(),
+                    f"environment variable {name}",
+                    f"unknown key{_env_suggestion(self.settings_cls, name)}",
+                )
+            )
+        return values
 
     def prepare_field_value(
         self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
@@ -197,15 +223,72 @@ class TaskflowEnvSource(EnvSettingsSource):
 class TaskflowDotEnvSource(DotEnvSettingsSource):
     """``.env``: only its ``TASKFLOW_*`` lines; the rest belongs to the app, not to us."""
 
+    def __init__(
+        self, settings_cls: type[BaseSettings], allowed: Callable[[], set[str]] = set
+    ) -> None:
+        self.allowed = allowed  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
     def _load_env_vars(self) -> Mapping[str, str | None]:
         prefix = ENV_PREFIX.lower()
-        return {k: v for k, v in super()._load_env_vars().items() if k.lower().startswith(prefix)}
+        # A name the project reads itself (TASKFLOW_CONFIG...) is no setting, and no mistake.
+        skip = {n.lower() for n in (*RESERVED_ENV_NAMES, *self.allowed())}
+        try:
+            loaded = super()._load_env_vars()
+        except UnicodeDecodeError as exc:
+            shown = ".env" if self.env_file in (None, ENV_FILE_SENTINEL) else str(self.env_file)
+            reason = f"the file is not UTF-8: byte {exc.start} cannot be decoded; save it as UTF-8"
+            raise InvalidConfigurationError([ConfigProblem("", shown, reason)]) from None
+        return {
+            k: v
+            for k, v in loaded.items()
+            if k.lower().startswith(prefix) and k.lower() not in skip
+        }
 
     def __call__(self) -> dict[str, Any]:
         # Unknown TASKFLOW_* lines come back as extras still carrying the prefix; strip it so
         # the error names the key (and suggests the close match) like any other source.
         prefix = ENV_PREFIX.lower()
         return {k.removeprefix(prefix): v for k, v in super().__call__().items()}
+
+
+def unknown_env_names(
+    settings_cls: type[BaseModel], env_vars: Mapping[str, Any], allowed: set[str]
+) -> list[str]:
+    """``TASKFLOW_*`` names in ``env_vars`` that are neither a setting nor allowed.
+
+    Allowed: :data:`RESERVED_ENV_NAMES` and ``allowed`` (the YAML file's ``${NAME}``s). A name
+    under a known top-level key (``TASKFLOW_BACKEND__KINDD``) is left to the model, which
+    reports the unknown nested key itself.
+    """
+    prefix = ENV_PREFIX.lower()
+    skip = {n.lower() for n in (*RESERVED_ENV_NAMES, *allowed)}
+    unknown = []
+    for name in env_vars:
+        lowered = str(name).lower()
+        if not lowered.startswith(prefix) or lowered in skip:
+            continue
+        top = lowered.removeprefix(prefix).split("__", 1)[0]
+        if top not in settings_cls.model_fields:
+            unknown.append(str(name).upper())
+    return sorted(unknown)
+
+
+def _env_suggestion(settings_cls: type[BaseModel], name: str) -> str:
+    close = difflib.get_close_matches(name, setting_env_names(settings_cls), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else " (see docs/configuration.md)"
+
+
+def setting_env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> list[str]:
+    """Every variable name that sets a key of ``model``: ``TASKFLOW_BACKEND__KIND``..."""
+    names = []
+    for field_name, field in model.model_fields.items():
+        name = prefix + field_name.upper()
+        names.append(name)
+        annotation = _unwrap(field.annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += setting_env_names(annotation, name + "__")
+    return names
 
 
 def env_names_for(env_vars: Any, field_name: str) -> list[str]:
@@ -237,8 +320,8 @@ class SourceReport:
     def recorded_problems(self) -> list[ConfigProblem]:
         return [p for s in self.ordered_sources for p in getattr(s, "problems", [])]
 
-    def raise_problems(self) -> None:
-        problems = self.recorded_problems()
+    def raise_problems(self, more: Sequence[ConfigProblem] = ()) -> None:
+        problems = [*self.recorded_problems(), *more]
         if problems:
             raise InvalidConfigurationError(problems)
 

@@ -9,16 +9,18 @@ resolve the providers on every request, so ``container.task_manager.override(...
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from dependency_injector import providers
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Path, Request
 
-from ..fastapi_glue import add_lifespan
+from ..errors import ConfigurationError
+from ..fastapi_glue import add_lifespan, hooks_around
 from ..handles import ManagedBackgroundTasks, TaskHandle
 from ..manager import TaskManager
 from .containers import start_resources, stop_resources
@@ -32,6 +34,8 @@ STATE_KEY = "taskflow_container"
 _ADMIN_MOUNTED = "_taskflow_admin_mounted"
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 # ---- finding the container -------------------------------------------------------------------
@@ -109,18 +113,24 @@ def taskflow_lifespan(container: Any, lifespan: Lifespan | None = None) -> Lifes
     own, optional) inside, stop the resources after it. The app's lifespan state passes through.
     """
 
+    validate(container)
+
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[Any]:
         bind(app, container)
-        await _start(app, container)
-        try:
+
+        async def startup() -> None:
+            await _start(app, container)
+
+        async def shutdown() -> None:
+            await stop_resources(container)
+
+        async with hooks_around(app, startup, shutdown):
             if lifespan is None:
                 yield None
             else:
                 async with lifespan(app) as state:
                     yield state
-        finally:
-            await stop_resources(container)
 
     return run
 
@@ -131,6 +141,7 @@ def install(app: FastAPI, container: Any) -> None:
     Mounts ``TaskAdmin`` at startup when the ``admin.enabled`` setting is true. Works whether
     or not the app has a ``lifespan=`` of its own; calling it twice is harmless.
     """
+    validate(container)
     bind(app, container)
 
     async def startup() -> None:
@@ -140,6 +151,28 @@ def install(app: FastAPI, container: Any) -> None:
         await stop_resources(container)
 
     add_lifespan(app, container, startup, shutdown)
+
+
+def validate(container: Any) -> None:
+    """Raise the ``ConfigurationError`` of bad settings now, while the app is being built
+    (short and clear), rather than from inside the server's lifespan machinery. Startup
+    validates again, so configuration changed after this is checked too."""
+    find_taskflow(container).settings()
+
+
+def exit_on_config_error(factory: Callable[P, T]) -> Callable[P, T]:
+    """Decorate an app factory (``uvicorn pkg.app:create_app --factory``): a
+    ``ConfigurationError`` ends the process with its message alone and exit status 1, instead
+    of a traceback through the server's and click's frames."""
+
+    @functools.wraps(factory)
+    def build(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return factory(*args, **kwargs)
+        except ConfigurationError as exc:
+            raise SystemExit(str(exc)) from None
+
+    return build
 
 
 async def _start(app: FastAPI, container: Any) -> None:
@@ -206,17 +239,44 @@ async def get_tasks(request: Request, background_tasks: BackgroundTasks) -> Mana
     return ManagedBackgroundTasks(manager, background_tasks, request_scope=request.scope)
 
 
-async def get_task_handle(
-    task_id: str, manager: Annotated[TaskManager, Depends(get_task_manager)]
-) -> TaskHandle:
-    """FastAPI dependency: the ``TaskHandle`` named by the ``task_id`` path parameter; 404."""
-    handle = await manager.get_task(task_id)
-    if handle is None:
-        raise HTTPException(
-            status_code=404,
-            detail={"error": "task_not_found", "message": "no such task", "task_id": task_id},
-        )
-    return handle
+def task_handle_from(param: str) -> Callable[..., Awaitable[TaskHandle]]:
+    """A FastAPI dependency: the ``TaskHandle`` named by the path parameter ``param``.
+
+    ``TaskHandleDep`` is ``task_handle_from("task_id")``; for ``/jobs/{job_id}`` write
+    ``Annotated[TaskHandle, Depends(task_handle_from("job_id"))]``. An unknown id answers 404
+    with a JSON error; a route whose path has no ``{param}`` answers 422 naming it.
+    """
+    if not param.isidentifier() or param == "request":
+        raise ValueError(f"task_handle_from: {param!r} is not a usable path parameter name")
+
+    async def dependency(request: Request, **path: str) -> TaskHandle:
+        task_id = path[param]
+        manager: TaskManager = await resolve(container_of(request).task_manager)
+        handle = await manager.get_task(task_id)
+        if handle is None:
+            raise HTTPException(
+                status_code=404,
+                detail={"error": "task_not_found", "message": "no such task", "task_id": task_id},
+            )
+        return handle
+
+    # FastAPI reads the parameters from the signature: declare ``param`` as a path parameter
+    # (validated, and shown in the OpenAPI schema) under the name the route uses.
+    request_param = inspect.Parameter(
+        "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+    )
+    path_param = inspect.Parameter(
+        param, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, Path()]
+    )
+    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [request_param, path_param], return_annotation=TaskHandle
+    )
+    dependency.__name__ = dependency.__qualname__ = f"task_handle_from_{param}"
+    return dependency
+
+
+#: FastAPI dependency: the ``TaskHandle`` named by the ``task_id`` path parameter; 404.
+get_task_handle = task_handle_from("task_id")
 
 
 TaskManagerDep = Annotated[TaskManager, Depends(get_task_manager)]

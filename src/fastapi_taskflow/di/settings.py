@@ -12,7 +12,7 @@ passwords, the password inside a Redis URL) never appear in messages or reprs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -40,7 +40,7 @@ from pydantic_settings import (
 )
 
 from ..backends.factory import BackendKind
-from ..errors import ConfigurationError
+from ..errors import ConfigProblem, ConfigurationError
 from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
@@ -63,7 +63,8 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 class Section(BaseModel):
     """A group of settings; unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan would pass ``> 0`` checks here and be refused by the manager at startup.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---- backend --------------------------------------------------------------------------------
@@ -101,6 +102,22 @@ class RedisURL(MaskedURL):
     """A Redis URL (``redis://``, ``rediss://``, ``unix://``)."""
 
     schemes = ("redis", "rediss", "unix")
+
+    @classmethod
+    def parse(cls, value: str) -> RedisURL:
+        from redis.connection import parse_url
+
+        url = super().parse(value)
+        parts = urlsplit(value)
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]  # the parser the backend uses when it connects at startup
+        except ValueError as exc:
+            raise ValueError(f"not a valid Redis URL: {exc}") from None
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            # redis-py would silently use database 0 here.
+            raise ValueError(f"the database after the host must be a number, got {db!r}")
+        return cls(url)
 
 
 class PostgresURL(MaskedURL):
@@ -279,7 +296,7 @@ class AdminSettings(Section):
 
     enabled: bool = False
     path: str = "/tasks"
-    title: str | None = None
+    title: Annotated[str, Field(pattern=r"\S")] | None = None
     display_func_args: bool = False
     read_only: bool = False
     auth: AdminAuthSettings | None = None
@@ -308,6 +325,7 @@ class TaskflowSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     backend: BackendSettings = BackendSettings()
@@ -333,7 +351,7 @@ class TaskflowSettings(BaseSettings):
     lease_ttl: PositiveFloat = 30.0
     max_requeues: NonNegativeInt = 3
     max_size: PositiveInt | None = None
-    queues: dict[str, QueueSettings] = {}
+    queues: dict[Annotated[str, Field(min_length=1)], QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()
     admin: AdminSettings = AdminSettings()
     # Operations (docs/operations.md): redaction, sealed errors, OpenTelemetry spans.
@@ -361,13 +379,35 @@ class TaskflowSettings(BaseSettings):
             super().__init__(_build_sources=(report.ordered_sources, values))
         except ValidationError as exc:
             raise report.error(exc) from None
-        report.raise_problems()
+        report.raise_problems(self._relation_problems(report.source_of))
 
-    @model_validator(mode="after")
-    def _check_encrypt_errors(self) -> TaskflowSettings:
+    def _relation_problems(
+        self, source_of: Callable[[tuple[str, ...]], str]
+    ) -> list[ConfigProblem]:
+        """Rules between keys that are each valid alone; checked here so that ``config check``
+        refuses exactly what startup would, naming each key's source."""
+        problems: list[ConfigProblem] = []
+
+        def problem(key: str, reason: str) -> None:
+            problems.append(ConfigProblem(key, source_of((key,)), reason))
+
+        if self.heartbeat_interval >= self.lease_ttl:
+            problem(
+                "heartbeat_interval",
+                f"must be shorter than lease_ttl ({self.lease_ttl:g}, from "
+                f"{source_of(('lease_ttl',))}), or live instances lose their tasks to others "
+                f"(got {self.heartbeat_interval:g})",
+            )
         if self.encrypt_errors and not self.encryption.keys:
-            raise ValueError("encrypt_errors needs encryption.keys (the first key seals errors)")
-        return self
+            problem("encrypt_errors", "needs encryption.keys (the first key seals errors)")
+        if self.tracing:
+            from ..tracing import build_tracing
+
+            try:
+                build_tracing(True)  # what the manager does with it at startup
+            except ConfigurationError as exc:
+                problem("tracing", str(exc))
+        return problems
 
     @classmethod
     def settings_customise_sources(
@@ -414,11 +454,12 @@ def build_sources(
         if explicit
         else "default"
     )
+    yaml_source = YamlFileSource(settings_cls, path, required=explicit is not None, origin=origin)
     return (
         InitSettingsSource(settings_cls, init_kwargs=values),
-        TaskflowEnvSource(settings_cls),
-        TaskflowDotEnvSource(settings_cls),
-        YamlFileSource(settings_cls, path, required=explicit is not None, origin=origin),
+        TaskflowEnvSource(settings_cls, allowed=yaml_source.mentioned_env_names),
+        TaskflowDotEnvSource(settings_cls, allowed=yaml_source.mentioned_env_names),
+        yaml_source,
     )
 
 
