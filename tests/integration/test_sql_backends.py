@@ -277,3 +277,48 @@ def test_bad_arguments_are_clear_errors_without_the_password(build: Any, message
     with pytest.raises(ConfigurationError, match=message) as exc:
         build()
     assert "SECRET" not in str(exc.value)
+
+
+@pytest.mark.postgres
+async def test_a_postgres_reader_waiting_for_commands_wakes_on_notify(
+    postgres_server: PostgresServer, table_prefix: str
+) -> None:
+    """A reader waiting on the command channel gets a command another connection sent while
+    it waited: NOTIFY wakes it, it does not poll."""
+    reader = PostgresBackend(postgres_server.url, table_prefix=table_prefix)
+    sender = PostgresBackend(postgres_server.url, table_prefix=table_prefix)
+    await reader.open()
+    await sender.open()
+    try:
+        position = await reader._command_position()
+        waiting = asyncio.create_task(reader._read_commands(position, 60))
+        # Send only once the reader waits (its event registered): then only NOTIFY can wake it.
+        while not reader._waiters.get("commands"):  # noqa: ASYNC110 (no hook to await)
+            await asyncio.sleep(0.01)
+        await sender._send_command('{"kind": "cancel"}')
+        assert [data for _, data in await waiting] == ['{"kind": "cancel"}']
+    finally:
+        await reader.close()
+        await sender.close()
+
+
+async def test_concurrent_senders_get_consecutive_positions(
+    sql_url: str, table_prefix: str
+) -> None:
+    """Commands sent at once through two connections take consecutive positions, in the order
+    they committed, so a reader past one position never misses an earlier command."""
+    first, second = (
+        make(sql_url, table_prefix=table_prefix),
+        make(sql_url, table_prefix=table_prefix),
+    )
+    await first.open()
+    await second.open()
+    try:
+        start = int(await first._command_position())
+        await asyncio.gather(*(b._send_command(str(i)) for i, b in enumerate([first, second] * 5)))
+        rows = await second._read_commands(str(start), 0)
+        assert [int(p) for p, _ in rows] == list(range(start + 1, start + 11))
+        assert sorted(d for _, d in rows) == sorted(str(i) for i in range(10))
+    finally:
+        await first.close()
+        await second.close()
