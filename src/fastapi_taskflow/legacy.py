@@ -24,6 +24,7 @@ import json
 import logging
 import pickle
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -184,7 +185,8 @@ def _when(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-async def _pages(backend: TaskBackend, table: str) -> Any:
+async def _pages(backend: TaskBackend, table: str) -> AsyncIterator[list[Row]]:
+    """0.12's ``table`` a page at a time, in task-id order."""
     after: str | None = None
     while True:
         rows = await backend._legacy_page(table, after, _PAGE)
