@@ -265,3 +265,14 @@ def running(server: PostgresServer | MariaDBServer) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def redis_url_if_installed() -> Iterator[str | None]:
+    """A fresh server's URL for the block, or None when redis-server is not installed."""
+    binary = find_redis_server()
+    if binary is None:
+        yield None
+        return
+    with running_redis_server(binary) as server:
+        yield server.url

@@ -21,8 +21,17 @@ import anyio.from_thread
 from fastapi import BackgroundTasks, FastAPI
 from starlette.requests import HTTPConnection
 
-from .backends.base import JournalEntry, RecordPage, RecordQuery, TaskBackend
+from .backends.base import (
+    Command,
+    InstanceInfo,
+    JournalEntry,
+    RecordPage,
+    RecordQuery,
+    TaskBackend,
+)
 from .backends.factory import build_backend
+from .cluster import Cluster, Load, local_instance
+from .control import handle_command, load_queue_configs, share_queue_config
 from .crypto import ArgumentCipher, KeyLike
 from .dispatch.attempts import Dispatcher
 from .dispatch.enqueue import Enqueuer, merge_task_kwargs
@@ -44,7 +53,7 @@ from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
 from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, TaskStatus, utcnow
-from .options import NOT_YET, ManagerSettings, MiB
+from .options import ManagerSettings, MiB
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
@@ -103,13 +112,13 @@ class TaskManager:
         redact: RedactRule | None = None,
         encrypt_errors: bool = False,
         tracing: Any = False,
-        **later: Any,
+        # fastapi-taskflow 0.12's peer registry: accepted so its apps start unchanged, and
+        # unused, since instances share their state through the backend (docs/durability.md).
+        instance_url: str | None = None,
+        instance_tasks_prefix: str | None = None,
+        registry_ttl: float = 90.0,
+        registry_heartbeat: float = 30.0,
     ) -> None:
-        for name in later:
-            feature = NOT_YET.get(name)
-            if feature is None:
-                raise TypeError(f"TaskManager() got an unexpected keyword argument {name!r}")
-            raise TypeError(f"TaskManager({name}=...) belongs to {feature}, not available yet")
         queue_configs = dict(queues or {})
         if max_size is not None:
             default = queue_configs.get("default", QueueConfig())
@@ -183,14 +192,22 @@ class TaskManager:
         self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
         self.dispatcher.privacy = self.privacy
         self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
-        self.scheduler = Scheduler(self)
+        self.scheduler = Scheduler(self, sweep_interval=self.settings.heartbeat_interval)
         self._started = False
+        self._started_at = utcnow()
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
         self.store.on_idle = self._wake_idle
         # Resumes or settles journaled tasks no live instance owns (set up with a backend).
         self.recovery: Recovery | None = None
+        # This instance among the others on the backend: presence and commands (with a backend).
+        self.cluster: Cluster | None = None
+
+    @property
+    def started(self) -> bool:
+        """True between a finished ``startup()`` and the start of ``shutdown()``'s last step."""
+        return self._started
 
     # ---- declaring tasks -------------------------------------------------------------------
 
@@ -408,6 +425,7 @@ class TaskManager:
         if self._started:
             return
         self._bind(asyncio.get_running_loop())
+        self._started_at = utcnow()
         await self.hub.start()
         if self.backend is not None:
             await self._start_persistence(self.backend)
@@ -425,6 +443,7 @@ class TaskManager:
         except BackendError:
             # Nothing is marked imported: the next start (or `taskflow migrate`) tries again.
             logger.error("could not import fastapi-taskflow 0.12 data", exc_info=True)
+        await load_queue_configs(self)
         s = self.settings
         self.persister = Persister(
             backend,
@@ -455,6 +474,21 @@ class TaskManager:
             ttl = days * 86400.0 if days is not None else None
             self.dispatcher.key_guard = KeyGuard(backend, self.instance_id, ttl)
         await self.persister.start()
+        self.cluster = Cluster(
+            backend,
+            self.instance_id,
+            heartbeat_interval=s.heartbeat_interval,
+            lease_ttl=s.lease_ttl,
+            load=self._load,
+            handler=self._on_command,
+        )
+        await self.cluster.start()
+
+    def _load(self) -> Load:
+        return Load(len(self.dispatcher.running_jobs()), self.dispatcher.queues.waiting_count())
+
+    async def _on_command(self, command: Command) -> dict[str, Any] | None:
+        return await handle_command(self, command)
 
     def _recover_all(self, entries: list[JournalEntry]) -> None:
         """Claimed journal entries (at startup, or from a dead instance while running)."""
@@ -474,6 +508,9 @@ class TaskManager:
         await self.scheduler.stop()
         self._settle_waiting()
         await self._drain_running()
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         await self.hub.stop()
         if self.dispatcher.key_guard is not None:
             await self.dispatcher.key_guard.drain()
@@ -599,6 +636,8 @@ class TaskManager:
             self.store.remove(task_id)
             if self.backend is not None and self._started:
                 await self.backend.delete_records([task_id])
+            if self.cluster is not None:  # the instance that ran it still holds the original
+                await self.cluster.tell_others("forget", task_id=task_id)
         return handle
 
     def _clear_arguments(self, record: TaskRecord) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -699,6 +738,27 @@ class TaskManager:
             )
         except KeyError:
             raise UnknownTaskError(f"no queue named {name!r}") from None
+
+    async def change_queue(
+        self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET
+    ) -> QueueConfig:
+        """``update_queue_config`` on every instance: applied here, saved in the backend for
+        instances started later, and sent to the running ones (see control.py)."""
+        config = self.update_queue_config(name, concurrency=concurrency, max_size=max_size)
+        await share_queue_config(self, name, config)
+        return config
+
+    @property
+    def queue_scope(self) -> str:
+        """Which instances a queue change reaches: "all instances" with a backend."""
+        return "all instances" if self.cluster is not None else "this instance"
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every live instance on the backend; without one (or before startup), this one."""
+        if self.cluster is not None:
+            return await self.cluster.backend.live_instances()
+        load = self._load()
+        return [local_instance(self.instance_id, self._started_at, load)]
 
     async def clear_history(self, before: datetime | None = None) -> dict[str, int]:
         """Delete finished records (all, or those that ended before ``before``) everywhere.

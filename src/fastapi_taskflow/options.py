@@ -10,15 +10,6 @@ from .models import QueueConfig
 
 MiB = 1024 * 1024
 
-# Keywords 0.x accepted that are not implemented yet: refused loudly, so a configuration that
-# relies on one fails at construction instead of running without it.
-NOT_YET = {
-    "instance_url": "the multi-instance registry",
-    "instance_tasks_prefix": "the multi-instance registry",
-    "registry_ttl": "the multi-instance registry",
-    "registry_heartbeat": "the multi-instance registry",
-}
-
 
 def _positive(
     name: str,

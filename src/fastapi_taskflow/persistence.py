@@ -6,7 +6,8 @@
   barrier) wait until what it journaled is committed.
 * Start marks: when a requeueable task starts, its entry is rewritten with ``requeue_count + 1``
   (in the same batch when it starts at once), so a crash mid-run counts one attempt and a
-  poison task stops after ``max_requeues`` instead of crashing every restart.
+  poison task stops after ``max_requeues`` instead of crashing every restart. Each retry's
+  start writes ``retries_used`` too, so the retry budget survives any number of requeues.
 * History: finished records are written in batches, at most ``snapshot_interval`` after they
   finish, and at shutdown (only what changed, so shutdown time does not grow with history).
 * The lease: this instance renews its owner lease every ``heartbeat_interval`` and then claims
@@ -211,19 +212,30 @@ class Persister:
                 self._unmarked.add(entry.task_id)
 
     def started(self, record: TaskRecord) -> None:
-        """A journaled task started: its first start rewrites its entry (the mark), so a crash
-        during the run counts an attempt."""
-        if record.task_id not in self._unmarked:
+        """A journaled task began an attempt: its entry is rewritten with the attempt's counts.
+
+        The first start marks it (``requeue_count + 1``), so a crash during the run counts a
+        requeue; every retry writes ``retries_used``, so a requeue resumes the retry budget
+        where it stood instead of starting it again at 0.
+        """
+        task_id = record.task_id
+        entry = self._active.get(task_id)
+        if entry is None or (
+            task_id not in self._unmarked and entry.retries_used == record.retries_used
+        ):
             return
         with self._lock:
-            entry = self._active.get(record.task_id)
-            if entry is None or record.task_id not in self._unmarked:
+            entry = self._active.get(task_id)
+            if entry is None:
                 return
-            self._unmarked.discard(record.task_id)
+            if task_id in self._unmarked:
+                self._unmarked.discard(task_id)
+                entry.requeue_count = record.requeue_count + 1
+            elif entry.retries_used == record.retries_used:
+                return
             # In place: a batch in flight serialized its entries before its first await.
-            entry.requeue_count = record.requeue_count + 1
             entry.retries_used = record.retries_used
-            self._urgent.puts[record.task_id] = entry
+            self._urgent.puts[task_id] = entry
             self._seq += 1
         self._kick()
 

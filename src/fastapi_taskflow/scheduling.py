@@ -11,25 +11,29 @@ Every firing goes through the manager's one enqueue path with ``source="schedule
   goes on. A task that raises is its own FAILED record and never touches the scheduler.
 * ``catch_up=True``: at startup, the latest slot missed while the app was down fires once (the
   last fired slot is kept in backend meta), never once per missed slot.
-* One-off runs (``schedule_once``) live in memory and, with a backend, in a small JSON index in
-  backend meta, so they survive restarts. See docs/task-control.md for the limits.
+* One-off runs (``schedule_once``) live in memory and, with a backend, as backend rows (put
+  atomically, so concurrent calls on several instances lose none). The instance that takes a
+  run's row when it falls due fires it; a sweep arms runs saved by other instances, so a run
+  fires even when the instance that scheduled it is gone. See docs/task-control.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .backends.base import ScheduledRun
 from .models import ExecutorKind
 from .registry import ScheduleDefinition, TaskDefinition, TaskOptions
 from .serialization import decode_call, encode_call
@@ -46,9 +50,8 @@ logger = logging.getLogger("fastapi_taskflow.scheduling")
 F = TypeVar("F", bound=Callable[..., Any])
 CRON_INSTALL = "pip install 'fastapi-taskflow[scheduler]'"
 STARTUP_LOCK_TTL = 30.0  # instances starting within this window share one run_on_startup run
-ONCE_INDEX_KEY = "schedule:once"
-ONCE_LOCK_TTL = 86_400.0
-ONCE_RETRY = 5.0  # seconds before a one-off whose lock could not be taken is tried again
+ONCE_INDEX_KEY = "schedule:once"  # where versions before the rows kept one-off runs
+ONCE_RETRY = 5.0  # seconds before a one-off whose row could not be taken is tried again
 
 
 # ---- declaring ---------------------------------------------------------------------------------
@@ -281,6 +284,12 @@ class OnceRun:
         )
 
 
+def _same_run(run: OnceRun, row: ScheduledRun) -> bool:
+    """The row is the one this run saved (same time and task), so the run in memory may fire:
+    it also holds functions that were never registered, which a row cannot name."""
+    return row.run_at == run.run_at and row.document.get("func_name") == run.definition.name
+
+
 def _describe(run_key: str, func_name: str, run_at: float, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_key": run_key,
@@ -311,13 +320,22 @@ class Scheduler:
     ``clock`` (wall-clock seconds since the epoch) decides slots; replace it in tests.
     """
 
-    def __init__(self, manager: TaskManager, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        manager: TaskManager,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 10.0,
+    ) -> None:
         self.manager = manager
         self.clock = clock
         self.fired = 0
         self.failures = 0
         self._periodic: list[Periodic] = []
         self._once: dict[str, OnceRun] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_stop = asyncio.Event()
+        # Seconds between looks for one-off runs other instances saved.
+        self.sweep_interval = sweep_interval
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -337,6 +355,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Disarm every timer and let firings in flight finish (briefly)."""
+        saved = self.backend is not None
         self._running = False
         for state in self._periodic:
             if state.timer is not None:
@@ -345,6 +364,12 @@ class Scheduler:
             if run.timer is not None:
                 run.timer.cancel()
                 run.timer = None
+        if saved:
+            self._once.clear()  # they live in the backend; the next start reads them there
+        # Told, not cancelled or awaited: it ends at its next wake-up (never mid backend call),
+        # and shutdown goes on to settle waiting tasks without yielding to the loop here.
+        self._sweep_stop.set()
+        self._sweeper = None
         if self._inflight:
             _, late = await asyncio.wait(self._inflight, timeout=5.0)
             for task in late:
@@ -457,7 +482,7 @@ class Scheduler:
         queue: str | None,
         idempotency_key: str | None,
     ) -> str:
-        """Keep a one-off run (and save it when a backend exists); returns its run key.
+        """Keep a one-off run (a backend row when a backend exists); returns its run key.
 
         A run key that is already waiting is returned unchanged (scheduling is idempotent).
         """
@@ -482,33 +507,37 @@ class Scheduler:
             queue,
             idempotency_key,
         )
+        backend = self.backend
+        if backend is not None and not await backend.put_scheduled(self._row(run)):
+            return key  # waiting already (scheduled by another instance)
         self._once[key] = run
         if self._running:
             self._arm_once(run, when)
-            await self._update_index(puts=[run])
         return key
 
     async def cancel_once(self, run_key: str) -> bool:
         run = self._once.pop(run_key, None)
         if run is not None and run.timer is not None:
             run.timer.cancel()
-        saved = await self._read_index() if self.backend is not None else {}
-        if run_key in saved:
-            await self._update_index(removes=[run_key])
-        return run is not None or run_key in saved
+        backend = self.backend
+        taken = await backend.take_scheduled(run_key) if backend is not None else None
+        return run is not None or taken is not None
 
     async def list_once(self, before: datetime | None = None) -> list[dict[str, Any]]:
-        runs = {key: run.describe() for key, run in self._once.items()}
-        for key, data in (await self._read_index()).items():
-            if key not in runs:  # saved by another instance
-                runs[key] = _describe(
-                    key, str(data.get("func_name")), float(data.get("run_at", 0)), data
-                )
         limit = _timestamp(before, self.clock) if before is not None else math.inf
-        found = [
-            r for r in runs.values() if datetime.fromisoformat(r["run_at"]).timestamp() < limit
-        ]
-        return sorted(found, key=lambda r: str(r["run_at"]))
+        backend = self.backend
+        if backend is None:
+            found = [run.describe() for run in self._once.values() if run.run_at < limit]
+        else:
+            rows = await backend.list_scheduled(limit if before is not None else None)
+            found = [
+                _describe(row.run_key, str(row.document.get("func_name")), row.run_at, row.document)
+                for row in rows
+            ]
+        return sorted(found, key=lambda r: (str(r["run_at"]), str(r["run_key"])))
+
+    def _row(self, run: OnceRun) -> ScheduledRun:
+        return ScheduledRun(run.run_key, run.run_at, run.to_json(self.manager.cipher))
 
     def _arm_once(self, run: OnceRun, when: float) -> None:
         assert self._loop is not None
@@ -520,21 +549,29 @@ class Scheduler:
             self._spawn(self._fire_once(run))
 
     async def _fire_once(self, run: OnceRun) -> None:
+        """Take the run's row (exactly one instance gets it) and enqueue what the row says."""
         key = run.run_key
         if self._once.get(key) is not run:
             return  # cancelled meanwhile
-        try:
-            mine = await self._still_saved(key) and await self._acquire(
-                f"schedule:once:{key}", ONCE_LOCK_TTL
-            )
-        except Exception:
-            self._failed(f"one-off run {key!r} (tried again in {ONCE_RETRY:g}s)")
-            self._arm_once(run, self.clock() + ONCE_RETRY)
-            return
-        del self._once[key]
-        if mine:
-            self._enqueue_once(run)
-        await self._update_index(removes=[key])
+        backend = self.backend
+        if backend is not None:
+            try:
+                taken = await backend.take_scheduled(key)
+            except Exception:
+                self._failed(f"one-off run {key!r} (tried again in {ONCE_RETRY:g}s)")
+                self._arm_once(run, self.clock() + ONCE_RETRY)
+                return
+            del self._once[key]
+            if taken is None:
+                return  # fired or cancelled by another instance
+            if not _same_run(run, taken):  # replaced under the same key by another instance
+                fired = self._restore(key, taken.document)
+                if fired is None:
+                    return  # unreadable: logged
+                run = fired
+        else:
+            del self._once[key]
+        self._enqueue_once(run)
 
     def _enqueue_once(self, run: OnceRun) -> None:
         try:
@@ -552,24 +589,61 @@ class Scheduler:
         except Exception:  # e.g. QueueFullError: the REJECTED record says so too
             self._failed(f"one-off run {run.run_key!r}")
 
-    async def _still_saved(self, key: str) -> bool:
-        """False when another instance cancelled (or already fired) a run loaded from the index."""
-        if self.backend is None:
-            return True
-        return key in await self._read_index(strict=True)
-
     async def _load_once(self) -> None:
-        saved = await self._read_index()
-        for key, data in saved.items():
-            if key not in self._once:
-                run = self._restore(key, data)
+        """Save runs made before startup, then arm a timer for every saved run due soon."""
+        backend = self.backend
+        if backend is None:
+            for run in self._once.values():
+                self._arm_once(run, run.run_at)
+            return
+        await self._migrate_index(backend)
+        early, self._once = self._once, {}
+        for run in early.values():
+            try:
+                await backend.put_scheduled(self._row(run))
+            except Exception:
+                self._failed(f"saving one-off run {run.run_key!r}")
+                self._once[run.run_key] = run  # runs here at least
+                self._arm_once(run, run.run_at)
+        try:
+            await self._adopt_saved()
+        except NotImplementedError as exc:
+            logger.warning("one-off runs are not saved: %s", exc)
+            return
+        assert self._loop is not None
+        self._sweep_stop = asyncio.Event()
+        self._sweeper = self._loop.create_task(self._sweep(), name="taskflow-once-sweep")
+
+    async def _sweep(self) -> None:
+        """Arm runs other instances saved since (their instance may be gone when they fall due)."""
+        stop = self._sweep_stop
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.sweep_interval)
+            if stop.is_set() or not self._running:
+                return
+            try:
+                await self._adopt_saved(self.clock() + 2 * self.sweep_interval)
+            except NotImplementedError:
+                return  # said once, at startup
+
+    async def _adopt_saved(self, horizon: float | None = None) -> None:
+        backend = self.backend
+        if backend is None:
+            return
+        try:
+            rows = await backend.list_scheduled(horizon)
+        except NotImplementedError:
+            raise  # a backend without one-off rows: the sweep ends (see _sweep)
+        except Exception:
+            self._failed("reading the saved one-off runs")
+            return
+        for row in rows:
+            if row.run_key not in self._once:
+                run = self._restore(row.run_key, row.document)
                 if run is not None:
-                    self._once[key] = run
-        fresh = [run for key, run in self._once.items() if key not in saved]
-        for run in self._once.values():
-            self._arm_once(run, run.run_at)
-        if fresh:
-            await self._update_index(puts=fresh)
+                    self._once[row.run_key] = run
+                    self._arm_once(run, run.run_at)
 
     def _restore(self, key: str, data: Any) -> OnceRun | None:
         try:
@@ -579,37 +653,23 @@ class Scheduler:
             logger.warning("saved one-off run %r cannot be restored: %s", key, exc)
             return None
 
-    # ---- the one-off index in backend meta -----------------------------------------------------
-
-    async def _read_index(self, *, strict: bool = False) -> dict[str, Any]:
-        backend = self.backend
-        if backend is None:
-            return {}
+    async def _migrate_index(self, backend: TaskBackend) -> None:
+        """Runs saved by an older version as one JSON document in meta become rows, once."""
         try:
             raw = await backend.get_meta(ONCE_INDEX_KEY)
-            data = json.loads(raw) if raw else {}
+            if not raw or raw == "{}":
+                return
+            if not await backend.acquire_lock(
+                f"{ONCE_INDEX_KEY}:migrate", self.manager.instance_id, 60.0
+            ):
+                return  # another instance is moving them; their rows arrive by the sweep
+            index = json.loads(await backend.get_meta(ONCE_INDEX_KEY) or "{}")
+            for key, data in (index if isinstance(index, dict) else {}).items():
+                await backend.put_scheduled(ScheduledRun(key, float(data["run_at"]), data))
+            await backend.set_meta(ONCE_INDEX_KEY, "{}")
+            logger.info("moved %d saved one-off runs to their own rows", len(index))
         except Exception:
-            if strict:
-                raise
-            self._failed("reading the saved one-off runs")
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    async def _update_index(
-        self, *, puts: Sequence[OnceRun] = (), removes: Sequence[str] = ()
-    ) -> None:
-        backend = self.backend
-        if backend is None:
-            return
-        try:
-            index = await self._read_index(strict=True)
-            for run in puts:
-                index[run.run_key] = run.to_json(self.manager.cipher)
-            for key in removes:
-                index.pop(key, None)
-            await backend.set_meta(ONCE_INDEX_KEY, json.dumps(index, separators=(",", ":")))
-        except Exception:
-            self._failed("saving the one-off runs")
+            self._failed("moving the saved one-off runs to rows")
 
     # ---- helpers -------------------------------------------------------------------------------
 

@@ -32,7 +32,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fastapi_taskflow.backends.base import JournalEntry, RecordQuery, TaskBackend
+from fastapi_taskflow.backends.base import (
+    Command,
+    InstanceInfo,
+    JournalEntry,
+    RecordQuery,
+    ScheduledRun,
+    TaskBackend,
+)
 from fastapi_taskflow.models import TaskRecord, TaskStatus
 
 T = TypeVar("T")
@@ -60,6 +67,19 @@ def make_record(task_id: str, created: float = 0.0, **fields: Any) -> TaskRecord
 
 def make_entry(task_id: str, **fields: Any) -> JournalEntry:
     return JournalEntry(task_id=task_id, func_name="app.jobs:work", payload=b"{}", **fields)
+
+
+def make_instance(instance_id: str, running: int = 0, waiting: int = 0) -> InstanceInfo:
+    return InstanceInfo(
+        instance_id=instance_id,
+        host=f"host-{instance_id}",
+        pid=1234,
+        version="1.0",
+        started_at=T0,
+        heartbeat_at=T0,
+        running=running,
+        waiting=waiting,
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
@@ -487,6 +507,108 @@ class BackendContract:
             *((backend if i % 2 else peer).acquire_lock("slot", f"o{i}", 30) for i in range(10))
         )
         assert results.count(True) == 1
+
+    # ---- instances ---------------------------------------------------------------------------
+
+    async def test_instances_are_listed_until_their_announcement_expires(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """An announced instance is listed (also through a second backend object) until its ttl
+        passes without a renewal; forget_instance removes one at once."""
+        await backend.announce_instance(make_instance("a", running=2, waiting=5), ttl=30)
+        await peer.announce_instance(make_instance("b"), ttl=0.3)
+        listed = await peer.live_instances()
+        assert [i.instance_id for i in listed] == ["a", "b"]
+        assert (listed[0].host, listed[0].pid, listed[0].running, listed[0].waiting) == (
+            "host-a",
+            1234,
+            2,
+            5,
+        )
+        await backend.announce_instance(make_instance("a", running=0), ttl=30)
+        assert [i.running for i in await backend.live_instances()] == [0, 0]
+
+        async def only_a() -> bool:
+            return [i.instance_id for i in await backend.live_instances()] == ["a"]
+
+        await eventually(only_a)
+        await peer.forget_instance("a")
+        assert await backend.live_instances() == []
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    async def test_commands_are_read_from_a_position_oldest_first(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """A reader sees every command sent after its position once, in order, from any sender."""
+        await backend.send_command(Command("cancel", "x", task_id="old"))
+        start = await peer.command_position()
+        await backend.send_command(Command("cancel", "x", task_id="t1"))
+        await peer.send_command(Command("queue", "y", data={"name": "q", "concurrency": 2}))
+        commands, position = await peer.read_commands(start, wait=1.0)
+        assert [(c.kind, c.sender, c.task_id) for c in commands] == [
+            ("cancel", "x", "t1"),
+            ("queue", "y", None),
+        ]
+        assert commands[1].data == {"name": "q", "concurrency": 2}
+        assert position == await backend.command_position()
+        again, same = await backend.read_commands(position, wait=0.05)
+        assert (again, same) == ([], position)
+
+    async def test_a_waiting_reader_gets_a_command_sent_meanwhile(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """read_commands(wait=...) returns as soon as a command arrives, well before the wait."""
+        start = await backend.command_position()
+        reader = asyncio.ensure_future(backend.read_commands(start, wait=5.0))
+        await asyncio.sleep(0.05)
+        sent = time.monotonic()
+        await peer.send_command(Command("cancel", "y", target="x", task_id="t9"))
+        commands, _ = await reader
+        assert time.monotonic() - sent < 2.0
+        assert [(c.target, c.task_id) for c in commands] == [("x", "t9")]
+
+    # ---- one-off schedules ---------------------------------------------------------------------
+
+    async def test_scheduled_runs_put_once_listed_soonest_first(self, backend: TaskBackend) -> None:
+        """put_scheduled inserts only unknown keys; list_scheduled orders by run_at, filters."""
+        assert await backend.put_scheduled(ScheduledRun("late", 200.0, {"n": 2})) is True
+        assert await backend.put_scheduled(ScheduledRun("soon", 100.0, {"n": 1})) is True
+        assert await backend.put_scheduled(ScheduledRun("soon", 50.0, {"n": 9})) is False
+        runs = await backend.list_scheduled()
+        assert [(r.run_key, r.run_at, r.document) for r in runs] == [
+            ("soon", 100.0, {"n": 1}),
+            ("late", 200.0, {"n": 2}),
+        ]
+        assert [r.run_key for r in await backend.list_scheduled(before=150.0)] == ["soon"]
+        assert await backend.list_scheduled(before=100.0) == []
+
+    async def test_a_scheduled_run_is_taken_exactly_once(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Of many concurrent takes of one run (two backend objects), exactly one gets it."""
+        await backend.put_scheduled(ScheduledRun("k", 10.0, {"func_name": "f"}))
+        taken = await asyncio.gather(
+            *((backend if i % 2 else peer).take_scheduled("k") for i in range(10))
+        )
+        winners = [t for t in taken if t is not None]
+        assert [(w.run_key, w.run_at, w.document) for w in winners] == [
+            ("k", 10.0, {"func_name": "f"})
+        ]
+        assert await backend.list_scheduled() == []
+        assert await backend.take_scheduled("k") is None
+
+    async def test_concurrent_puts_of_scheduled_runs_lose_nothing(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Twenty concurrent puts through two backend objects leave twenty runs."""
+        await asyncio.gather(
+            *(
+                (backend if i % 2 else peer).put_scheduled(ScheduledRun(f"r{i:02d}", i, {}))
+                for i in range(20)
+            )
+        )
+        assert [r.run_key for r in await peer.list_scheduled()] == [f"r{i:02d}" for i in range(20)]
 
     # ---- maintenance (key rotation) ----------------------------------------------------------
 

@@ -301,3 +301,15 @@ def test_login_required_and_stream_refused(browser):
         expect(page.locator("#user")).to_have_text("admin")
         context.close()
         assert errors == []
+
+
+def test_instances_view_lists_this_instance(page, server):
+    """The instances view shows the live instance (id, pid) as text."""
+    from playwright.sync_api import expect
+
+    _open(page, server, "instances")
+    row = page.locator(f'tr[data-instance="{server.manager.instance_id}"]')
+    expect(row).to_contain_text(str(os.getpid()))
+    expect(row.locator('[data-field="running"]')).to_have_text("0")
+    page.screenshot(path=str(IMAGES / "dashboard-instances.png"))
+    assert page.errors == []

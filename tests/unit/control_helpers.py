@@ -10,6 +10,10 @@ from typing import Any
 
 from fastapi_taskflow import TaskManager
 from fastapi_taskflow.backends import MemoryBackend
+from fastapi_taskflow.backends.base import TaskBackend
+
+# Makes backend objects over one store (the ``shared_backend`` fixture of conftest.py).
+BackendFactory = Callable[[], TaskBackend]
 
 
 class SharedMemoryBackend(MemoryBackend):

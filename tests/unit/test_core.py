@@ -449,11 +449,15 @@ def test_bad_manager_settings_raise_at_construction(options: dict[str, Any], wor
         TaskManager(**options)
 
 
-@pytest.mark.parametrize("name", ["instance_url", "registry_ttl"])
-def test_later_phase_parameters_are_refused_naming_the_feature(name: str) -> None:
-    """A parameter of a later phase raises TypeError naming the feature, never silently ignored."""
-    with pytest.raises(TypeError, match="multi-instance registry"):
-        TaskManager(**{name: "http://localhost:8000"})
+def test_the_0_12_registry_parameters_are_accepted_and_change_nothing() -> None:
+    """instance_url, instance_tasks_prefix, registry_ttl and registry_heartbeat are accepted."""
+    legacy = TaskManager(
+        instance_url="http://10.0.0.5:8000",
+        instance_tasks_prefix="/tasks",
+        registry_ttl=90,
+        registry_heartbeat=30,
+    )
+    assert legacy.settings == TaskManager().settings
 
 
 def test_an_unknown_parameter_is_a_type_error() -> None:

@@ -301,4 +301,33 @@ async def test_admin_follows_the_manager_of_each_lifespan_run() -> None:
             assert record is not None
             assert record.status is TaskStatus.SUCCESS
         assert manager.queue_stats()["default"]["started"] == 2  # the retry ran here
-        assert not first._started  # the first run's manager stays stopped
+        assert not first.started  # the first run's manager stays stopped
+
+
+async def test_admin_queue_and_history_routes_use_the_second_runs_manager(tmp_path: Any) -> None:
+    """Second lifespan run: GET /queues shows the new manager; DELETE /history hits its backend."""
+    container = TaskflowContainer()
+    container.config.from_dict(
+        {
+            "backend": {"kind": "sqlite", "sqlite": {"path": str(tmp_path / "t.sqlite3")}},
+            "admin": {"enabled": True},
+        }
+    )
+    container.registry.override(tasks)
+    app = FastAPI()
+    install(app, container)
+    async with app.router.lifespan_context(app):
+        first = await container.task_manager()
+        first.add_task(greet, "a")
+        first.add_task(greet, "b")
+        await first.join()
+    async with app.router.lifespan_context(app):
+        manager = await container.task_manager()
+        manager.add_task(greet, "c")
+        await manager.join()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            queues = (await client.get("/tasks/queues")).json()
+            assert queues["default"]["started"] == 1  # this run's one task, not the first's two
+            deleted = (await client.delete("/tasks/history", params={"all": "true"})).json()
+            assert deleted["backend"] == 2  # the first run's records, written at its shutdown

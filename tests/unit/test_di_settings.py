@@ -208,3 +208,19 @@ def test_dotenv_typo_is_named(isolated: Path) -> None:
     source, reason = problems(exc)["max_histroy"]
     assert source == ".env (TASKFLOW_MAX_HISTROY)"
     assert "did you mean 'max_history'" in reason
+
+
+def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path) -> None:
+    """instance_url and friends in YAML load, reach TaskManager, and leave its settings alone."""
+    from fastapi_taskflow import TaskManager
+    from fastapi_taskflow.di.containers import manager_options
+
+    text = (
+        "instance_url: http://10.0.0.5:8000\ninstance_tasks_prefix: /tasks\n"
+        "registry_ttl: 90\nregistry_heartbeat: 30\n"
+    )
+    write(isolated / "config/taskflow.yaml", text)
+    settings = TaskflowSettings()
+    assert settings.instance_url == "http://10.0.0.5:8000"
+    manager = TaskManager(**manager_options(settings))
+    assert manager.settings == TaskManager().settings

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from control_helpers import Gate, SharedMemoryBackend, drain, running, wait_until
+from control_helpers import BackendFactory, Gate, drain, running, wait_until
 
 from fastapi_taskflow import (
     QueueConfig,
@@ -118,13 +118,14 @@ async def test_key_is_free_after_interruption() -> None:
         await tm.shutdown()
 
 
-async def test_key_reserved_across_instances_sharing_a_backend() -> None:
+async def test_key_reserved_across_instances_sharing_a_backend(
+    shared_backend: BackendFactory,
+) -> None:
     """With a shared backend, another instance's duplicate ends unrun, naming the holder."""
-    backend = SharedMemoryBackend()
     gate = Gate()
     async with (
-        running(snapshot_backend=backend, close_backend=False) as first,
-        running(snapshot_backend=backend, close_backend=False) as second,
+        running(snapshot_backend=shared_backend(), close_backend=False) as first,
+        running(snapshot_backend=shared_backend(), close_backend=False) as second,
     ):
         held = first.add_task(gate.work, "first", idempotency_key="pay-1")
         await wait_until(lambda: gate.running == 1)
@@ -138,9 +139,8 @@ async def test_key_reserved_across_instances_sharing_a_backend() -> None:
     assert gate.started == ["first"]
 
 
-async def test_cross_instance_key_released_after_failure() -> None:
+async def test_cross_instance_key_released_after_failure(shared_backend: BackendFactory) -> None:
     """When the holder fails, the key is released in the backend and another instance may run."""
-    backend = SharedMemoryBackend()
     runs: list[str] = []
 
     async def broken() -> None:
@@ -151,8 +151,8 @@ async def test_cross_instance_key_released_after_failure() -> None:
         runs.append("second")
 
     async with (
-        running(snapshot_backend=backend, close_backend=False) as first,
-        running(snapshot_backend=backend, close_backend=False) as second,
+        running(snapshot_backend=shared_backend(), close_backend=False) as first,
+        running(snapshot_backend=shared_backend(), close_backend=False) as second,
     ):
         failed = await first.add_task(broken, idempotency_key="k").wait(timeout=5)
         assert failed.status is TaskStatus.FAILED
@@ -163,11 +163,13 @@ async def test_cross_instance_key_released_after_failure() -> None:
     assert runs == ["first", "second"]
 
 
-async def test_key_stays_reserved_for_a_task_kept_at_shutdown() -> None:
+async def test_key_stays_reserved_for_a_task_kept_at_shutdown(
+    shared_backend: BackendFactory,
+) -> None:
     """Shutdown keeps a running keyed task for requeue: its key stays reserved in the shared
     backend, the requeued task (same id) runs with it, another instance's duplicate resolves
     to it."""
-    backend = SharedMemoryBackend()
+    backend = shared_backend()
     registry = TaskRegistry()
     started, release = asyncio.Event(), asyncio.Event()
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from control_helpers import SharedMemoryBackend, running, wait_until
+from control_helpers import BackendFactory, running, wait_until
 
 from fastapi_taskflow import QueueConfig, TaskManager, TaskRegistry, TaskStatus
-from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, slot_label
 
 
@@ -94,10 +95,13 @@ async def test_run_on_startup_fires_once_at_startup() -> None:
 
 
 @pytest.mark.parametrize(("missed_slots", "expected"), [(1, 1), (10, 1), (0, 0), (None, 0)])
-async def test_catch_up_fires_a_missed_slot_once(missed_slots: int | None, expected: int) -> None:
+async def test_catch_up_fires_a_missed_slot_once(
+    missed_slots: int | None, expected: int, shared_backend: BackendFactory
+) -> None:
     """catch_up=True fires the latest missed slot once at startup, however many were missed."""
     registry = TaskRegistry()
-    backend = MemoryBackend()
+    backend = shared_backend()
+    await backend.open()
 
     @registry.schedule(every=3600, catch_up=True, name="report")
     async def report() -> None:
@@ -114,7 +118,9 @@ async def test_catch_up_fires_a_missed_slot_once(missed_slots: int | None, expec
         assert await backend.get_meta("schedule:report:last") == repr(latest)
 
 
-async def test_shared_backend_fires_each_slot_on_one_instance() -> None:
+async def test_shared_backend_fires_each_slot_on_one_instance(
+    shared_backend: BackendFactory,
+) -> None:
     """Two instances sharing a backend never both fire one slot."""
     registry = TaskRegistry()
     fired: list[str] = []
@@ -124,10 +130,9 @@ async def test_shared_backend_fires_each_slot_on_one_instance() -> None:
         context = __import__("fastapi_taskflow").get_task_context()
         fired.append(context.tags["slot"])
 
-    backend = SharedMemoryBackend()
     async with (
-        running(registry=registry, snapshot_backend=backend, close_backend=False),
-        running(registry=registry, snapshot_backend=backend, close_backend=False),
+        running(registry=registry, snapshot_backend=shared_backend(), close_backend=False),
+        running(registry=registry, snapshot_backend=shared_backend(), close_backend=False),
     ):
         await wait_until(lambda: len(fired) >= 5)
     assert len(fired) == len(set(fired))
@@ -186,7 +191,9 @@ def test_cron_without_croniter_says_how_to_install(monkeypatch: pytest.MonkeyPat
         TaskRegistry().schedule(cron="* * * * *")
 
 
-async def test_schedule_once_runs_once_and_is_listed_until_then() -> None:
+async def test_schedule_once_runs_once_and_is_listed_until_then(
+    maybe_backend: Callable[[], dict[str, Any]],
+) -> None:
     """schedule_once runs the call at run_at; list_scheduled shows it until it fires."""
     done = asyncio.Event()
     seen: list[tuple[int, str]] = []
@@ -195,7 +202,7 @@ async def test_schedule_once_runs_once_and_is_listed_until_then() -> None:
         seen.append((count, to))
         done.set()
 
-    async with running() as tm:
+    async with running(**maybe_backend()) as tm:
         key = await tm.schedule_once(
             send, 3, to="ops", run_at=timedelta(seconds=0.05), tags={"kind": "reminder"}
         )
@@ -210,14 +217,16 @@ async def test_schedule_once_runs_once_and_is_listed_until_then() -> None:
     assert seen == [(3, "ops")]
 
 
-async def test_cancel_scheduled_prevents_the_run() -> None:
+async def test_cancel_scheduled_prevents_the_run(
+    maybe_backend: Callable[[], dict[str, Any]],
+) -> None:
     """cancel_scheduled(run_key) stops a waiting one-off; unknown keys give False."""
     ran: list[int] = []
 
     async def job() -> None:
         ran.append(1)
 
-    async with running() as tm:
+    async with running(**maybe_backend()) as tm:
         key = await tm.schedule_once(job, run_at=timedelta(seconds=0.05), run_key="r1")
         assert key == "r1"
         assert await tm.schedule_once(job, run_at=timedelta(hours=1), run_key="r1") == "r1"
@@ -232,10 +241,11 @@ async def test_cancel_scheduled_prevents_the_run() -> None:
     assert ran == []
 
 
-async def test_one_off_runs_survive_a_restart_with_their_arguments() -> None:
+async def test_one_off_runs_survive_a_restart_with_their_arguments(
+    shared_backend: BackendFactory,
+) -> None:
     """A one-off saved in the backend fires after a restart, with arguments of the same types."""
     registry = TaskRegistry()
-    backend = MemoryBackend()
     got: list[object] = []
     done = asyncio.Event()
 
@@ -245,9 +255,10 @@ async def test_one_off_runs_survive_a_restart_with_their_arguments() -> None:
         done.set()
 
     moment = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
-    async with running(registry=registry, snapshot_backend=backend, close_backend=False) as tm:
+    first = shared_backend()
+    async with running(registry=registry, snapshot_backend=first, close_backend=False) as tm:
         key = await tm.schedule_once(remind, moment, (1, 2), run_at=timedelta(hours=1))
-    second = TaskManager(registry=registry, snapshot_backend=backend, close_backend=False)
+    second = TaskManager(registry=registry, snapshot_backend=shared_backend(), close_backend=False)
     second.scheduler.clock = lambda: time.time() + 7200  # two hours later: it is due
     await second.startup()
     try:

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..backends.base import RecordQuery
+from ..control import Outcome, cancel_anywhere, retry_elsewhere
 from ..errors import ArgumentDecryptionError, BackendError, UnknownTaskError
 from ..models import RETRYABLE_STATUSES, TaskRecord, TaskStatus
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
@@ -51,6 +52,8 @@ class AdminRoute(APIRoute):
                 return await handler(request)
             except BadInput as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=422)
+            except NotImplementedError as exc:  # a custom backend without a feature's primitives
+                return JSONResponse({"detail": str(exc)}, status_code=501)
             except (BackendError, OSError) as exc:
                 logger.error("task backend failed during %s", request.url.path, exc_info=True)
                 return JSONResponse(
@@ -139,6 +142,28 @@ class TaskApi:
             return None, str(exc)
         return handle.task_id, ""
 
+    def _here(self) -> dict[str, Any]:
+        return _delivery(Outcome("here", self.manager.instance_id))
+
+    async def _retry_elsewhere(self, task_id: str, who: str) -> Response:
+        """A task this instance cannot see: the instance that holds it retries it."""
+        outcome = await retry_elsewhere(self.manager, task_id)
+        if outcome.where == "nowhere":
+            raise HTTPException(status_code=404, detail="Task not found")
+        await self.audit.record(
+            "retry",
+            task_id,
+            who,
+            f"refused: {outcome.detail}" if outcome.detail else "ok (owner)",
+            new_task_id=outcome.new_task_id,
+            instance=outcome.instance_id,
+        )
+        if outcome.new_task_id is None:
+            raise HTTPException(status_code=409, detail=outcome.detail)
+        return json_response(
+            {"task_id": outcome.new_task_id, "task": outcome.task, **_delivery(outcome)}
+        )
+
     # ---- routes ----------------------------------------------------------------------------
 
     def router(self, path: str, dependencies: list[Any]) -> APIRouter:
@@ -152,8 +177,8 @@ class TaskApi:
         return router
 
     def _reading_routes(self, router: APIRouter) -> None:
-        manager = self.manager
-
+        # Every route asks ``self.manager`` when it runs: a DI container builds a new manager
+        # on each lifespan run, and a manager captured here would be the first, stopped one.
         @router.get("", summary="List tasks (one page, newest first)")
         async def list_tasks(
             request: Request,
@@ -180,7 +205,7 @@ class TaskApi:
                 limit=limit,
                 cursor=cursor,
             )
-            page = await manager.list_records(query)
+            page = await self.manager.list_records(query)
             headers = {"Cache-Control": "no-store"}
             if page.next_cursor:
                 link = request.url.include_query_params(cursor=page.next_cursor)
@@ -191,19 +216,24 @@ class TaskApi:
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
-            return json_response(dashboard_metrics(manager, self.series))
+            return json_response(dashboard_metrics(self.manager, self.series))
 
         @router.get("/metrics/prometheus", summary="Metrics in the Prometheus text format")
         async def get_prometheus() -> Response:
             try:
-                body, content_type = prometheus_text(manager)
+                body, content_type = prometheus_text(self.manager)
             except ImportError:
                 return JSONResponse({"detail": PROMETHEUS_HINT}, status_code=501)
             return Response(body, media_type=content_type)
 
         @router.get("/queues", summary="Queues: caps, running, waiting, counts")
         async def get_queues() -> Response:
-            return json_response(manager.queue_stats())
+            return json_response(self.manager.queue_stats())
+
+        @router.get("/instances", summary="Live instances on the backend (or this one alone)")
+        async def get_instances() -> Response:
+            instances = await self.manager.instances()
+            return json_response([i.to_dict() for i in instances])
 
         @router.get("/audit", summary="Actions taken through this API, newest first")
         async def get_audit(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
@@ -211,7 +241,7 @@ class TaskApi:
 
         @router.get("/registry", summary="Registered tasks and schedules")
         async def get_registry() -> Response:
-            return json_response(registry_view(manager))
+            return json_response(registry_view(self.manager))
 
     def _task_routes(self, router: APIRouter, actor: Any) -> None:
         @router.get("/{task_id}", summary="One task")
@@ -220,7 +250,9 @@ class TaskApi:
 
         @router.post("/{task_id}/retry", summary="Run a failed/interrupted/cancelled task again")
         async def retry_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
-            record = await self.find(task_id)
+            record = await self.manager.get_record(task_id)
+            if record is None:
+                return await self._retry_elsewhere(task_id, who)
             new_id, why = await self.retry_one(task_id)
             await self.audit.record(
                 "retry",
@@ -234,26 +266,48 @@ class TaskApi:
                 status = 400 if record.status not in RETRYABLE_STATUSES else 409
                 raise HTTPException(status_code=status, detail=why)
             new = self.manager.store.get(new_id) or await self.find(new_id)
-            return json_response({"task_id": new_id, "task": self.task_json(new, request)})
+            return json_response(
+                {"task_id": new_id, "task": self.task_json(new, request), **self._here()}
+            )
 
         @router.post("/{task_id}/cancel", summary="Cancel a pending or running task")
         async def cancel_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
-            record = await self.find(task_id)
-            done = not record.status.finished and self.manager.cancel(task_id)
-            await self.audit.record(
-                "cancel", task_id, who, "ok" if done else "refused", status=record.status.value
+            record = await self.manager.get_record(task_id)
+            outcome = (
+                Outcome("nowhere")
+                if record is not None and record.status.finished
+                else await cancel_anywhere(self.manager, task_id)
             )
-            if not done:
+            if outcome.where == "nowhere" and record is None:
+                raise HTTPException(status_code=404, detail="Task not found")
+            await self.audit.record(
+                "cancel",
+                task_id,
+                who,
+                "refused" if outcome.where == "nowhere" else f"ok ({outcome.where})",
+                status=record.status.value if record is not None else "unknown here",
+                instance=outcome.instance_id,
+            )
+            if outcome.where == "nowhere":
+                assert record is not None
+                if record.status.finished:
+                    raise HTTPException(
+                        status_code=400,
+                        detail="Only pending or running tasks can be cancelled. "
+                        f"Current status: {record.status.value}",
+                    )
+                # Known as unfinished here, but no live instance holds it (yet): say so.
                 raise HTTPException(
-                    status_code=400,
-                    detail="Only pending or running tasks can be cancelled. "
-                    f"Current status: {record.status.value}",
+                    status_code=409,
+                    detail=f"task {task_id} is {record.status.value}, but no live instance "
+                    "holds it now; try again in a moment",
                 )
-            return json_response({"task_id": task_id, "task": self.task_json(record, request)})
+            task = outcome.task
+            if task is None and record is not None:
+                task = self.task_json(record, request)
+            return json_response({"task_id": task_id, "task": task, **_delivery(outcome)})
 
     def _changing_routes(self, router: APIRouter, actor: Any) -> None:
-        manager = self.manager
-
         @router.post("/bulk-retry", summary="Retry the given tasks")
         async def bulk_retry(body: BulkRetryBody, who: str = actor) -> Response:
             ids = list(dict.fromkeys(body.task_ids))
@@ -298,7 +352,7 @@ class TaskApi:
             all: Annotated[bool, Query(description="delete every finished task")] = False,
         ) -> Response:
             before = _history_cutoff(value, unit, older_than, all)
-            counts = await manager.clear_history(before)
+            counts = await self.manager.clear_history(before)
             result = {"deleted": counts["store"] + counts["backend"], **counts}
             await self.audit.record(
                 "delete_history",
@@ -318,10 +372,10 @@ class TaskApi:
             changes = {field: getattr(body, field) for field in body.model_fields_set}
             if not changes:
                 raise BadInput("nothing to change: give concurrency and/or max_size")
-            if name not in manager.queue_stats():
+            if name not in self.manager.queue_stats():
                 raise HTTPException(status_code=404, detail=f"no queue named {name!r}")
             try:
-                config = manager.update_queue_config(name, **changes)
+                config = await self.manager.change_queue(name, **changes)
             except (ValueError, TypeError) as exc:
                 await self.audit.record("queue_config", name, who, f"refused: {exc}", **changes)
                 raise BadInput(str(exc)) from None
@@ -333,7 +387,8 @@ class TaskApi:
                 concurrency=config.concurrency,
                 max_size=config.max_size,
             )
-            return json_response({"name": name, **manager.queue_stats()[name]})
+            stats = self.manager.queue_stats()[name]
+            return json_response({"name": name, **stats, "scope": self.manager.queue_scope})
 
     async def _retry_many(self, ids: list[str]) -> dict[str, Any]:
         results: list[dict[str, str]] = []
@@ -374,6 +429,16 @@ class TaskApi:
                 if cursor is None:
                     break
         return ids, False
+
+
+def _delivery(outcome: Outcome) -> dict[str, Any]:
+    """Where a command took effect, for the API's answer."""
+    where = {"here": "applied on this instance", "owner": "sent to the instance running it"}
+    return {
+        "delivery": outcome.where,
+        "instance_id": outcome.instance_id,
+        "detail": where.get(outcome.where, ""),
+    }
 
 
 def _history_cutoff(

@@ -75,7 +75,7 @@ class AuditLog:
 
     def _backend(self) -> Any:
         manager = self.manager
-        return manager.backend if getattr(manager, "_started", False) else None
+        return manager.backend if manager.started else None
 
     async def _load(self) -> None:
         backend = self._backend()

@@ -154,7 +154,7 @@ class TaskAdmin:
 
     async def _prune_forever(self) -> None:
         while True:
-            await asyncio.sleep(1.0 if not getattr(self.manager, "_started", False) else 0)
+            await asyncio.sleep(1.0 if not self.manager.started else 0)
             try:
                 await self.prune()
             except Exception:

@@ -11,7 +11,11 @@ Four kinds of data live in a backend:
   heartbeat; entries of an owner whose lease expired, or with no owner (released at a clean
   shutdown), are *claimed* atomically by a live instance, which re-runs or interrupts them;
 * **idempotency keys**: reserved atomically, so two instances never both run one key;
-* **locks and one-off schedules**: a scheduled slot fires on exactly one instance.
+* **locks and one-off schedules**: a scheduled slot fires on exactly one instance; one-off runs
+  (``schedule_once``) are rows of their own, put and taken atomically;
+* **instances**: each live instance's description (host, pid, counts), expiring with its lease;
+* **commands**: a short-lived channel every instance reads from a position (cursor), so a
+  cancel or a queue change sent on one instance reaches the one that runs the task.
 
 Write a custom backend by subclassing :class:`TaskBackend` and implementing the primitives; run
 ``tests/contract`` against it (see docs/backends.md).
@@ -19,11 +23,13 @@ Write a custom backend by subclassing :class:`TaskBackend` and implementing the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +41,9 @@ from ..serialization import compact_json, decode_call, record_call
 logger = logging.getLogger("fastapi_taskflow.backends")
 
 Row = dict[str, Any]
+# Seconds a command stays in the channel: readers are live instances a second behind at most;
+# an instance started later must not act on old commands (it reads from the end).
+COMMAND_TTL = 60.0
 
 
 @dataclass(slots=True)
@@ -154,6 +163,94 @@ class JournalEntry:
             owner=owner,
             trace_context=raw.get("trace") or None,
         )
+
+
+@dataclass(slots=True)
+class InstanceInfo:
+    """One live instance as the others see it; renewed with its lease heartbeat."""
+
+    instance_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    running: int = 0
+    waiting: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "running": self.running,
+            "waiting": self.waiting,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> InstanceInfo:
+        return cls(
+            instance_id=str(raw["instance_id"]),
+            host=str(raw["host"]),
+            pid=int(raw["pid"]),
+            version=str(raw["version"]),
+            started_at=datetime.fromisoformat(raw["started_at"]),
+            heartbeat_at=datetime.fromisoformat(raw["heartbeat_at"]),
+            running=int(raw.get("running") or 0),
+            waiting=int(raw.get("waiting") or 0),
+        )
+
+
+@dataclass(slots=True)
+class Command:
+    """A request from one instance to the others: cancel a task, forget one, change a queue.
+
+    ``target`` is the instance meant to act (None: every instance that can); ``sender``
+    skips its own commands (it already acted on them).
+    """
+
+    kind: str
+    sender: str
+    target: str | None = None
+    task_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    sent_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return compact_json(
+            {
+                "kind": self.kind,
+                "sender": self.sender,
+                "target": self.target,
+                "task_id": self.task_id,
+                "data": self.data,
+                "sent_at": self.sent_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Command:
+        raw = json.loads(data)
+        return cls(
+            kind=str(raw["kind"]),
+            sender=str(raw["sender"]),
+            target=raw.get("target"),
+            task_id=raw.get("task_id"),
+            data=dict(raw.get("data") or {}),
+            sent_at=float(raw.get("sent_at") or 0.0),
+        )
+
+
+@dataclass(slots=True)
+class ScheduledRun:
+    """A one-off run saved in the backend: its key, when it is due, and its document."""
+
+    run_key: str
+    run_at: float
+    document: dict[str, Any]
 
 
 def _dt(value: datetime | None) -> str | None:
@@ -428,6 +525,96 @@ class TaskBackend(ABC):
     async def set_meta(self, key: str, value: str) -> None:
         await self._set_meta(key, value)
 
+    # ---- instances -------------------------------------------------------------------------
+
+    async def announce_instance(self, info: InstanceInfo, ttl: float) -> None:
+        """Publish ``info``; :meth:`live_instances` lists it for ``ttl`` seconds after this call."""
+        await self._put_instance(info.instance_id, compact_json(info.to_dict()), ttl)
+
+    async def live_instances(self) -> list[InstanceInfo]:
+        """Every instance whose last announcement has not expired, by instance id."""
+        found = []
+        for instance_id, data in await self._list_instances():
+            try:
+                found.append(InstanceInfo.from_dict(json.loads(data)))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.corrupt_rows += 1
+                logger.warning("skipping corrupt instance entry %s: %s", instance_id, exc)
+        return sorted(found, key=lambda info: info.instance_id)
+
+    async def forget_instance(self, instance_id: str) -> None:
+        """Remove an instance's announcement at once (its clean shutdown)."""
+        await self._remove_instance(instance_id)
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    #: Seconds between two reads of a backend whose ``_read_commands`` cannot wait itself.
+    command_poll_interval: float = 0.1
+
+    async def send_command(self, command: Command) -> None:
+        """Append ``command`` to the channel; every reader past its position sees it once."""
+        await self._send_command(command.to_json())
+
+    async def command_position(self) -> str:
+        """The channel's end now: reading from here yields only commands sent later."""
+        return await self._command_position()
+
+    async def read_commands(self, after: str, wait: float) -> tuple[list[Command], str]:
+        """Commands sent after position ``after``, oldest first, and the position to read from
+        next; waits up to ``wait`` seconds when there are none yet."""
+        deadline = time.monotonic() + wait
+        while True:
+            rows = await self._read_commands(after, max(0.0, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if rows or left <= 0:
+                break
+            await asyncio.sleep(min(self.command_poll_interval, left))
+        commands = []
+        for position, data in rows:
+            after = position
+            try:
+                commands.append(Command.from_json(data))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.corrupt_rows += 1
+                logger.warning("skipping corrupt command at %s: %s", position, exc)
+        return commands, after
+
+    # ---- one-off schedules ---------------------------------------------------------------------
+
+    async def put_scheduled(self, run: ScheduledRun) -> bool:
+        """Save a one-off run unless its key is taken; False (nothing written) when it is."""
+        return await self._put_schedule(run.run_key, run.run_at, compact_json(run.document))
+
+    async def take_scheduled(self, run_key: str) -> ScheduledRun | None:
+        """Remove a run and return it; of concurrent callers exactly one gets it (fire or
+        cancel), the others get None."""
+        taken = await self._take_schedule(run_key)
+        if taken is None:
+            return None
+        run_at, data = taken
+        document = self._schedule_document(run_key, data)
+        return ScheduledRun(run_key, run_at, document) if document is not None else None
+
+    async def list_scheduled(self, before: float | None = None) -> list[ScheduledRun]:
+        """Saved runs (due before ``before``, epoch seconds, when given), soonest first."""
+        runs = []
+        for run_key, run_at, data in await self._list_schedules(before):
+            document = self._schedule_document(run_key, data)
+            if document is not None:
+                runs.append(ScheduledRun(run_key, run_at, document))
+        return runs
+
+    def _schedule_document(self, run_key: str, data: str | bytes) -> dict[str, Any] | None:
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self.corrupt_rows += 1
+            logger.warning("skipping corrupt one-off run %s: %s", run_key, exc)
+            return None
+        return document
+
     # ---- primitives ------------------------------------------------------------------------
 
     @abstractmethod
@@ -504,6 +691,50 @@ class TaskBackend(ABC):
     async def _update_rows(self, items: list[tuple[str, str]]) -> int:
         """Replace the ``data`` of existing records only; returns how many."""
         raise BackendError(f"{self.describe()} cannot update records (needed by key rotation)")
+
+    # Several-instance primitives: not abstract, so a backend written before them still runs
+    # tasks; each raises NotImplementedError naming what needs it. ``BackendContract`` checks
+    # them.
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        """Insert or replace ``instance_id``'s ``data``, expiring ``ttl`` seconds from now."""
+        raise self._missing("instance announcements (GET /tasks/instances)")
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        """(instance_id, data) of every unexpired announcement, any order."""
+        raise self._missing("instance announcements (GET /tasks/instances)")
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        """Delete ``instance_id``'s announcement if present."""
+        raise self._missing("instance announcements (GET /tasks/instances)")
+
+    async def _send_command(self, data: str) -> None:
+        """Append ``data`` to the command channel (and prune what is older than a minute)."""
+        raise self._missing("the command channel (commands across instances)")
+
+    async def _command_position(self) -> str:
+        """The position of the newest command (a position before any when there is none)."""
+        raise self._missing("the command channel (commands across instances)")
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        """(position, data) of commands after ``after``, oldest first. May wait up to ``wait``
+        seconds for one; returning at once is fine (the caller polls)."""
+        raise self._missing("the command channel (commands across instances)")
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        """Insert the row unless ``run_key`` exists, atomically; True when inserted."""
+        raise self._missing("one-off schedule rows (schedule_once)")
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        """Delete the row and return (run_at, data), atomically; None when absent."""
+        raise self._missing("one-off schedule rows (schedule_once)")
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        """(run_key, run_at, data) with run_at < ``before`` (all when None), by run_at."""
+        raise self._missing("one-off schedule rows (schedule_once)")
+
+    def _missing(self, feature: str) -> NotImplementedError:
+        return NotImplementedError(f"{self.describe()} does not implement {feature}")
 
     # Data written by fastapi-taskflow 0.12 (``legacy.py`` imports it once). Not abstract: a
     # backend with no 0.12 predecessor has none.

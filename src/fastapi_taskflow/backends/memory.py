@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import FINISHED_STATUSES
-from .base import RecordQuery, Row, TaskBackend
+from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 _FINISHED = frozenset(s.value for s in FINISHED_STATUSES)
 
@@ -85,6 +85,10 @@ class MemoryBackend(TaskBackend):
         self._keys: dict[str, tuple[str, float | None]] = {}  # key -> (task_id, expires_at)
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, expires_at)
         self._meta: dict[str, str] = {}
+        self._instances: dict[str, tuple[str, float]] = {}  # id -> (data, expires_at)
+        self._commands: list[tuple[int, float, str]] = []  # (position, sent_at, data)
+        self._command_seq = 0
+        self._schedules: dict[str, tuple[float, str]] = {}  # run_key -> (run_at, data)
 
     def describe(self) -> str:
         return "memory"
@@ -268,3 +272,59 @@ class MemoryBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         with self._mutex:
             self._meta[key] = value
+
+    # ---- instances, commands, one-off schedules ------------------------------------------------
+
+    # Commands only travel between managers of this process that share this backend object.
+    command_poll_interval = 0.02
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        with self._mutex:
+            self._instances[instance_id] = (data, time.time() + ttl)
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        with self._mutex:
+            now = time.time()
+            return [(i, data) for i, (data, until) in self._instances.items() if until > now]
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        with self._mutex:
+            self._instances.pop(instance_id, None)
+
+    async def _send_command(self, data: str) -> None:
+        with self._mutex:
+            now = time.time()
+            self._command_seq += 1
+            self._commands.append((self._command_seq, now, data))
+            horizon = now - COMMAND_TTL
+            while self._commands and self._commands[0][1] < horizon:
+                self._commands.pop(0)
+
+    async def _command_position(self) -> str:
+        with self._mutex:
+            return str(self._command_seq)
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        position = int(after)
+        with self._mutex:
+            return [(str(seq), data) for seq, _, data in self._commands if seq > position]
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        with self._mutex:
+            if run_key in self._schedules:
+                return False
+            self._schedules[run_key] = (run_at, data)
+            return True
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        with self._mutex:
+            return self._schedules.pop(run_key, None)
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        with self._mutex:
+            rows = [
+                (key, run_at, data)
+                for key, (run_at, data) in self._schedules.items()
+                if before is None or run_at < before
+            ]
+        return sorted(rows, key=lambda row: (row[1], row[0]))

@@ -18,6 +18,11 @@ key                            type    holds
 ``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
 ``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
 ``P:meta``                     hash    metadata
+``P:instance:<id>``            string  a live instance's description (``PX`` expiry: its lease)
+``P:instances``                set     instance ids that announced themselves (expired ones pruned)
+``P:commands``                 stream  commands between instances (trimmed to the last minute)
+``P:once``                     hash    run_key -> one-off run JSON
+``P:once:at``                  zset    run_key, score ``run_at`` (soonest first)
 =============================  ======  ============================================================
 
 Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
@@ -44,7 +49,7 @@ from ..compat import renamed_keyword
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
 from ..urls import mask_url
-from .base import RecordQuery, Row, TaskBackend
+from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
 _BATCH = 500
@@ -218,6 +223,24 @@ return 0
 """
 
 
+# KEYS: runs hash, due zset. ARGV: run_key, run_at, data. Insert unless the key exists.
+_PUT_ONCE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: runs hash, due zset. ARGV: run_key. Delete and return {run_at, data}, or nil.
+_TAKE_ONCE = """
+local data = redis.call('HGET', KEYS[1], ARGV[1])
+if not data then return false end
+local at = redis.call('ZSCORE', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {at or '0', data}
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -308,6 +331,8 @@ class RedisBackend(TaskBackend):
                 ("reserve", _RESERVE),
                 ("compare_delete", _COMPARE_DELETE),
                 ("update_existing", _UPDATE_EXISTING),
+                ("put_once", _PUT_ONCE),
+                ("take_once", _TAKE_ONCE),
             )
         }
         self._client = client
@@ -575,3 +600,77 @@ class RedisBackend(TaskBackend):
                 pipe.srem(f"{prefix}{infix}:_index", *task_ids)
                 pipe.delete(*(f"{prefix}{infix}:{task_id}" for task_id in task_ids))
             await pipe.execute()
+
+    # ---- instances, commands, one-off schedules ------------------------------------------------
+
+    # XREAD BLOCK waits for the next command itself: no pause between reads.
+    command_poll_interval = 0.0
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.sadd(self.key("instances"), instance_id)
+            pipe.set(self.key("instance", instance_id), data, px=_ms(ttl))
+            await pipe.execute()
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        async with self._errors() as client:
+            ids = sorted(await self._call(client.smembers(self.key("instances"))))
+            if not ids:
+                return []
+            datas = await self._call(client.mget([self.key("instance", i) for i in ids]))
+            gone = [i for i, data in zip(ids, datas, strict=True) if data is None]
+            if gone:  # their announcement expired: a dead instance
+                await self._call(client.srem(self.key("instances"), *gone))
+        return [(i, data) for i, data in zip(ids, datas, strict=True) if data is not None]
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.srem(self.key("instances"), instance_id)
+            pipe.delete(self.key("instance", instance_id))
+            await pipe.execute()
+
+    async def _send_command(self, data: str) -> None:
+        horizon = f"{int((time.time() - COMMAND_TTL) * 1000)}-0"
+        async with self._errors() as client:
+            await self._call(
+                client.xadd(self.key("commands"), {"d": data}, minid=horizon, approximate=False)
+            )
+
+    async def _command_position(self) -> str:
+        async with self._errors() as client:
+            newest = await self._call(client.xrevrange(self.key("commands"), count=1))
+        return str(newest[0][0]) if newest else "0-0"
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        # Never block as long as the socket timeout: the read would fail as a dead server.
+        block = int(min(wait, self.socket_timeout / 2) * 1000)
+        async with self._errors() as client:
+            found = await self._call(
+                client.xread({self.key("commands"): after}, count=500, block=block or None)
+            )
+        if not found:
+            return []
+        return [(str(position), fields["d"]) for position, fields in found[0][1]]
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        keys = [self.key("once"), self.key("once", "at")]
+        return bool(await self._script("put_once", keys, [run_key, repr(run_at), data]))
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        keys = [self.key("once"), self.key("once", "at")]
+        taken = await self._script("take_once", keys, [run_key])
+        return (float(taken[0]), taken[1]) if taken else None
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        top = "(" + repr(before) if before is not None else "+inf"
+        async with self._errors() as client:
+            due = await self._call(
+                client.zrangebyscore(self.key("once", "at"), "-inf", top, withscores=True)
+            )
+            if not due:
+                return []
+            datas = await self._call(client.hmget(self.key("once"), [k for k, _ in due]))
+        rows = [(key, float(at), data) for (key, at), data in zip(due, datas, strict=True) if data]
+        return sorted(rows, key=lambda row: (row[1], row[0]))

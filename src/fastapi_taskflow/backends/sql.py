@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError
 from ..models import FINISHED_STATUSES
-from .base import RecordQuery, Row, TaskBackend
+from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 logger = logging.getLogger("fastapi_taskflow.backends")
 
@@ -40,8 +40,6 @@ MIGRATIONS: dict[int, list[str]] = {}
 FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 RECORD_COLUMNS = ("task_id", "func_name", "status", "queue", "created_at", "end_time", "error")
 _CHUNK = 500
-#: Seconds a command stays in the channel (readers are live instances, a second behind at most).
-COMMAND_TTL = 60.0
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 
 

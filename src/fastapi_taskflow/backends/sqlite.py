@@ -23,7 +23,7 @@ import aiosqlite
 from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError
 from ..models import FINISHED_STATUSES
-from .base import RecordQuery, Row, TaskBackend
+from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 from .sql import LEGACY_TABLES
 
 SCHEMA_VERSION = 1
@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS tf_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS tf_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                      expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_instances (instance_id TEXT PRIMARY KEY,
+                                         expires_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_commands (position INTEGER PRIMARY KEY AUTOINCREMENT,
+                                        sent_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_schedules (run_key TEXT PRIMARY KEY, run_at REAL NOT NULL,
+                                         data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tf_schedules_due ON tf_schedules (run_at);
 """
 
 _UPSERT_RECORD = """
@@ -442,3 +449,67 @@ class SqliteBackend(TaskBackend):
         table = LEGACY_TABLES[table]
         async with self._transaction() as db:
             await db.executemany(f"DELETE FROM {table} WHERE task_id = ?", [(t,) for t in task_ids])
+
+    # ---- instances, commands, one-off schedules ------------------------------------------------
+
+    async def _put_instance(self, instance_id: str, data: str, ttl: float) -> None:
+        await self._run(
+            "INSERT INTO tf_instances (instance_id, expires_at, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (instance_id) DO UPDATE SET expires_at = excluded.expires_at,"
+            " data = excluded.data",
+            (instance_id, time.time() + ttl, data),
+        )
+
+    async def _list_instances(self) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT instance_id, data FROM tf_instances WHERE expires_at > ?", (time.time(),)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def _remove_instance(self, instance_id: str) -> None:
+        await self._run("DELETE FROM tf_instances WHERE instance_id = ?", (instance_id,))
+
+    async def _send_command(self, data: str) -> None:
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute("INSERT INTO tf_commands (sent_at, data) VALUES (?, ?)", (now, data))
+            await db.execute("DELETE FROM tf_commands WHERE sent_at < ?", (now - COMMAND_TTL,))
+
+    async def _command_position(self) -> str:
+        # sqlite_sequence, not MAX(position): pruning may have emptied the table, and
+        # AUTOINCREMENT never hands out a position at or below the last one.
+        rows = await self._fetch("SELECT seq FROM sqlite_sequence WHERE name = 'tf_commands'")
+        return str(rows[0][0]) if rows else "0"
+
+    async def _read_commands(self, after: str, wait: float) -> list[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT position, data FROM tf_commands WHERE position > ? ORDER BY position LIMIT 500",
+            (int(after),),
+        )
+        return [(str(row[0]), row[1]) for row in rows]
+
+    async def _put_schedule(self, run_key: str, run_at: float, data: str) -> bool:
+        inserted = await self._run(
+            "INSERT INTO tf_schedules (run_key, run_at, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_key) DO NOTHING",
+            (run_key, run_at, data),
+        )
+        return inserted > 0
+
+    async def _take_schedule(self, run_key: str) -> tuple[float, str] | None:
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "DELETE FROM tf_schedules WHERE run_key = ? RETURNING run_at, data",
+                    (run_key,),
+                )
+            )
+        return (float(rows[0][0]), rows[0][1]) if rows else None
+
+    async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
+        rows = await self._fetch(
+            "SELECT run_key, run_at, data FROM tf_schedules WHERE run_at < ?"
+            " ORDER BY run_at, run_key",
+            (before if before is not None else float("inf"),),
+        )
+        return [(row[0], float(row[1]), row[2]) for row in rows]

@@ -358,6 +358,12 @@ class TaskflowSettings(BaseSettings):
     redact: list[Annotated[str, Field(min_length=1)]] = []
     encrypt_errors: bool = False
     tracing: bool = False
+    # fastapi-taskflow 0.12's peer registry, accepted so its config files load; unused: the
+    # instances share their state through the backend.
+    instance_url: str | None = None
+    instance_tasks_prefix: str | None = None
+    registry_ttl: PositiveFloat = 90.0
+    registry_heartbeat: PositiveFloat = 30.0
 
     def __init__(
         self,

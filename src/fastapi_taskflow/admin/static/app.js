@@ -23,6 +23,7 @@
     pollTimer: null,
     streamErrors: 0,
     queues: {},
+    instancesTimer: null,
   };
 
   // ---- small helpers ----------------------------------------------------------------------
@@ -115,6 +116,8 @@
     if (view === "tasks") loadTasks();
     if (view === "failed") loadFailed();
     if (view === "queues") loadQueues();
+    clearInterval(state.instancesTimer);
+    if (view === "instances") { loadInstances(); state.instancesTimer = setInterval(loadInstances, 5000); }
     if (view === "registry") loadRegistry();
     if (view === "audit") loadAudit();
     if (view === "overview") loadMetrics();
@@ -417,8 +420,8 @@
 
   async function cancelTask(id) {
     try {
-      await api("POST", "/" + encodeURIComponent(id) + "/cancel");
-      toast("Cancel requested");
+      const { data } = await api("POST", "/" + encodeURIComponent(id) + "/cancel");
+      toast(data.delivery === "owner" ? "Cancel sent to instance " + data.instance_id : "Cancelled on this instance");
       refreshDetailSoon();
     } catch (err) { toast("Cancel failed: " + err.message, true); }
   }
@@ -495,9 +498,25 @@
   async function saveQueue(name, conc, size) {
     const value = (input) => (input.value.trim() === "" ? null : Number(input.value));
     try {
-      await api("PATCH", "/queues/" + encodeURIComponent(name), { concurrency: value(conc), max_size: value(size) });
-      toast("Queue " + name + " updated");
+      const { data } = await api("PATCH", "/queues/" + encodeURIComponent(name), { concurrency: value(conc), max_size: value(size) });
+      toast("Queue " + name + " updated on " + data.scope);
       loadQueues();
+    } catch (err) { toast(err.message, true); }
+  }
+
+  // ---- instances ------------------------------------------------------------------------------
+
+  async function loadInstances() {
+    try {
+      const { data } = await api("GET", "/instances");
+      const rows = data.map((i) => el("tr", { "data-instance": i.instance_id },
+        el("td", { class: "mono", text: i.instance_id }), el("td", { text: i.host }),
+        el("td", { text: i.pid }), el("td", { text: i.version }),
+        el("td", { text: fmtTime(i.started_at) }), el("td", { text: fmtTime(i.heartbeat_at) }),
+        el("td", { "data-field": "running", text: i.running }),
+        el("td", { "data-field": "waiting", text: i.waiting })));
+      if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No live instance." })));
+      $("#instance-table tbody").replaceChildren(...rows);
     } catch (err) { toast(err.message, true); }
   }
 
@@ -658,7 +677,7 @@
       $("#logout").hidden = false;
     }
     const initial = (location.hash || "").slice(1);
-    show(["overview", "tasks", "failed", "queues", "registry", "audit"].includes(initial) ? initial : "overview");
+    show(["overview", "tasks", "failed", "queues", "instances", "registry", "audit"].includes(initial) ? initial : "overview");
     connect();
     document.body.dataset.ready = "true";
   }
