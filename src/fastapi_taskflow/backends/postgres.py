@@ -130,6 +130,8 @@ class PostgresBackend(SqlBackend):
     """
 
     server = "PostgreSQL"
+    # _read_commands waits for a NOTIFY itself: the caller need not pause between reads.
+    command_poll_interval = 0.0
     now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
     like_escape = " ESCAPE '\\'"
 
