@@ -10,6 +10,8 @@ the same fields under ``fbtm:snapshots:...``). Each backend reads its own layout
 * waiting tasks are journaled unowned, so the next claim (this startup's, or a running
   instance's) runs them, and are then removed from 0.12's table; one whose arguments cannot be
   read becomes a FAILED record saying why;
+* one-off runs (``task_scheduled_once``) become this version's schedule rows, armed by the
+  scheduler when it starts;
 * the backend's metadata remembers the import (``LEGACY_MARK``), so it happens once, at the
   first startup or on ``taskflow migrate``.
 
@@ -20,6 +22,7 @@ is unpickled) and sealed again in this version's format.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import pickle
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-from .backends.base import JournalEntry, Row, TaskBackend
+from .backends.base import JournalEntry, Row, ScheduledRun, TaskBackend
 from .crypto import ArgumentCipher
 from .models import ExecutorKind, TaskRecord, TaskSource, TaskStatus
 from .serialization import encode_call
@@ -49,6 +52,7 @@ class LegacyImport:
     records: int = 0
     waiting: int = 0
     failed: int = 0
+    scheduled: int = 0
     unreadable: int = 0
     imported_at: str = ""
     #: True when an earlier run had already imported (the counts are that run's).
@@ -56,13 +60,15 @@ class LegacyImport:
 
     @property
     def found(self) -> bool:
-        return bool(self.records or self.waiting or self.failed or self.unreadable)
+        return bool(
+            self.records or self.waiting or self.failed or self.scheduled or self.unreadable
+        )
 
     def summary(self) -> str:
         return (
             f"{self.records} finished records, {self.waiting} waiting tasks journaled to run,"
-            f" {self.failed} waiting tasks that cannot run (FAILED), {self.unreadable} unreadable"
-            " rows skipped"
+            f" {self.failed} waiting tasks that cannot run (FAILED), {self.scheduled} one-off runs"
+            f" scheduled, {self.unreadable} unreadable rows skipped"
         )
 
 
@@ -145,8 +151,9 @@ class _Rows:
                 created_at=created,
                 end_time=self.now,
                 error=(
-                    "its arguments were sealed by fastapi-taskflow 0.12 and cannot be read:"
-                    " configure the same encrypt_args_key and run `taskflow migrate`"
+                    "its arguments were sealed by fastapi-taskflow 0.12 and cannot be read"
+                    " without 0.12's encrypt_args_key, which this app was not given at its"
+                    " first start; enqueue the task again"
                 ),
                 queue=_text(row.get("queue")) or "default",
             )
@@ -161,6 +168,31 @@ class _Rows:
             retries_used=int(row.get("retries_used") or 0),
             requeue=True,
         )
+
+
+def _scheduled_run(rows: _Rows, row: Row) -> ScheduledRun | None:
+    """0.12's one-off run as this version's schedule row; None when its arguments are sealed
+    and cannot be opened (it stays in 0.12's table, counted as unreadable)."""
+    call = rows.call(row)
+    if call is None:
+        return None
+    sealed = rows.sealed(*call) if _text(row.get("encrypted_payload")) else None
+    payload = sealed if sealed is not None else encode_call(*call)
+    fire_at = _when(row.get("fire_at"))
+    if fire_at is None:
+        raise ValueError("no fire_at")
+    run_at = fire_at.timestamp()
+    document = {
+        "func_name": str(row["func_name"]),
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "encrypted": sealed is not None,
+        "run_at": run_at,
+        "tags": dict(json.loads(_text(row.get("tags_json")) or "{}")),
+        "priority": int(row["priority"]) if _text(row.get("priority")) else None,
+        "queue": _text(row.get("queue")),
+        "idempotency_key": _text(row.get("idempotency_key")),
+    }
+    return ScheduledRun(str(row["run_key"]), run_at, document)
 
 
 def _text(value: Any) -> str | None:
@@ -185,8 +217,10 @@ def _when(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-async def _pages(backend: TaskBackend, table: str) -> AsyncIterator[list[Row]]:
-    """0.12's ``table`` a page at a time, in task-id order."""
+async def _pages(
+    backend: TaskBackend, table: str, key: str = "task_id"
+) -> AsyncIterator[list[Row]]:
+    """0.12's ``table`` a page at a time, in ``key`` order."""
     after: str | None = None
     while True:
         rows = await backend._legacy_page(table, after, _PAGE)
@@ -195,7 +229,35 @@ async def _pages(backend: TaskBackend, table: str) -> AsyncIterator[list[Row]]:
         yield rows
         if len(rows) < _PAGE:
             return
-        after = str(rows[-1]["task_id"])
+        after = str(rows[-1][key])
+
+
+async def _import_scheduled(backend: TaskBackend, rows: _Rows, report: LegacyImport) -> None:
+    """0.12's one-off runs become schedule rows (the scheduler arms them at its start)."""
+    async for page in _pages(backend, "task_scheduled_once", "run_key"):
+        done: list[str] = []
+        for row in page:
+            try:
+                run = _scheduled_run(rows, row)
+            except (KeyError, TypeError, ValueError) as exc:
+                run = None
+                logger.warning(
+                    "skipping unreadable 0.12 one-off run %s: %s", row.get("run_key"), exc
+                )
+            if run is None:
+                report.unreadable += 1
+                continue
+            try:
+                await backend.put_scheduled(run)  # False: the key is taken here already
+            except NotImplementedError:
+                logger.warning(
+                    "%s keeps no one-off runs: 0.12's stay where they are", backend.describe()
+                )
+                return
+            done.append(run.run_key)
+            report.scheduled += 1
+        if done:
+            await backend._legacy_delete("task_scheduled_once", done)
 
 
 async def import_legacy(backend: TaskBackend, cipher: ArgumentCipher | None = None) -> LegacyImport:
@@ -206,7 +268,7 @@ async def import_legacy(backend: TaskBackend, cipher: ArgumentCipher | None = No
     """
     mark = await backend.get_meta(LEGACY_MARK)
     if mark is not None:
-        return LegacyImport(**{**json.loads(mark), "already": True})
+        return LegacyImport(**{"scheduled": 0, **json.loads(mark), "already": True})
     owner = f"taskflow-import-{uuid.uuid4().hex[:8]}"
     if not await backend.acquire_lock(_LOCK, owner, 600):
         return LegacyImport(already=True)
@@ -244,6 +306,7 @@ async def import_legacy(backend: TaskBackend, cipher: ArgumentCipher | None = No
         await backend._legacy_delete("task_pending_requeue", [str(r["task_id"]) for r in page])
         report.waiting += len(entries)
         report.failed += len(failed)
+    await _import_scheduled(backend, rows, report)
     fields = asdict(report)
     fields.pop("already")
     await backend.set_meta(LEGACY_MARK, json.dumps(fields))

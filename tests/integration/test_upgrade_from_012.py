@@ -14,6 +14,7 @@ import pickle
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ SNAPSHOT_COLUMNS = (
     "task_id", "func_name", "status", "created_at", "start_time", "end_time", "duration",
     "retries_used", "error", "snapshotted_at", "args_json", "kwargs_json", "logs_json",
     "stacktrace", "encrypted_payload", "source", "priority", "executor", "queue",
+)  # fmt: skip
+SCHEDULED_COLUMNS = (
+    "run_key", "func_name", "fire_at", "created_at", "args_json", "kwargs_json",
+    "encrypted_payload", "queue", "priority", "idempotency_key", "tags_json",
 )  # fmt: skip
 PENDING_COLUMNS = (
     "task_id", "func_name", "created_at", "retries_used", "args_json", "kwargs_json",
@@ -85,6 +90,24 @@ def waiting(task_id: str, **fields: Any) -> dict[str, Any]:
     return {**row, **fields}
 
 
+def scheduled(run_key: str, **fields: Any) -> dict[str, Any]:
+    """One row of 0.12's ``task_scheduled_once``: a one-off run, here already due."""
+    row: dict[str, Any] = {
+        "run_key": run_key,
+        "func_name": "send_email",
+        "fire_at": "2025-03-01T12:00:00+00:00",
+        "created_at": "2025-03-01T11:00:00+00:00",
+        "args_json": json.dumps(["due@example.com"]),
+        "kwargs_json": json.dumps({"subject": "reminder"}),
+        "encrypted_payload": None,
+        "queue": "default",
+        "priority": None,
+        "idempotency_key": None,
+        "tags_json": json.dumps({"kind": "reminder"}),
+    }
+    return {**row, **fields}
+
+
 OLD_HISTORY = [
     snapshot("old-ok", "success"),
     snapshot("old-bad", "failed", error="SMTP down", logs_json=json.dumps(["try 1"])),
@@ -92,7 +115,7 @@ OLD_HISTORY = [
 
 # ---- writing 0.12's layout -------------------------------------------------------------------
 
-Writer = Callable[[list[dict[str, Any]], list[dict[str, Any]]], Awaitable[None]]
+Writer = Callable[..., Awaitable[None]]
 
 _DDL = [
     "CREATE TABLE task_snapshots (task_id VARCHAR(64) PRIMARY KEY, func_name TEXT NOT NULL,"
@@ -104,6 +127,10 @@ _DDL = [
     "CREATE TABLE task_pending_requeue (task_id VARCHAR(64) PRIMARY KEY, func_name TEXT NOT NULL,"
     " created_at TEXT, retries_used INTEGER DEFAULT 0, args_json TEXT, kwargs_json TEXT,"
     " encrypted_payload TEXT, queue VARCHAR(128) DEFAULT 'default')",
+    "CREATE TABLE task_scheduled_once (run_key VARCHAR(191) PRIMARY KEY, func_name TEXT NOT NULL,"
+    " fire_at VARCHAR(64) NOT NULL, created_at TEXT, args_json TEXT, kwargs_json TEXT,"
+    " encrypted_payload TEXT, queue VARCHAR(128) DEFAULT 'default', priority INTEGER,"
+    " idempotency_key VARCHAR(191), tags_json TEXT)",
 ]
 
 
@@ -111,15 +138,26 @@ def _insert(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
+def _tables(
+    history: list[dict[str, Any]], pending: list[dict[str, Any]], once: list[dict[str, Any]]
+) -> list[tuple[str, tuple[str, ...], list[dict[str, Any]]]]:
+    return [
+        ("task_snapshots", SNAPSHOT_COLUMNS, history),
+        ("task_pending_requeue", PENDING_COLUMNS, pending),
+        ("task_scheduled_once", SCHEDULED_COLUMNS, once),
+    ]
+
+
 def sqlite_writer(path: Path) -> Writer:
-    async def write(history: list[dict[str, Any]], pending: list[dict[str, Any]]) -> None:
+    async def write(
+        history: list[dict[str, Any]],
+        pending: list[dict[str, Any]],
+        once: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> None:
         with sqlite3.connect(path) as db:
             for statement in _DDL:
                 db.execute(statement)
-            for table, columns, rows in (
-                ("task_snapshots", SNAPSHOT_COLUMNS, history),
-                ("task_pending_requeue", PENDING_COLUMNS, pending),
-            ):
+            for table, columns, rows in _tables(history, pending, list(once)):
                 db.executemany(_insert(table, columns), [[r[c] for c in columns] for r in rows])
         db.close()
 
@@ -129,17 +167,18 @@ def sqlite_writer(path: Path) -> Writer:
 def sql_writer(make: Callable[[], SqlBackend]) -> Writer:
     """Raw statements through a backend's connection (tables made before it ever ran)."""
 
-    async def write(history: list[dict[str, Any]], pending: list[dict[str, Any]]) -> None:
+    async def write(
+        history: list[dict[str, Any]],
+        pending: list[dict[str, Any]],
+        once: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> None:
         backend = make()
         await backend.open()
         try:
             async with backend.session() as s:
                 for statement in _DDL:
                     await s.execute(statement)
-                for table, columns, rows in (
-                    ("task_snapshots", SNAPSHOT_COLUMNS, history),
-                    ("task_pending_requeue", PENDING_COLUMNS, pending),
-                ):
+                for table, columns, rows in _tables(history, pending, list(once)):
                     for row in rows:
                         await s.execute(_insert(table, columns), [row[c] for c in columns])
         finally:
@@ -152,7 +191,11 @@ def redis_writer(url: str, prefix: str) -> Writer:
     """0.12's keys: a hash per task under ``<prefix>:<id>`` listed in ``<prefix>:_index``;
     waiting tasks under ``<prefix>:_pending:<id>`` listed in ``<prefix>:_pending:_index``."""
 
-    async def write(history: list[dict[str, Any]], pending: list[dict[str, Any]]) -> None:
+    async def write(
+        history: list[dict[str, Any]],
+        pending: list[dict[str, Any]],
+        once: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> None:
         client = aioredis.Redis.from_url(url, decode_responses=True)
         try:
             for infix, rows in (("", history), (":_pending", pending)):
@@ -160,6 +203,11 @@ def redis_writer(url: str, prefix: str) -> Writer:
                     fields = {k: "" if v is None else str(v) for k, v in row.items()}
                     await client.hset(f"{prefix}{infix}:{row['task_id']}", mapping=fields)
                     await client.sadd(f"{prefix}{infix}:_index", row["task_id"])
+            for row in once:  # one-off runs: a sorted set by fire time
+                fields = {k: "" if v is None else str(v) for k, v in row.items()}
+                await client.hset(f"{prefix}:_scheduled:{row['run_key']}", mapping=fields)
+                fire_at = datetime.fromisoformat(row["fire_at"]).timestamp()
+                await client.zadd(f"{prefix}:_scheduled:_index", {row["run_key"]: fire_at})
         finally:
             await client.aclose()
 
@@ -261,6 +309,30 @@ async def test_startup_imports_history_and_runs_waiting_tasks_once(
     await again.shutdown()
     assert not [r for r in caplog.records if r.name == "fastapi_taskflow.legacy"]
     assert sent == [("late@example.com", "later")]
+
+
+async def test_a_0_12_one_off_run_fires_after_the_upgrade(target: Target) -> None:
+    """A one-off run 0.12 had scheduled (already due) fires once at the first start, with its
+    arguments and tags, under its bare task name."""
+    await target.write([], [], [scheduled("remind-1")])
+    sent: list[tuple[Any, ...]] = []
+    manager = app_manager(target.make(), sent)
+    await manager.startup()
+    try:
+        await until(lambda: bool(sent))
+        await manager.join(timeout=10)
+        assert sent == [("due@example.com", "reminder")]
+        assert await manager.list_scheduled() == []
+    finally:
+        await manager.shutdown()
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll ``condition`` (a timer in the scheduler fires the run) with a deadline."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_failed_0_12_task_retries_under_its_bare_name(target: Target) -> None:

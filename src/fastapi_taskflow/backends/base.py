@@ -740,9 +740,10 @@ class TaskBackend(ABC):
     # backend with no 0.12 predecessor has none.
 
     async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
-        """Rows of 0.12's ``table`` (``task_snapshots`` or ``task_pending_requeue``) as
-        column -> value, task_id > ``after`` ascending, at most ``limit``; [] when absent."""
+        """Rows of 0.12's ``table`` (``task_snapshots``, ``task_pending_requeue`` or
+        ``task_scheduled_once``) as column -> value, key (``task_id``; ``run_key``) > ``after``
+        ascending, at most ``limit``; [] when there is no such table."""
         return []
 
-    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
-        """Remove rows of 0.12's ``table`` (waiting tasks, once they are journaled here)."""
+    async def _legacy_delete(self, table: str, keys: list[str]) -> None:
+        """Remove rows of 0.12's ``table`` by key (once they are imported here)."""

@@ -55,9 +55,14 @@ _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
 _BATCH = 500
 #: fastapi-taskflow 0.12's default key prefix (its data is imported from there too).
 LEGACY_PREFIX = "fbtm:snapshots"
-#: 0.12's tables as key infixes: ``<p>:<id>`` hashes in ``<p>:_index``, waiting tasks in
-#: ``<p>:_pending:<id>`` listed by ``<p>:_pending:_index``.
-_LEGACY_INFIX = {"task_snapshots": "", "task_pending_requeue": ":_pending"}
+#: 0.12's tables as key infixes: ``<p>:<id>`` hashes in the set ``<p>:_index``, waiting tasks
+#: in ``<p>:_pending:<id>`` listed by the set ``<p>:_pending:_index``, one-off runs in
+#: ``<p>:_scheduled:<run_key>`` listed by the sorted set ``<p>:_scheduled:_index``.
+_LEGACY_INFIX = {
+    "task_snapshots": "",
+    "task_pending_requeue": ":_pending",
+    "task_scheduled_once": ":_scheduled",
+}
 
 # ARGV: prefix, ttl_ms (0: none), then 7 values per row.
 _SAVE = """
@@ -583,7 +588,12 @@ class RedisBackend(TaskBackend):
         async with self._errors() as client:
             found: dict[str, str] = {}
             for prefix in self._legacy_prefixes():
-                ids = await self._call(client.smembers(f"{prefix}{infix}:_index"))
+                index = f"{prefix}{infix}:_index"
+                ids = await self._call(
+                    client.zrange(index, 0, -1)
+                    if table == "task_scheduled_once"
+                    else client.smembers(index)
+                )
                 found.update({tid: prefix for tid in ids if tid not in found})
             page = sorted(t for t in found if after is None or t > after)[:limit]
             pipe = client.pipeline(transaction=False)
@@ -597,7 +607,11 @@ class RedisBackend(TaskBackend):
         async with self._errors() as client:
             pipe = client.pipeline(transaction=True)
             for prefix in self._legacy_prefixes():
-                pipe.srem(f"{prefix}{infix}:_index", *task_ids)
+                index = f"{prefix}{infix}:_index"
+                if table == "task_scheduled_once":
+                    pipe.zrem(index, *task_ids)
+                else:
+                    pipe.srem(index, *task_ids)
                 pipe.delete(*(f"{prefix}{infix}:{task_id}" for task_id in task_ids))
             await pipe.execute()
 

@@ -284,12 +284,14 @@ class SqlBackend(TaskBackend):
     async def _delete_rows(self, task_ids: list[str]) -> int:
         return await self._delete_ids("{t}records", task_ids)
 
-    async def _delete_ids(self, table: str, task_ids: Sequence[str]) -> int:
+    async def _delete_ids(
+        self, table: str, task_ids: Sequence[str], column: str = "task_id"
+    ) -> int:
         deleted = 0
         async with self.session() as s:
             for part in chunks(task_ids):
                 deleted += await s.execute(
-                    self.sql(f"DELETE FROM {table} WHERE task_id IN ({marks(len(part))})"), part
+                    self.sql(f"DELETE FROM {table} WHERE {column} IN ({marks(len(part))})"), part
                 )
         return deleted
 
@@ -576,22 +578,27 @@ class SqlBackend(TaskBackend):
     # ---- 0.12's tables (same names and columns on PostgreSQL and MySQL) ----------------------
 
     async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
-        table = LEGACY_TABLES[table]
+        key = LEGACY_TABLES[table]
         async with self.session() as s:
             found = await s.fetch(self.table_exists_sql(), [table])
             if not found or not found[0][0]:
                 return []
             return await s.fetch_dicts(
-                f"SELECT * FROM {table} WHERE task_id > ? ORDER BY task_id LIMIT ?",
+                f"SELECT * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                 [after or "", limit],
             )
 
-    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
-        await self._delete_ids(LEGACY_TABLES[table], task_ids)
+    async def _legacy_delete(self, table: str, keys: list[str]) -> None:
+        await self._delete_ids(table, keys, LEGACY_TABLES[table])
 
 
-#: 0.12's table names, as the only values that reach the SQL (never a caller's string).
-LEGACY_TABLES = {name: name for name in ("task_snapshots", "task_pending_requeue")}
+#: 0.12's tables and the key column of each; only these names reach the SQL (a KeyError for
+#: any other, never a caller's string).
+LEGACY_TABLES = {
+    "task_snapshots": "task_id",
+    "task_pending_requeue": "task_id",
+    "task_scheduled_once": "run_key",
+}
 
 
 def legacy_pool_sizes(

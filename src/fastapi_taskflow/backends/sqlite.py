@@ -428,7 +428,7 @@ class SqliteBackend(TaskBackend):
     # ---- fastapi-taskflow 0.12's tables in the same file ---------------------------------------
 
     async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
-        table = LEGACY_TABLES[table]
+        key = LEGACY_TABLES[table]
         async with self._lock, self._errors():
             db = self._conn()
             exists = await db.execute_fetchall(
@@ -437,7 +437,7 @@ class SqliteBackend(TaskBackend):
             if not list(exists):
                 return []
             cursor = await db.execute(
-                f"SELECT * FROM {table} WHERE task_id > ? ORDER BY task_id LIMIT ?",
+                f"SELECT * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                 (after or "", limit),
             )
             rows = await cursor.fetchall()
@@ -445,10 +445,10 @@ class SqliteBackend(TaskBackend):
             await cursor.close()
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
-        table = LEGACY_TABLES[table]
+    async def _legacy_delete(self, table: str, keys: list[str]) -> None:
+        key = LEGACY_TABLES[table]
         async with self._transaction() as db:
-            await db.executemany(f"DELETE FROM {table} WHERE task_id = ?", [(t,) for t in task_ids])
+            await db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in keys])
 
     # ---- instances, commands, one-off schedules ------------------------------------------------
 
