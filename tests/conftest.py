@@ -12,19 +12,12 @@ from servers import (
     MariaDBServer,
     PostgresServer,
     RedisServer,
-    find_mariadb,
-    find_postgres,
-    find_redis_server,
+    require_mariadb,
+    require_postgres,
+    require_redis_server,
     running,
     running_redis_server,
 )
-
-
-def missing(what: str) -> None:
-    """Skip for a missing server binary locally; in CI a missing binary is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} not installed, and CI must run its tests")
-    pytest.skip(f"{what} not installed")
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +26,7 @@ def redis_server() -> Iterator[RedisServer]:
 
     Missing binary: skipped locally, a failure in CI (a CI that skips Redis proves nothing).
     """
-    binary = find_redis_server()
-    if binary is None:
-        missing("redis-server")
-    assert binary is not None
-    with running_redis_server(binary) as server:
+    with running_redis_server(require_redis_server()) as server:
         yield server
 
 
@@ -57,22 +46,14 @@ def redis_prefix() -> str:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL cluster for the whole session (initdb + postgres, ~2 s)."""
-    bin_dir = find_postgres()
-    if bin_dir is None:
-        missing("PostgreSQL (initdb, postgres)")
-    assert bin_dir is not None
-    with running(PostgresServer(bin_dir)) as server:
+    with running(PostgresServer(require_postgres())) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDBServer]:
     """One throwaway MariaDB for the whole session (mariadb-install-db + mariadbd, ~5 s)."""
-    found = find_mariadb()
-    if found is None:
-        missing("MariaDB (mariadbd, mariadb-install-db)")
-    assert found is not None
-    with running(MariaDBServer(*found)) as server:
+    with running(MariaDBServer(*require_mariadb())) as server:
         server.create_database("taskflow")
         yield server
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def free_port() -> int:
@@ -98,6 +98,24 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
+def missing(what: str) -> NoReturn:
+    """A server binary is missing: skipped locally, a failure in CI (a CI that skips a server's
+    tests proves nothing about it)."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} not installed, and CI must run its tests")
+    pytest.skip(f"{what} not installed")
+
+
+def require_redis_server() -> str:
+    """The redis-server binary, or :func:`missing`."""
+    binary = find_redis_server()
+    if binary is None:
+        missing("redis-server")
+    return binary
+
+
 @contextmanager
 def running_redis_server(binary: str) -> Iterator[RedisServer]:
     """A running server for the duration of the block, terminated after it."""
@@ -124,6 +142,22 @@ def find_postgres() -> Path | None:
         if (directory / "initdb").exists() and (directory / "postgres").exists():
             return directory
     return None
+
+
+def require_postgres() -> Path:
+    """The directory of initdb and postgres, or :func:`missing`."""
+    found = find_postgres()
+    if found is None:
+        missing("PostgreSQL (initdb, postgres)")
+    return found
+
+
+def require_mariadb() -> tuple[Path, Path]:
+    """(mariadbd, mariadb-install-db), or :func:`missing`."""
+    found = find_mariadb()
+    if found is None:
+        missing("MariaDB (mariadbd, mariadb-install-db)")
+    return found
 
 
 def find_mariadb() -> tuple[Path, Path] | None:

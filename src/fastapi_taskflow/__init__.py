@@ -18,6 +18,7 @@ from .errors import (
     TaskTimeoutError,
     UnknownTaskError,
     WorkerCrashedError,
+    WriteBufferFullError,
 )
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .loggers import (
@@ -87,6 +88,7 @@ __all__ = [
     "TaskflowError",
     "UnknownTaskError",
     "WorkerCrashedError",
+    "WriteBufferFullError",
 ]
 
 

@@ -7,56 +7,136 @@ a request journaled tasks (``persist=True``, ``requeue_pending=True`` or
 committed. A client that got its response therefore knows the task survives a crash. Requests
 that journal nothing pay one context variable and one wrapper call.
 
-The wait is bounded (``timeout``) and skipped while the backend is failing: during an outage the
-app keeps answering and the writes stay buffered (see docs/durability.md).
+A commit that is slow without failing (another process holds the SQLite write lock, a disk
+that stalls) is waited for up to ``barrier_timeout``. Past it the response must not claim
+durability: the request's tasks are withdrawn (cancelled, their entries removed) and the client
+gets a 503 with ``Retry-After`` instead, counted in ``metrics()["barrier_timeouts"]`` and logged.
+While the backend is failing (an outage) the response is not held: the app keeps answering and
+the writes stay buffered (see docs/durability.md).
 """
 
 from __future__ import annotations
 
+import enum
+import json
+import logging
+import math
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .manager import TaskManager
 
+logger = logging.getLogger("fastapi_taskflow.barrier")
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
-# The highest journal sequence number the current request wrote (a one-item list, so a sync
-# route's worker thread, which runs in a copy of the context, updates the same holder).
-_request_writes: ContextVar[list[int] | None] = ContextVar("taskflow_journal_writes", default=None)
+
+class Commit(enum.Enum):
+    """How waiting for a journal write ended."""
+
+    COMMITTED = "committed"
+    FAILING = "failing"  # the backend is failing: the write stays buffered and is retried
+    TIMED_OUT = "timed out"  # neither committed nor failed within the wait
 
 
-def note_journal_write(seq: int) -> None:
-    """Remember that the current request (if any) journaled write ``seq``."""
+@dataclass(slots=True)
+class RequestJournal:
+    """What the current request journaled: the highest write and the tasks it wrote."""
+
+    seq: int = 0
+    task_ids: list[str] = field(default_factory=list)
+
+
+# The current request's journal writes. Mutated in place, so a sync route's worker thread,
+# which runs in a copy of the context, updates the same holder.
+_request_writes: ContextVar[RequestJournal | None] = ContextVar(
+    "taskflow_journal_writes", default=None
+)
+
+
+def note_journal_write(seq: int, task_id: str) -> None:
+    """Remember that the current request (if any) journaled task ``task_id`` as write ``seq``."""
     holder = _request_writes.get()
-    if holder is not None and seq > holder[0]:
-        holder[0] = seq
+    if holder is not None:
+        holder.task_ids.append(task_id)
+        if seq > holder.seq:
+            holder.seq = seq
 
 
 class JournalBarrier:
-    """ASGI middleware: hold a response until its request's journal writes are committed."""
+    """ASGI middleware: hold a response until its request's journal writes are committed.
 
-    def __init__(self, app: Any, manager: TaskManager, timeout: float = 2.0) -> None:
+    ``timeout`` (default: the manager's ``barrier_timeout``) bounds the wait for a commit that
+    neither succeeds nor fails; past it the request's tasks are withdrawn and the answer is 503.
+    """
+
+    def __init__(self, app: Any, manager: TaskManager, timeout: float | None = None) -> None:
         self.app = app
         self.manager = manager
-        self.timeout = timeout
+        self.timeout = manager.settings.barrier_timeout if timeout is None else timeout
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        holder = [0]
+        holder = RequestJournal()
         token = _request_writes.set(holder)
+        withdrawn = False
 
         async def send_when_durable(message: Message) -> None:
-            if holder[0] and message["type"] == "http.response.start":
+            nonlocal withdrawn
+            if withdrawn:  # the 503 went out instead of the app's response
+                return
+            if holder.seq and message["type"] == "http.response.start":
                 persister = self.manager.persister
                 if persister is not None:
-                    await persister.wait_written(holder[0], self.timeout)
+                    outcome = await persister.wait_written(holder.seq, self.timeout)
+                    if outcome is Commit.TIMED_OUT:
+                        withdrawn = True
+                        self._withdraw(scope, holder)
+                        await self._unavailable(send)
+                        return
             await send(message)
 
         try:
             await self.app(scope, receive, send_when_durable)
         finally:
             _request_writes.reset(token)
+
+    def _withdraw(self, scope: Scope, holder: RequestJournal) -> None:
+        reason = (
+            f"withdrawn: its journal write was not committed within {self.timeout:g}s "
+            "(barrier_timeout), so the client was answered 503"
+        )
+        withdrawn = self.manager.withdraw_tasks(holder.task_ids, reason)
+        logger.warning(
+            "journal commit slower than barrier_timeout=%gs on %s %s: %d task(s) withdrawn "
+            "and the client answered 503 (a 2xx would claim a durability that did not hold)",
+            self.timeout,
+            scope.get("method", "?"),
+            scope.get("path", "?"),
+            withdrawn,
+        )
+
+    async def _unavailable(self, send: Any) -> None:
+        body = json.dumps(
+            {
+                "detail": "the task journal did not commit in time; the request's tasks were "
+                "withdrawn: retry later"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(max(1, math.ceil(self.timeout))).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from .commands import (
+    register_db,
     register_dead_letters,
     register_keys,
     register_migrate,
@@ -49,7 +50,7 @@ def register_config(root: "typer.Typer") -> None:
 
 
 COMMAND_GROUPS: "list[Callable[[typer.Typer], None]]" = [register_config]
-COMMAND_GROUPS += [register_tasks, register_dead_letters, register_keys, register_run]
+COMMAND_GROUPS += [register_tasks, register_dead_letters, register_keys, register_run, register_db]
 COMMAND_GROUPS += [register_migrate]
 
 

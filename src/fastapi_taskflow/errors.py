@@ -20,6 +20,18 @@ class QueueFullError(TaskflowError):
         self.task_id = task_id
 
 
+class WriteBufferFullError(TaskflowError):
+    """Raised when a task that must be journaled finds the write buffer at ``max_buffered``
+    journal changes (the backend is down or slower than tasks arrive): try again later."""
+
+    def __init__(self, max_buffered: int, backend: str) -> None:
+        super().__init__(
+            f"the journal write buffer is full ({max_buffered} changes waiting for {backend}): "
+            "the task was not accepted; try again later"
+        )
+        self.max_buffered = max_buffered
+
+
 class TaskArgumentError(TaskflowError, ValueError):
     """Raised when ``add_task`` gets arguments its executor cannot carry (e.g. unpicklable)."""
 
@@ -62,6 +74,23 @@ class InvalidConfigurationError(ConfigurationError):
 
 class BackendError(TaskflowError):
     """Raised when a persistence backend cannot be reached or refuses an operation."""
+
+
+class DamagedDatabaseError(BackendError):
+    """Raised when SQLite's own integrity check finds damage in a database file."""
+
+    def __init__(self, path: str, problems: list[str], *, full: bool = False) -> None:
+        self.path = path
+        self.problems = problems
+        shown = "; ".join(problems[:5])
+        if len(problems) > 5:
+            shown += f" (and {len(problems) - 5} more)"
+        pragma = "integrity_check" if full else "quick_check"
+        super().__init__(
+            f"SQLite database {path} is damaged (PRAGMA {pragma}): {shown}. Restore it from a "
+            f"backup, or inspect it with `taskflow db check {path}`; taskflow does not start "
+            "on a damaged file, whose journaled tasks could silently never run"
+        )
 
 
 class ArgumentDecryptionError(TaskflowError):

@@ -103,6 +103,10 @@ class TaskManager:
         heartbeat_interval: float = 10.0,
         lease_ttl: float = 30.0,
         max_requeues: int = 3,
+        prune_interval: float = 3600.0,
+        barrier_timeout: float = 30.0,
+        max_buffered: int = 100_000,
+        journal_backpressure: bool = False,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -140,6 +144,10 @@ class TaskManager:
             heartbeat_interval=heartbeat_interval,
             lease_ttl=lease_ttl,
             max_requeues=max_requeues,
+            prune_interval=prune_interval,
+            barrier_timeout=barrier_timeout,
+            max_buffered=max_buffered,
+            journal_backpressure=journal_backpressure,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -454,6 +462,10 @@ class TaskManager:
                 heartbeat_interval=s.heartbeat_interval,
                 lease_ttl=s.lease_ttl,
                 retention_days=s.retention_days,
+                prune_interval=s.prune_interval,
+                barrier_timeout=s.barrier_timeout,
+                max_buffered=s.max_buffered,
+                journal_backpressure=s.journal_backpressure,
             ),
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,
@@ -531,6 +543,8 @@ class TaskManager:
         for job in self.dispatcher.waiting_jobs():
             if job.survives_shutdown:
                 self.dispatcher.withdraw(job)  # its entry stays in the journal for the next start
+                if self.persister is not None:
+                    self.persister.keep(job.record)  # and its PENDING record is saved
             else:
                 self.dispatcher.finish_waiting(
                     job, TaskStatus.INTERRUPTED, "the app shut down before the task started"
@@ -599,6 +613,11 @@ class TaskManager:
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         loop.call_soon_threadsafe(lambda: done.set_result(self.dispatcher.cancel(task_id)))
         return done.result(timeout=5)
+
+    def withdraw_tasks(self, task_ids: Sequence[str], reason: str) -> int:
+        """Cancel tasks whose enqueue the client was told failed (the response barrier's 503);
+        returns how many were still unfinished. Event-loop thread only."""
+        return sum(self.dispatcher.cancel(task_id, reason) for task_id in task_ids)
 
     async def get_task(self, task_id: str) -> TaskHandle | None:
         """A handle for a known task id (memory first, then the backend), else None."""
@@ -722,7 +741,10 @@ class TaskManager:
             "dropped_writes": stats.dropped_writes if stats else 0,
             "backend_write_failures": stats.write_failures if stats else 0,
             "lease_failures": stats.lease_failures if stats else 0,
+            "lease_expirations": stats.lease_expirations if stats else 0,
+            "refused_tasks": stats.refused_tasks if stats else 0,
             "claimed_tasks": stats.claimed if stats else 0,
+            "barrier_timeouts": stats.barrier_timeouts if stats else 0,
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:

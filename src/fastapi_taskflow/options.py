@@ -55,6 +55,17 @@ class ManagerSettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_requeues: int = 3
+    # How often finished records older than retention_days are deleted (seconds).
+    prune_interval: float = 3600.0
+    # How long a response waits for its request's journal commit before the request's tasks
+    # are withdrawn and it becomes a 503 (seconds; see barrier.py).
+    barrier_timeout: float = 30.0
+    # Writes waiting for the backend (batches being written included) before the oldest
+    # finished-record writes are dropped.
+    max_buffered: int = 100_000
+    # Past max_buffered journal changes, refuse new journaled tasks (WriteBufferFullError)
+    # instead of keeping every journal change in memory.
+    journal_backpressure: bool = False
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
@@ -77,6 +88,9 @@ class ManagerSettings:
         _positive(
             "max_requeues", self.max_requeues, allow_none=False, integer=True, allow_zero=True
         )
+        _positive("prune_interval", self.prune_interval, allow_none=False)
+        _positive("barrier_timeout", self.barrier_timeout, allow_none=False)
+        _positive("max_buffered", self.max_buffered, allow_none=False, integer=True)
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

@@ -13,10 +13,13 @@
 * The lease: this instance renews its owner lease every ``heartbeat_interval`` and then claims
   journal entries whose owner's lease expired (a dead instance) or that were released (a clean
   shutdown); ``on_claim`` runs them again or records why not.
-* Outages: a failed write is retried with backoff; what waits is kept in a bounded buffer
-  (``buffered_writes``; the oldest history writes are dropped past ``max_buffered``, with one
-  warning). When the backend answers again the buffer drains and the journal entries of active
-  tasks are written again (a Redis restarted without persistence lost them).
+* Outages and slow backends: a failed write is retried with backoff; what waits is kept in a
+  buffer bounded by ``max_buffered`` (``buffered_writes``, batches being written included):
+  past it the oldest history writes are dropped and, with ``journal_backpressure``, new
+  journaled tasks refused (``WriteBufferFullError``), each counted and warned about once per
+  episode. When the
+  backend answers again the buffer drains and the journal entries of active tasks are written
+  again (a Redis restarted without persistence lost them).
 * Nothing here is ever cancelled in the middle of a backend call: ``stop()`` signals the loops
   and waits for them, so a SQLite transaction is never left open.
 """
@@ -33,7 +36,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .backends.base import JournalEntry, TaskBackend
-from .barrier import note_journal_write
+from .barrier import Commit, note_journal_write
+from .errors import WriteBufferFullError
 from .loopref import LoopRef
 from .models import TaskRecord
 from .store import TaskStore
@@ -42,6 +46,7 @@ logger = logging.getLogger("fastapi_taskflow.persistence")
 
 ClaimHandler = Callable[[list[JournalEntry]], None]
 CLAIM_BATCH = 500
+HISTORY_CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -52,8 +57,11 @@ class DurabilitySettings:
     heartbeat_interval: float = 10.0
     lease_ttl: float = 30.0
     max_buffered: int = 100_000
+    journal_backpressure: bool = False
     retention_days: float | None = None
     flush_timeout: float = 10.0
+    prune_interval: float = 3600.0
+    barrier_timeout: float = 30.0
 
 
 @dataclass(slots=True)
@@ -64,6 +72,9 @@ class PersistStats:
     dropped_writes: int = 0
     lease_failures: int = 0
     claimed: int = 0
+    barrier_timeouts: int = 0  # responses turned into 503s: their commit was too slow
+    lease_expirations: int = 0  # times no renewal was confirmed within lease_ttl
+    refused_tasks: int = 0  # journaled tasks refused: the journal buffer was full
 
 
 @dataclass(slots=True)
@@ -114,8 +125,13 @@ class Persister:
         self._claiming = True
         self._healthy = True
         self._full_warned = False
-        self._lease_until = 0.0
+        self._refusal_warned = False
+        # Writes handed to the backend and not yet committed: they count against the bound too.
+        self._journal_in_flight = 0
+        self._history_in_flight = 0
+        self._lease_until = 0.0  # monotonic time the last confirmed renewal lasts until
         self._lease_failing = False
+        self._lapse_reported = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -188,6 +204,27 @@ class Persister:
 
     # ---- what the manager reports ----------------------------------------------------------
 
+    def admit(self) -> None:
+        """Backpressure for tasks that must be journaled (``journal_backpressure``): journal
+        changes are never dropped, so past ``max_buffered`` of them a new one is refused
+        (counted, logged once per episode) instead of growing the buffer without bound."""
+        if (
+            not self.settings.journal_backpressure
+            or len(self._urgent) + self._journal_in_flight < self.settings.max_buffered
+        ):
+            return
+        self.stats.refused_tasks += 1
+        if not self._refusal_warned:
+            self._refusal_warned = True
+            logger.warning(
+                "the journal write buffer is full (max_buffered=%d, backend %s down or slow): "
+                "refusing new journaled tasks with WriteBufferFullError, counted in "
+                "refused_tasks",
+                self.settings.max_buffered,
+                self.backend.describe(),
+            )
+        raise WriteBufferFullError(self.settings.max_buffered, self.backend.describe())
+
     def journal(self, entry: JournalEntry) -> int:
         """A new task must survive the process; returns its write's sequence number."""
         with self._lock:
@@ -199,7 +236,8 @@ class Persister:
             self._urgent.puts[task_id] = entry
             self._seq += 1
             seq = self._seq
-        note_journal_write(seq)
+        note_journal_write(seq, task_id)
+        self._hold_bound()  # finished-record writes make room for it
         self._kick()
         return seq
 
@@ -245,6 +283,7 @@ class Persister:
             self.store.mark_dirty(record)
             if self.store.dirty_count >= self._history_batch and self._history_due is not None:
                 self._loop_ref.call(self._history_due.set)
+            self._hold_bound()
             return
         with self._lock:
             task_id = record.task_id
@@ -271,8 +310,21 @@ class Persister:
         return max(1000, self.settings.max_buffered // 4)
 
     def buffered(self) -> int:
-        """Writes waiting for the backend (journal changes and finished records)."""
-        return len(self._urgent) + self.store.dirty_count
+        """Writes waiting for the backend (journal changes and finished records), the batches
+        being written included."""
+        return (
+            len(self._urgent)
+            + self.store.dirty_count
+            + self._journal_in_flight
+            + self._history_in_flight
+        )
+
+    def _hold_bound(self) -> None:
+        """Past ``max_buffered`` (a backend down, or merely slower than the tasks finish), the
+        oldest finished-record writes go; journal changes are never dropped."""
+        excess = self.buffered() - self.settings.max_buffered
+        if excess > 0:
+            self._dropped(self.store.drop_oldest_dirty(excess))
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -297,15 +349,20 @@ class Persister:
             seq = self._seq
             self._sent.update(batch.puts)
         if batch:
+            self._journal_in_flight = len(batch)
             try:
                 await self.backend.journal_put(list(batch.puts.values()), self.owner)
                 self._committed(seq)  # new entries are durable: held responses may go
                 await self.backend.save_records(list(batch.records.values()))
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
+                self._journal_in_flight = 0
                 self._put_back(batch)
                 self._committed(None)
                 raise
+            self._journal_in_flight = 0
+            if self._refusal_warned and len(self._urgent) < self.settings.max_buffered // 2:
+                self._refusal_warned = False  # the next episode of refusals is reported again
         self._committed(seq)
 
     def _committed(self, seq: int | None) -> None:
@@ -321,32 +378,51 @@ class Persister:
                 keep.append((wanted, waiter))
         self._waiters = keep
 
-    async def wait_written(self, seq: int, timeout: float) -> bool:
-        """Wait until journal write ``seq`` is committed; False on timeout or a failed write."""
+    async def wait_written(self, seq: int, timeout: float) -> Commit:
+        """Wait until journal write ``seq`` is committed, the backend fails, or ``timeout``."""
         if seq <= self._written:
-            return True
+            return Commit.COMMITTED
         if not self._healthy or self._loop_ref.loop is None:
-            return False
+            return Commit.FAILING
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append((seq, waiter))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            committed = await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            return False
+            self.stats.barrier_timeouts += 1
+            return Commit.TIMED_OUT
+        return Commit.COMMITTED if committed else Commit.FAILING
 
     async def flush_history(self) -> None:
-        """Write finished records that changed since the last batch."""
+        """Write finished records that changed since the last batch, ``HISTORY_CHUNK`` per
+        transaction: a flood's 100,000 records in one call would hold the backend (and, while
+        their rows are encoded, the event loop) for seconds, starving the lease heartbeat."""
         records = self.store.take_dirty()
         if not records:
             return
+        written = 0
+        self._history_in_flight = len(records)
         try:
-            await self.backend.save_records(records)
+            while written < len(records):
+                chunk = records[written : written + HISTORY_CHUNK]
+                await self.backend.save_records(chunk)
+                written += len(chunk)
+                self._history_in_flight = len(records) - written
         except Exception:
-            room = max(0, self.settings.max_buffered - len(self._urgent))
-            for record in records[-room:] if room else []:
+            rest = records[written:]
+            self._history_in_flight = 0
+            room = max(0, self.settings.max_buffered - self.buffered())
+            for record in rest[-room:] if room else []:
                 self.store.mark_dirty(record)
-            self._dropped(len(records) - min(room, len(records)))
+            self._dropped(len(rest) - min(room, len(rest)))
             raise
+        self._history_in_flight = 0
+        if (
+            self._full_warned
+            and self._healthy
+            and self.buffered() < self.settings.max_buffered // 2
+        ):
+            self._full_warned = False  # the next episode of drops is reported again
 
     def _put_back(self, batch: _Pending) -> None:
         """Merge a failed batch under newer changes so nothing is lost or reordered."""
@@ -359,7 +435,12 @@ class Persister:
             batch.removes |= newer.removes
             batch.records.update(newer.records)
             self._urgent = batch
-            excess = len(batch) + self.store.dirty_count - self.settings.max_buffered
+            excess = (
+                len(batch)
+                + self.store.dirty_count
+                + self._history_in_flight
+                - self.settings.max_buffered
+            )
             dropped = 0
             while excess > 0 and batch.records:  # the oldest history goes first
                 batch.records.pop(next(iter(batch.records)))
@@ -374,10 +455,11 @@ class Persister:
         if not self._full_warned:
             self._full_warned = True
             logger.warning(
-                "backend %s unavailable and the write buffer is full (max_buffered=%d): "
-                "dropping the oldest finished-record writes (journal changes are kept)",
-                self.backend.describe(),
+                "the write buffer is full (max_buffered=%d): backend %s is unavailable or "
+                "slower than tasks finish; dropping the oldest finished-record writes (journal "
+                "changes are kept), counted in dropped_writes",
                 self.settings.max_buffered,
+                self.backend.describe(),
             )
 
     def _write_failed(self, what: str) -> None:
@@ -454,7 +536,7 @@ class Persister:
                 await self._guarded("claim", self.claim)
 
     async def _retention_loop(self) -> None:
-        while not await self._pause(3600.0):
+        while not await self._pause(self.settings.prune_interval):
             await self._guarded("retention", self.prune)
 
     async def _pause(self, seconds: float, early: asyncio.Event | None = None) -> bool:
@@ -481,10 +563,17 @@ class Persister:
     # ---- the lease and claims ----------------------------------------------------------------
 
     async def _renew(self) -> bool:
-        """Heartbeat; on failure say so, and say loudly when the lease may have expired."""
+        """Heartbeat; on failure say so. Whether the lease may have expired is judged by the
+        time since the last confirmed renewal, so a renewal that hangs past the lease and then
+        succeeds is reported as well as one that fails."""
         sent = time.monotonic()
+        renewal = asyncio.ensure_future(self.backend.heartbeat(self.owner, self.settings.lease_ttl))
+        # Wait (never cancel) until the renewal ends or the lease runs out, whichever is first.
+        await asyncio.wait({renewal}, timeout=max(0.0, self._lease_until - sent))
+        if not renewal.done():
+            self._lease_lapsed()
         try:
-            await self.backend.heartbeat(self.owner, self.settings.lease_ttl)
+            await renewal
         except Exception:
             self.stats.lease_failures += 1
             if not self._lease_failing:
@@ -495,18 +584,15 @@ class Persister:
                     self.backend.describe(),
                     exc_info=True,
                 )
-            if time.monotonic() >= self._lease_until and self._lease_until:
-                self._lease_until = 0.0  # warn once per outage
-                logger.error(
-                    "the lease of instance %s may have expired: another instance may claim its "
-                    "%d journaled tasks and run them again (at-least-once)",
-                    self.owner,
-                    len(self._active),
-                )
+            if time.monotonic() >= self._lease_until:
+                self._lease_lapsed()
             return False
+        if time.monotonic() >= self._lease_until:  # confirmed, but after the lease ran out
+            self._lease_lapsed()
         self._lease_until = sent + self.settings.lease_ttl
-        if self._lease_failing:
+        if self._lease_failing or self._lapse_reported:
             self._lease_failing = False
+            self._lapse_reported = False
             logger.warning(
                 "lease heartbeat of %s works again; rewriting %d journal entries",
                 self.owner,
@@ -514,6 +600,22 @@ class Persister:
             )
             self._rejournal()
         return True
+
+    def _lease_lapsed(self) -> None:
+        """No renewal confirmed within ``lease_ttl``: say so once per lapse, and count it."""
+        if self._lapse_reported:
+            return
+        self._lapse_reported = True
+        self.stats.lease_expirations += 1
+        logger.error(
+            "the lease of instance %s may have expired (no renewal confirmed for %gs, "
+            "lease_ttl=%gs): another instance may claim its %d journaled tasks and run them "
+            "again (at-least-once)",
+            self.owner,
+            time.monotonic() - (self._lease_until - self.settings.lease_ttl),
+            self.settings.lease_ttl,
+            len(self._active),
+        )
 
     def _rejournal(self) -> None:
         """Write the entries of active tasks again (the backend may have lost them)."""

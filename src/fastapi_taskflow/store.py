@@ -10,6 +10,7 @@ Mutations take a lock because sync routes add tasks from FastAPI's worker thread
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import threading
@@ -263,6 +264,14 @@ class TaskStore:
         with self._lock:
             dirty, self._dirty = list(self._dirty.values()), {}
         return dirty
+
+    def drop_oldest_dirty(self, count: int) -> int:
+        """Forget the ``count`` oldest queued writes (the buffer is full); returns how many."""
+        with self._lock:
+            doomed = list(itertools.islice(self._dirty, count))
+            for task_id in doomed:
+                del self._dirty[task_id]
+        return len(doomed)
 
     @property
     def dirty_count(self) -> int:

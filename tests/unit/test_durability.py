@@ -18,6 +18,7 @@ from control_helpers import wait_until
 from cryptography.fernet import Fernet
 from fastapi import Depends, FastAPI
 
+from asgi_calls import empty_body, post_scope
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager, TaskStatus
 from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.backends.base import JournalEntry, TaskBackend
@@ -453,26 +454,9 @@ async def test_a_response_waits_for_its_tasks_journal_write() -> None:
         elif message["type"] == "http.response.body":
             bodies.append(message.get("body", b""))
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/run",
-        "raw_path": b"/run",
-        "headers": [],
-        "query_string": b"",
-        "http_version": "1.1",
-        "scheme": "http",
-        "server": ("t", 80),
-        "client": ("c", 1),
-        "root_path": "",
-        "state": {},
-    }
     await tm.startup()
     try:
-        await app(scope, receive, send)
+        await app(post_scope("/run"), empty_body, send)
         await tm.join(timeout=5)
     finally:
         await tm.shutdown()

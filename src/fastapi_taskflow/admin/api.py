@@ -19,9 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from ..backends.base import RecordQuery
 from ..control import Outcome, cancel_anywhere, retry_elsewhere
@@ -37,8 +39,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fastapi_taskflow.admin")
 
 RETRY_FAILED_CAP = 10_000
+
+
+def _encodable_id(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (no lone surrogates)") from None
+    return text
+
+
 _UNIT = {"min": "minutes", "hour": "hours", "day": "days"}
-TaskId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+TaskId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_encodable_id)
+]
 
 
 class AdminRoute(APIRoute):
@@ -50,6 +64,8 @@ class AdminRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                return validation_response(exc)
             except BadInput as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=422)
             except NotImplementedError as exc:  # a custom backend without a feature's primitives
@@ -61,6 +77,28 @@ class AdminRoute(APIRoute):
                 )
 
         return route
+
+
+def validation_response(exc: RequestValidationError) -> Response:
+    """FastAPI's 422, minus echoed input JSON cannot carry (a lone surrogate, NaN, 1e400),
+    which would otherwise turn a client's mistake into a 500."""
+    errors = []
+    for error in jsonable_encoder(exc.errors()):
+        try:
+            json.dumps(error, ensure_ascii=False, allow_nan=False).encode()
+        except (ValueError, UnicodeEncodeError):
+            error = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+            error["loc"] = [_printable(part) for part in error.get("loc", [])]
+            error["msg"] = _printable(error.get("msg", ""))
+        errors.append(error)
+    return json_response({"detail": errors}, 422)
+
+
+def _printable(value: Any) -> Any:
+    """A location or message part, with what UTF-8 cannot encode escaped."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
 
 
 class BulkRetryBody(BaseModel):

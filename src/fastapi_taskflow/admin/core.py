@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
-PRUNE_EVERY = 3600.0
-
 
 class TaskAdmin:
     """Mounts the task API and the dashboard under ``path`` and wires the manager's lifecycle.
@@ -42,7 +40,8 @@ class TaskAdmin:
     ``dependencies``: FastAPI dependencies run on every admin route (your own auth).
     ``api_tokens``: static bearer tokens for API clients (a list, or ``{name: token}``).
     ``read_only``: every route that changes something answers 403.
-    ``retention_days``: finished tasks older than this are deleted every hour.
+    ``retention_days``: finished tasks older than this are deleted every ``prune_interval``
+    seconds of the manager (an hour by default).
 
     ``task_manager`` may also be a zero-argument callable returning the current manager, for
     apps whose manager is rebuilt on each lifespan run (a DI container); the admin then asks
@@ -159,7 +158,7 @@ class TaskAdmin:
                 await self.prune()
             except Exception:
                 logger.error("pruning old task history failed", exc_info=True)
-            await asyncio.sleep(PRUNE_EVERY)
+            await asyncio.sleep(self.manager.settings.prune_interval)
 
 
 def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[[], TaskManager]:

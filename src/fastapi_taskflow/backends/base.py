@@ -27,6 +27,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -88,12 +89,16 @@ def encode_cursor(created_at: float, task_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
-    """Raises ``ValueError`` for a cursor this code did not make."""
+    """Raises ``ValueError`` for a cursor this code did not make (a NaN or infinite time
+    included: a backend would answer it with an error, not a page)."""
     try:
         created, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return float(created), task_id
+        when = float(created)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not math.isfinite(when):
+        raise ValueError(f"invalid cursor {cursor!r}: its time is not a finite number")
+    return when, task_id
 
 
 @dataclass(slots=True)

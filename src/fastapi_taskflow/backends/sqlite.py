@@ -21,14 +21,20 @@ from typing import Any
 import aiosqlite
 
 from ..compat import no_effect, renamed_keyword
-from ..errors import BackendError, ConfigurationError
+from ..errors import BackendError, ConfigurationError, DamagedDatabaseError
 from ..models import FINISHED_STATUSES
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 from .sql import LEGACY_TABLES
+from .sqlite_check import INTEGRITY_CHECKS, integrity_problems
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = "tasks.db"
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Retention deletes this many rows per transaction: the write-ahead log holds one batch, not
+# the whole delete (a 300,000-row DELETE grew it to 300 MB), and other writers get turns.
+DELETE_BATCH = 1000
+# Pages returned to the file system per step of the incremental vacuum after a delete.
+VACUUM_STEP_PAGES = 256
 _FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 
 _SCHEMA = """
@@ -140,6 +146,16 @@ def _where(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, li
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _probe(path: Path) -> None:
+    """Open the file once in a plain thread, so what cannot be opened fails here: a failed
+    ``aiosqlite.connect`` leaves its worker thread to report to an event loop that may be gone
+    by then ("Event loop is closed" after the clear error)."""
+    if path.is_dir():
+        raise BackendError(f"cannot open SQLite database {path}: it is a directory, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
+
+
 class SqliteBackend(TaskBackend):
     """Records, journal, leases, keys and locks in one SQLite file (WAL mode).
 
@@ -156,6 +172,7 @@ class SqliteBackend(TaskBackend):
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
+        integrity_check: str = "quick",
         db_path: str | PathLike[str] | None = None,
         max_workers: int | None = None,
     ) -> None:
@@ -169,11 +186,17 @@ class SqliteBackend(TaskBackend):
             raise ConfigurationError(
                 f"SqliteBackend synchronous={synchronous!r}: must be one of {SYNCHRONOUS_LEVELS}"
             )
+        if integrity_check not in INTEGRITY_CHECKS:
+            raise ConfigurationError(
+                f"SqliteBackend integrity_check={integrity_check!r}: must be one of "
+                f"{INTEGRITY_CHECKS}"
+            )
         if busy_timeout < 0:
             raise ConfigurationError(f"SqliteBackend busy_timeout={busy_timeout!r}: must be >= 0")
         self.path = Path(path if path is not None else DEFAULT_PATH)
         self.synchronous = level
         self.busy_timeout = busy_timeout
+        self.integrity_check = integrity_check
         self._db: aiosqlite.Connection | None = None
         # One aiosqlite connection runs one statement at a time; the lock keeps one coroutine's
         # BEGIN ... COMMIT from interleaving with another's.
@@ -188,7 +211,7 @@ class SqliteBackend(TaskBackend):
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_probe, self.path)
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
@@ -203,6 +226,10 @@ class SqliteBackend(TaskBackend):
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # Takes effect only on a new file (before its first table): deleted rows' pages can then
+        # be given back by the incremental vacuum after retention deletes. An older file keeps
+        # its mode until a one-off VACUUM (see docs/durability.md).
+        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Keep the log file from staying at its high-water mark after checkpoints.
@@ -217,6 +244,12 @@ class SqliteBackend(TaskBackend):
         except BaseException:
             await db.execute("ROLLBACK")
             raise
+        if self.integrity_check != "off":
+            problems = await integrity_problems(db, full=self.integrity_check == "full")
+            if problems:
+                raise DamagedDatabaseError(
+                    str(self.path), problems, full=self.integrity_check == "full"
+                )
 
     async def _check_version(self, db: aiosqlite.Connection) -> None:
         rows = list(await db.execute_fetchall("SELECT version FROM tf_schema"))
@@ -309,10 +342,41 @@ class SqliteBackend(TaskBackend):
 
     async def _delete_rows_before(self, cutoff: float) -> int:
         marks = ",".join("?" * len(_FINISHED))
-        return await self._run(
-            f"DELETE FROM tf_records WHERE end_time < ? AND status IN ({marks})",
-            (cutoff, *_FINISHED),
+        batch_sql = (
+            "DELETE FROM tf_records WHERE rowid IN (SELECT rowid FROM tf_records"
+            f" WHERE end_time < ? AND status IN ({marks}) LIMIT {DELETE_BATCH})"
         )
+        deleted = 0
+        while True:
+            changed = await self._run(batch_sql, (cutoff, *_FINISHED))
+            deleted += changed
+            if changed < DELETE_BATCH:
+                break
+            await self._checkpoint("PASSIVE")  # the next batch reuses the log from its start
+        if deleted:
+            await self._give_back_space()
+        return deleted
+
+    async def _checkpoint(self, mode: str) -> None:
+        async with self._lock, self._errors():
+            await self._conn().execute(f"PRAGMA wal_checkpoint({mode})")
+
+    async def _give_back_space(self) -> None:
+        """Incremental vacuum in steps (each one short transaction, checkpointed), so the file
+        shrinks after a large delete without one long lock or a log as large as the delete.
+        Files made before auto_vacuum was set have no free-page map: nothing to do there."""
+        while True:
+            async with self._lock, self._errors():
+                db = self._conn()
+                (mode,) = next(iter(await db.execute_fetchall("PRAGMA auto_vacuum")))
+                (free,) = next(iter(await db.execute_fetchall("PRAGMA freelist_count")))
+                if int(mode) != 2 or int(free) == 0:
+                    break
+                # It frees one page per step of the statement; execute() steps once, a script
+                # runs it to its end.
+                await db.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+            await self._checkpoint("PASSIVE")
+        await self._checkpoint("TRUNCATE")
 
     async def _delete_rows(self, task_ids: list[str]) -> int:
         async with self._transaction() as db:

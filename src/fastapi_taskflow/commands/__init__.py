@@ -45,3 +45,10 @@ def register_migrate(root: typer.Typer) -> None:
     from .migrate import migrate
 
     root.command("migrate")(migrate)
+
+
+def register_db(root: typer.Typer) -> None:
+    """``taskflow db check``."""
+    from .db import group
+
+    root.add_typer(group, name="db")

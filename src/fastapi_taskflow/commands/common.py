@@ -12,6 +12,7 @@ Exit codes (documented in docs/operations.md):
 3     not found: no task with that id
 4     refused: the task's state does not allow it (retry a success, cancel a held task)
 5     incomplete: done, but some items could not be processed (undecryptable payloads)
+6     damaged: ``taskflow db check`` found damage in the database file
 ====  ==========================================================================
 """
 
@@ -46,6 +47,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 3
     REFUSED = 4
     INCOMPLETE = 5
+    DAMAGED = 6
 
 
 class CommandError(Exception):

@@ -194,7 +194,10 @@ class TaskflowContainer(containers.DeclarativeContainer):
         settings.provided.backend.kind,
         memory=providers.Factory(build_backend, "memory"),
         sqlite=providers.Factory(
-            build_backend, "sqlite", path=settings.provided.backend.sqlite.path
+            build_backend,
+            "sqlite",
+            path=settings.provided.backend.sqlite.path,
+            integrity_check=settings.provided.backend.sqlite.integrity_check,
         ),
         redis=providers.Factory(
             build_backend,

@@ -136,6 +136,8 @@ class SqliteSettings(Section):
     """``backend.sqlite``: where the SQLite file lives (created with its folder if missing)."""
 
     path: Path = Path("var/taskflow.db")
+    # SQLite's own check at every open: quick_check (default), integrity_check, or none.
+    integrity_check: Literal["off", "quick", "full"] = "quick"
 
 
 class RedisSettings(Section):
@@ -350,6 +352,11 @@ class TaskflowSettings(BaseSettings):
     heartbeat_interval: PositiveFloat = 10.0
     lease_ttl: PositiveFloat = 30.0
     max_requeues: NonNegativeInt = 3
+    # Durability under slow or damaged storage (docs/durability.md).
+    prune_interval: PositiveFloat = 3600.0
+    barrier_timeout: PositiveFloat = 30.0
+    max_buffered: PositiveInt = 100_000
+    journal_backpressure: bool = False
     max_size: PositiveInt | None = None
     queues: dict[Annotated[str, Field(min_length=1)], QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()

@@ -336,15 +336,16 @@ class Dispatcher:
 
     # ---- control ---------------------------------------------------------------------------
 
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a pending or running task. Returns False when it is already finished/unknown."""
+    def cancel(self, task_id: str, reason: str = "cancelled before it started") -> bool:
+        """Cancel a pending or running task. Returns False when it is already finished/unknown.
+        ``reason`` is the error of a task that had not started."""
         job = self.jobs.get(task_id)
         if job is None or job.record.status.finished:
             return False
         if job.running:  # its attempt (or stop_attempt, if it never began) records it
             self.stop_attempt(job, "cancel")
         else:
-            self.finish_waiting(job, TaskStatus.CANCELLED, "cancelled before it started")
+            self.finish_waiting(job, TaskStatus.CANCELLED, reason)
         return True
 
     def finish_waiting(self, job: Job, status: TaskStatus, reason: str) -> None:

@@ -93,6 +93,8 @@ class Enqueuer:
             )
         if definition.executor == "process":
             self.check_arguments(definition.executor, definition.func, args, kwargs)
+        if self.persister is not None and self._journals(definition, opts):
+            self.persister.admit()  # before any record exists: a refusal leaves nothing behind
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
         max_size = queue_state.config.max_size
         record = self._record(
@@ -171,6 +173,11 @@ class Enqueuer:
             ),
         )
 
+    def _journals(self, definition: TaskDefinition, opts: TaskOptions) -> bool:
+        """Whether a task of ``definition`` is journaled (given a persister)."""
+        requeue = self.requeue_pending or opts.requeue_on_interrupt
+        return definition.registered and (requeue or opts.persist)
+
     def _job(self, record: TaskRecord, definition: TaskDefinition, opts: TaskOptions) -> Job:
         encrypted = record.encrypted_payload is not None
         job = Job(
@@ -183,7 +190,7 @@ class Enqueuer:
         )
         # Decided once, here: the journal entry and shutdown (manager) both read job.requeue.
         job.requeue = self.requeue_pending or opts.requeue_on_interrupt
-        if self.persister is not None and definition.registered and (job.requeue or opts.persist):
+        if self.persister is not None and self._journals(definition, opts):
             job.journaled = True
             self.persister.journal(journal_entry(record, job.requeue))
         return job
