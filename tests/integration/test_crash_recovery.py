@@ -285,6 +285,12 @@ def test_redis_outage_under_load_loses_nothing_and_serves_every_request(
             wait_for(lambda: side.count("E") >= total, 30, "every task ran")
             with counting_successes(f"redis:{persistent_redis.url}|{prefix}") as successes:
                 took = wait_for(lambda: successes() == total, 30, "every record in Redis")
+            # The journal removals that follow the records may drain a moment later.
+            wait_for(
+                lambda: client.get("/stats").json()["buffered_writes"] == 0,
+                30,
+                "the write buffer drained",
+            )
             stats = client.get("/stats").json()
         print(
             f"\nbuffer drained {took:.2f} s after the last task; "
