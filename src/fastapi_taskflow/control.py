@@ -91,6 +91,8 @@ async def handle_command(manager: TaskManager, command: Command) -> dict[str, An
         record = manager.store.get(task_id)
         if record is not None and record.status.finished:
             manager.store.remove(task_id)  # replaced by a retry on another instance
+            if manager.persister is not None:
+                manager.persister.forget([task_id])  # a write still buffered would bring it back
     return None
 
 

@@ -39,12 +39,7 @@ from .dispatch.events import EventHub
 from .dispatch.job import Job
 from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
-from .errors import (
-    ArgumentDecryptionError,
-    BackendError,
-    ConfigurationError,
-    UnknownTaskError,
-)
+from .errors import ArgumentDecryptionError, BackendError, ConfigurationError, UnknownTaskError
 from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
@@ -61,6 +56,7 @@ from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .scheduling import Scheduler
 from .serialization import decode_call
+from .stats import ClusterStats
 from .store import TaskStore
 from .tracing import build_tracing
 
@@ -451,6 +447,12 @@ class TaskManager:
         except BackendError:
             # Nothing is marked imported: the next start (or `taskflow migrate`) tries again.
             logger.error("could not import fastapi-taskflow 0.12 data", exc_info=True)
+        if not backend.system_of_record:
+            logger.warning(
+                "backend %s implements the older contract (system_of_record=False): metrics "
+                "and the live dashboard cover this instance only (see docs/backends.md)",
+                backend.describe(),
+            )
         await load_queue_configs(self)
         s = self.settings
         self.persister = Persister(
@@ -625,10 +627,30 @@ class TaskManager:
         return TaskHandle(record, self) if record is not None else None
 
     async def get_record(self, task_id: str) -> TaskRecord | None:
+        """A task by id, whichever instance runs it.
+
+        With a backend, memory answers only for what it knows best (this instance's active
+        tasks and changes not written yet); everything else is read from the backend, so a
+        record deleted by another instance is gone here too.
+        """
         record = self.store.get(task_id)
-        if record is None and self.backend is not None and self._started:
-            record = await self.backend.get_record(task_id)
-        return record
+        backend, persister = self.backend, self.persister
+        if backend is None or not self._started or persister is None:
+            return record
+        if record is not None and (not record.status.finished or persister.unwritten(task_id)):
+            return record
+        try:
+            return await backend.get_record(task_id)
+        except BackendError:
+            if record is None:
+                raise
+            logger.warning(
+                "reading task %s from %s failed; answering from memory",
+                task_id,
+                backend.describe(),
+                exc_info=True,
+            )
+            return record
 
     async def retry(self, task_id: str, *, source: TaskSource = "retry") -> TaskHandle:
         """Run a failed, interrupted or cancelled task again with the same arguments."""
@@ -653,6 +675,8 @@ class TaskManager:
         )
         if self.settings.retry_replaces_original:
             self.store.remove(task_id)
+            if self.persister is not None:
+                self.persister.forget([task_id])
             if self.backend is not None and self._started:
                 await self.backend.delete_records([task_id])
             if self.cluster is not None:  # the instance that ran it still holds the original
@@ -719,15 +743,49 @@ class TaskManager:
 
     async def list_records(self, query: RecordQuery) -> RecordPage:
         """One page of tasks, newest first, from memory and the backend together."""
-        backend = self.backend if self._started else None
-        return await merged_page(self.store, backend, query)
+        persister = self.persister if self._started else None
+        if persister is None:
+            return await merged_page(self.store, None, query)
+        return await merged_page(self.store, persister.backend, query, persister.unwritten_records)
 
     def metrics(self) -> dict[str, Any]:
-        data = metrics_snapshot(self.store, self.dispatcher.queues)
+        """This instance's numbers from memory (no I/O); see :meth:`read_metrics`."""
+        return self.metrics_from(ClusterStats.from_store(self.store))
+
+    async def read_metrics(self, *, throughput: bool = False) -> dict[str, Any]:
+        """The metrics of every instance on the backend (what the API serves).
+
+        With a backend that keeps stats (``system_of_record``), counts, queue counts and the
+        duration histogram are read from it: the same on every instance, kept across
+        restarts. Otherwise (no backend, an older custom one, or a failed read) this
+        instance's own counters. ``throughput`` adds the cluster's throughput samples.
+        """
+        stats = await self.read_stats(throughput=throughput)
+        return self.metrics_from(stats)
+
+    async def read_stats(self, *, throughput: bool = False) -> ClusterStats:
+        """Counters and histogram of every instance (see :meth:`read_metrics`)."""
+        backend = self.backend
+        if backend is not None and self._started and backend.system_of_record:
+            try:
+                return await backend.read_stats(throughput=throughput)
+            except BackendError:
+                logger.warning(
+                    "reading stats from %s failed; answering with this instance's counters",
+                    backend.describe(),
+                    exc_info=True,
+                )
+        return ClusterStats.from_store(self.store)
+
+    def metrics_from(self, stats: ClusterStats) -> dict[str, Any]:
+        """The metrics JSON from ``stats`` plus this instance's health counters."""
+        data = metrics_snapshot(stats, self.dispatcher.queues)
         data["unknown_queue_fallbacks"] = self.dispatcher.queues.unknown_queue_fallbacks
         data["schedule_failures"] = self.scheduler.failures
         data["observer_events_dropped"] = self.hub.dropped_events
         data.update(self._durability_metrics())
+        if stats.throughput:
+            data["throughput"] = [list(sample) for sample in stats.throughput]
         return data
 
     def _durability_metrics(self) -> dict[str, Any]:
@@ -748,7 +806,7 @@ class TaskManager:
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
-        return queue_snapshot(self.store, self.dispatcher.queues)
+        return queue_snapshot(ClusterStats.from_store(self.store), self.dispatcher.queues)
 
     def update_queue_config(
         self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET
@@ -786,17 +844,22 @@ class TaskManager:
         """Delete finished records (all, or those that ended before ``before``) everywhere.
 
         Pending and running tasks are never touched. Returns how many went from memory and
-        from the backend. Counters follow: all history gone restarts them from memory; a partial
-        delete with a backend recounts finished records from the backend (one aggregate query).
+        from the backend. Counters follow: the backend's stats lose the deleted rows' share in
+        the delete's own transaction; this instance's memory counters restart from memory (all
+        history gone) or are read back from the backend (a partial delete).
         """
 
         def keep(record: TaskRecord) -> bool:
             return before is not None and (record.end_time is None or record.end_time >= before)
 
         backend = self.backend if self._started else None
-        if backend is not None and before is not None and self.persister is not None:
-            await self.persister.flush_history()  # the recount below must see every record
+        if backend is not None and self.persister is not None:
+            # Writes still on their way would land after the delete and bring rows back.
+            await self.persister.flush_journal()
+            await self.persister.flush_history()
         dropped = self.store.clear_finished(keep if before is not None else None)
+        if self.persister is not None:
+            self.persister.forget(dropped)
         deleted = 0
         if backend is not None:
             cutoff = before if before is not None else utcnow() + timedelta(days=36_500)
@@ -804,7 +867,7 @@ class TaskManager:
         if before is None:
             self.store.reset_finished_counts()
         elif backend is not None:
-            self.store.set_finished_counts(await backend.count_by_status())
+            self.store.set_finished_counts(await backend.status_counts())
         return {"store": len(dropped), "backend": deleted}
 
 

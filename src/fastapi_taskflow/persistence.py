@@ -8,8 +8,12 @@
   (in the same batch when it starts at once), so a crash mid-run counts one attempt and a
   poison task stops after ``max_requeues`` instead of crashing every restart. Each retry's
   start writes ``retries_used`` too, so the retry budget survives any number of requeues.
-* History: finished records are written in batches, at most ``snapshot_interval`` after they
-  finish, and at shutdown (only what changed, so shutdown time does not grow with history).
+* Live records: every change of a task (added PENDING, RUNNING, progress, finished) joins the
+  same per-tick batch, coalesced per task, so its row in the backend follows it within a tick
+  or two and every instance sees it. Pending rows are written before the batch's journal
+  writes count as committed, so a response the barrier let go has a visible task behind it.
+* History: records changed outside the task lifecycle (``mark_dirty``) are written in batches,
+  at most ``snapshot_interval`` later, and at shutdown.
 * The lease: this instance renews its owner lease every ``heartbeat_interval`` and then claims
   journal entries whose owner's lease expired (a dead instance) or that were released (a clean
   shutdown); ``on_claim`` runs them again or records why not.
@@ -27,6 +31,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -131,6 +136,10 @@ class Persister:
         self._history_in_flight = 0
         self._lease_until = 0.0  # monotonic time the last confirmed renewal lasts until
         self._lease_failing = False
+        self._writing: dict[str, TaskRecord] = {}  # records of the batch in flight
+        # Ids in the urgent batch's records that are history (finished, never journaled): the
+        # writes the bound may drop, oldest first.
+        self._history: dict[str, None] = {}
         self._lapse_reported = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -143,7 +152,8 @@ class Persister:
         self._lease_until = sent + self.settings.lease_ttl
         # The backend's count is the whole finished history, including whatever this store
         # still holds from an earlier run of the same manager (written at its shutdown).
-        self.store.set_finished_counts(await self.backend.count_by_status())
+        self.store.set_finished_counts(await self.backend.status_counts())
+        self.store.add_listener(self._changed)
         await self._guarded("claim", self.claim)
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("journal", self._writer),
@@ -169,6 +179,7 @@ class Persister:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._final_flush()
+        self.store.remove_listener(self._changed)
         try:
             await self.backend.journal_release(self.owner)
             await self.backend.drop_owner(self.owner)
@@ -203,6 +214,36 @@ class Persister:
         )
 
     # ---- what the manager reports ----------------------------------------------------------
+
+    def _changed(self, record: TaskRecord) -> None:
+        """Store listener: the record's row is rewritten in the next batch (coalesced)."""
+        with self._lock:
+            self._urgent.records[record.task_id] = record
+        self._kick()
+
+    def forget(self, task_ids: list[str]) -> None:
+        """Records deleted on purpose (history cleared, a replaced retry): write them no more."""
+        with self._lock:
+            for task_id in task_ids:
+                self._urgent.records.pop(task_id, None)
+                self._history.pop(task_id, None)
+        for task_id in task_ids:
+            self.store.forget_dirty(task_id)
+
+    def unwritten(self, task_id: str) -> bool:
+        """True while a change of this record has not reached the backend yet."""
+        return (
+            task_id in self._urgent.records
+            or task_id in self._writing
+            or self.store.is_dirty(task_id)
+        )
+
+    def unwritten_records(self) -> list[TaskRecord]:
+        """The records whose latest change has not reached the backend yet."""
+        with self._lock:
+            pending = {**self._writing, **self._urgent.records}
+        pending.update((r.task_id, r) for r in self.store.dirty_records())
+        return list(pending.values())
 
     def admit(self) -> None:
         """Backpressure for tasks that must be journaled (``journal_backpressure``): journal
@@ -278,11 +319,11 @@ class Persister:
         self._kick()
 
     def finished(self, record: TaskRecord, journaled: bool) -> None:
-        """A task ended: journaled ones are settled at once, others join the next batch."""
+        """A task ended: its journal entry (if any) is removed in the next batch; its record
+        is already in that batch (the store listener put it there)."""
         if not journaled:
-            self.store.mark_dirty(record)
-            if self.store.dirty_count >= self._history_batch and self._history_due is not None:
-                self._loop_ref.call(self._history_due.set)
+            with self._lock:
+                self._history[record.task_id] = None
             self._hold_bound()
             return
         with self._lock:
@@ -305,10 +346,6 @@ class Persister:
             self._urgent.records[record.task_id] = record
         self._kick()
 
-    @property
-    def _history_batch(self) -> int:
-        return max(1000, self.settings.max_buffered // 4)
-
     def buffered(self) -> int:
         """Writes waiting for the backend (journal changes and finished records), the batches
         being written included."""
@@ -323,12 +360,23 @@ class Persister:
         """Past ``max_buffered`` (a backend down, or merely slower than the tasks finish), the
         oldest finished-record writes go; journal changes are never dropped."""
         excess = self.buffered() - self.settings.max_buffered
-        if excess > 0:
-            self._dropped(self.store.drop_oldest_dirty(excess))
+        if excess <= 0:
+            return
+        dropped = self.store.drop_oldest_dirty(excess)
+        with self._lock:
+            # Then the oldest finished records of tasks that were not journaled (history).
+            doomed = list(itertools.islice(self._history, max(0, excess - dropped)))
+            for task_id in doomed:
+                del self._history[task_id]
+                self._urgent.records.pop(task_id, None)
+        self._dropped(dropped + len(doomed))
 
     def _kick(self) -> None:
-        if self._wake is not None:
-            self._loop_ref.call(self._wake.set)
+        wake = self._wake
+        # Already set: the writer has not taken its batch yet, so it will take this change too
+        # (every change is in the batch before the kick), and a kick costs a loop hop per change.
+        if wake is not None and not wake.is_set():
+            self._loop_ref.call(wake.set)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -346,20 +394,26 @@ class Persister:
     async def _flush_batch(self) -> None:
         with self._lock:
             batch, self._urgent = self._urgent, _Pending()
+            self._history = {}
             seq = self._seq
             self._sent.update(batch.puts)
         if batch:
+            journaled = False
+            self._writing = batch.records
             self._journal_in_flight = len(batch)
             try:
                 await self.backend.journal_put(list(batch.puts.values()), self.owner)
-                self._committed(seq)  # new entries are durable: held responses may go
-                await self.backend.save_records(list(batch.records.values()))
+                journaled = True
+                await self.backend.save_records(list(batch.records.values()), self.owner)
+                self._committed(seq)  # durable and visible everywhere: held responses may go
                 await self.backend.journal_remove(sorted(batch.removes))
             except Exception:
                 self._journal_in_flight = 0
                 self._put_back(batch)
-                self._committed(None)
+                self._committed(seq if journaled else None)
                 raise
+            finally:
+                self._writing = {}
             self._journal_in_flight = 0
             if self._refusal_warned and len(self._urgent) < self.settings.max_buffered // 2:
                 self._refusal_warned = False  # the next episode of refusals is reported again
@@ -643,7 +697,9 @@ class Persister:
         if days is None:
             return
         cutoff = datetime.now(UTC) - timedelta(days=days)
-        self.store.clear_finished(keep=lambda r: r.end_time is None or r.end_time >= cutoff)
+        self.forget(
+            self.store.clear_finished(keep=lambda r: r.end_time is None or r.end_time >= cutoff)
+        )
         deleted = await self.backend.delete_records_before(cutoff)
         if deleted:
             logger.info("retention: deleted %d records finished before %s", deleted, cutoff)

@@ -114,6 +114,10 @@ class TaskStore:
     def queue_counts(self, queue: str) -> dict[TaskStatus, int]:
         return dict(self._queue_counts.get(queue) or dict.fromkeys(TaskStatus, 0))
 
+    def queue_names(self) -> list[str]:
+        """Queues this store has counted records in."""
+        return list(self._queue_counts)
+
     @property
     def active(self) -> int:
         return self._counts[_PENDING] + self._counts[_RUNNING]
@@ -264,6 +268,19 @@ class TaskStore:
         with self._lock:
             dirty, self._dirty = list(self._dirty.values()), {}
         return dirty
+
+    def dirty_records(self) -> list[TaskRecord]:
+        """Records queued for the next flush, left queued."""
+        with self._lock:
+            return list(self._dirty.values())
+
+    def is_dirty(self, task_id: str) -> bool:
+        return task_id in self._dirty
+
+    def forget_dirty(self, task_id: str) -> None:
+        """Not to be written after all (it was deleted on purpose)."""
+        with self._lock:
+            self._dirty.pop(task_id, None)
 
     def drop_oldest_dirty(self, count: int) -> int:
         """Forget the ``count`` oldest queued writes (the buffer is full); returns how many."""

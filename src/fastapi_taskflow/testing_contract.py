@@ -131,6 +131,7 @@ class BackendContract:
             "created_at": created_at,
             "end_time": None,
             "error": None,
+            "duration": None,
             "data": GARBAGE,
         }
         await backend._write_rows([row])
@@ -669,3 +670,124 @@ class BackendContract:
         assert "\n" not in backend.describe()
         await backend.close()
         await backend.close()
+
+    # ---- the system of record: stats, throughput, change feed -------------------------------
+
+    @pytest.fixture
+    def keeps_stats(self, backend: TaskBackend) -> None:
+        if not backend.system_of_record:
+            pytest.skip("system_of_record is False: the backend keeps no stats or change feed")
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_stats_follow_each_write(self, backend: TaskBackend) -> None:
+        """Counters per status and per queue and the histogram move with every record write."""
+        a = make_record("a", 0, status=TaskStatus.PENDING)
+        b = make_record("b", 1, status=TaskStatus.PENDING, queue="mail")
+        await backend.save_records([a, b])
+        stats = await backend.read_stats()
+        assert stats.counts[TaskStatus.PENDING] == 2
+        assert stats.queue("mail")[TaskStatus.PENDING] == 1
+        assert stats.durations.total == 0
+        a.status, a.start_time = TaskStatus.RUNNING, at(0)
+        b.status, b.start_time, b.end_time = TaskStatus.SUCCESS, at(1), at(3)
+        await backend.save_records([a, b])
+        stats = await backend.read_stats()
+        assert stats.counts[TaskStatus.PENDING] == 0
+        assert stats.counts[TaskStatus.RUNNING] == 1
+        assert stats.counts[TaskStatus.SUCCESS] == 1
+        assert stats.queue("mail")[TaskStatus.SUCCESS] == 1
+        assert stats.queue("mail")[TaskStatus.PENDING] == 0
+        assert stats.queue("default")[TaskStatus.RUNNING] == 1
+        assert stats.durations.total == 1
+        assert abs(stats.durations.sum - 2.0) < 1e-6
+        p50 = stats.durations.percentile(0.5)
+        assert p50 is not None
+        assert 1.6 < p50 < 2.5
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_rewriting_a_finished_record_counts_it_once(self, backend: TaskBackend) -> None:
+        """Saving the same finished record again changes no counter and no throughput."""
+        now = datetime.now(UTC)
+        record = make_record("x", 0, start_time=now - timedelta(seconds=1), end_time=now)
+        await backend.save_records([record])
+        await backend.save_records([record])
+        await backend.save_records([record, record])
+        stats = await backend.read_stats(throughput=True)
+        assert stats.counts[TaskStatus.SUCCESS] == 1
+        assert stats.durations.total == 1
+        assert stats.throughput[-1][1] == 1
+        assert (
+            sum(
+                1
+                for earlier, later in zip(stats.throughput, stats.throughput[1:], strict=False)
+                if later[1] > earlier[1]
+            )
+            == 1
+        )
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_deletes_take_their_share_away(self, backend: TaskBackend) -> None:
+        """Deleting by id or before a date lowers the counters and the histogram to match."""
+        records = [
+            make_record(f"t{i}", i, start_time=at(i), status=s)
+            for i, s in enumerate([TaskStatus.SUCCESS] * 4 + [TaskStatus.FAILED] * 2)
+        ]
+        records.append(make_record("live", 50, status=TaskStatus.RUNNING, start_time=at(50)))
+        await backend.save_records(records)
+        assert await backend.delete_records(["t0", "t5", "missing"]) == 2
+        assert await backend.delete_records_before(at(3.5)) == 2  # t1 and t2 ended at 2 and 3
+        stats = await backend.read_stats()
+        stored = await backend.count_by_status()
+        assert {s.value: n for s, n in stats.counts.items() if n} == stored
+        assert stats.durations.total == stored.get("success", 0) + stored.get("failed", 0)
+        assert stats.queue("default")[TaskStatus.RUNNING] == 1
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_concurrent_writers_keep_stats_exact(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Two connections moving the same records at once leave counters equal to the rows."""
+        records = [make_record(f"c{i}", i, status=TaskStatus.PENDING) for i in range(40)]
+        await backend.save_records(records)
+        done = [
+            make_record(f"c{i}", i, status=TaskStatus.SUCCESS, start_time=at(i)) for i in range(40)
+        ]
+        running = [
+            make_record(f"c{i}", i, status=TaskStatus.RUNNING, start_time=at(i)) for i in range(40)
+        ]
+        await asyncio.gather(
+            *(backend.save_records(done[i : i + 5]) for i in range(0, 40, 5)),
+            *(peer.save_records(running[i : i + 5]) for i in range(0, 40, 5)),
+        )
+        stats = await peer.read_stats()
+        stored = await backend.count_by_status()
+        assert {s.value: n for s, n in stats.counts.items() if n} == stored
+        assert sum(stored.values()) == 40
+        assert stats.durations.total == stored.get("success", 0)
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_change_feed_lists_each_batch_after_a_cursor(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Every write batch is one entry (origin, ids), seen by every connection, in order."""
+        start = await peer.read_changes(None)
+        assert start.entries == []
+        await backend.save_records([make_record("a", 0), make_record("b", 1)], origin="one")
+        await backend.save_records([make_record("a", 0, status=TaskStatus.FAILED)], origin="two")
+        page = await peer.read_changes(start.cursor)
+        assert page.entries == [("one", ["a", "b"]), ("two", ["a"])]
+        assert not page.gap
+        assert page.task_ids(skip_origin="two") == {"a", "b"}
+        assert (await peer.read_changes(page.cursor)).entries == []
+        first = await peer.read_changes(start.cursor, limit=1)
+        assert first.entries == [("one", ["a", "b"])]
+        assert (await peer.read_changes(first.cursor)).entries == [("two", ["a"])]
+        assert (await backend.read_changes(None)).cursor == page.cursor
+
+    @pytest.mark.usefixtures("keeps_stats")
+    async def test_get_records_reads_several_at_once(self, backend: TaskBackend) -> None:
+        """get_records returns the records that exist among the ids asked for."""
+        await backend.save_records([make_record("a", 0), make_record("b", 1)])
+        found = await backend.get_records(["b", "missing", "a"])
+        assert sorted(r.task_id for r in found) == ["a", "b"]
+        assert await backend.get_records([]) == []

@@ -1,6 +1,6 @@
 """The app the crash and outage tests run under uvicorn, configured by environment variables.
 
-TF_BACKEND     a backend spec (backend_specs.py): ``sqlite:<path>``, ``redis:<url>|<prefix>``...
+TF_BACKEND     a backend spec (app_backends.py): ``sqlite:<path>``, ``redis:<url>|<prefix>``...
 TF_SIDE        a file each task appends ``S <n> <pid>`` (start) and ``E <n> <pid>`` (end) to
 TF_CONCURRENCY max_concurrent_tasks
 TF_HEARTBEAT, TF_LEASE, TF_TASK_SECONDS  lease timings and how long each task takes
@@ -12,7 +12,7 @@ import asyncio
 import os
 from typing import Any
 
-from backend_specs import backend_from_spec
+from app_backends import backend_from_spec
 from fastapi import Depends, FastAPI
 
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager

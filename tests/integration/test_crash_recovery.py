@@ -6,98 +6,24 @@ and why."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from backend_specs import counting_successes
+from app_backends import counting_successes
+from processes import AppProcess, wait_for
 
-from servers import RedisServer, find_redis_server, free_port
+from servers import RedisServer, find_redis_server
 
-HERE = Path(__file__).parent
 CONCURRENCY = 4
 TASKS = 200
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; return the seconds it took; fail after ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not reached within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
-class AppProcess:
-    """One uvicorn process serving durable_app.py."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, **env, "PYTHONPATH": str(HERE)}
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> AppProcess:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "durable_app:app",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--app-dir",
-            str(HERE),
-        ]
-        self.process = subprocess.Popen(command, env=self.env)
-        wait_for(self._answers, 30, "the app answers /health")
-        return self
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the app exited with {self.process.returncode}")
-        try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM), killed if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -156,7 +82,7 @@ def side(tmp_path: Path) -> SideFile:
 
 @pytest.fixture
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The backend the apps share (backend_specs.py), on a real file or server."""
+    """The backend the apps share (app_backends.py), on a real file or server."""
     kind = request.param
     if kind == "sqlite":
         return f"sqlite:{tmp_path / 'tasks.db'}"

@@ -44,10 +44,10 @@ class FlakyBackend(MemoryBackend):
         if self.down:
             raise BackendError("backend is down (test)")
 
-    async def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+    async def _write_rows(self, rows: list[dict[str, Any]], origin: str = "") -> None:
         self._check()
         self.saved += [str(r["task_id"]) for r in rows]
-        await super()._write_rows(rows)
+        await super()._write_rows(rows, origin)
 
     async def _journal_write(self, items: list[tuple[str, str]], owner: str) -> None:
         self._check()
@@ -408,19 +408,19 @@ async def test_shutdown_writes_only_what_changed(db: Path) -> None:
     await tm.startup()
     assert len(tm.store) == 0
     assert tm.metrics()["success"] == 5000
-    handles = [tm.add_task(record_call, n) for n in range(3)]
-    await tm.join(timeout=5)
-    saved: list[int] = []
+    saved: set[str] = set()
     assert tm.backend is not None
     original = tm.backend.save_records
 
-    async def counting(records: Any) -> None:
-        saved.append(len(records))
-        await original(records)
+    async def counting(records: Any, origin: str = "") -> None:
+        saved.update(r.task_id for r in records)
+        await original(records, origin)
 
     tm.backend.save_records = counting  # type: ignore[method-assign]
+    handles = [tm.add_task(record_call, n) for n in range(3)]
+    await tm.join(timeout=5)
     await tm.shutdown()
-    assert sum(saved) == len(handles)
+    assert saved == {h.task_id for h in handles}
 
 
 async def test_a_response_waits_for_its_tasks_journal_write() -> None:

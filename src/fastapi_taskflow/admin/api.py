@@ -254,12 +254,13 @@ class TaskApi:
 
         @router.get("/metrics", summary="Counts, success rate, duration percentiles")
         async def get_metrics() -> Response:
-            return json_response(dashboard_metrics(self.manager, self.series))
+            return json_response(await dashboard_metrics(self.manager, self.series))
 
         @router.get("/metrics/prometheus", summary="Metrics in the Prometheus text format")
         async def get_prometheus() -> Response:
             try:
-                body, content_type = prometheus_text(self.manager)
+                manager = self.manager
+                body, content_type = prometheus_text(manager, await manager.read_stats())
             except ImportError:
                 return JSONResponse({"detail": PROMETHEUS_HINT}, status_code=501)
             return Response(body, media_type=content_type)

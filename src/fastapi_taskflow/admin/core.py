@@ -121,8 +121,8 @@ class TaskAdmin:
         """The manager behind the admin now (a getter's answer at this moment)."""
         return self._current_manager()
 
-    def _metrics(self) -> dict[str, Any]:
-        return dashboard_metrics(self.manager, self.series)
+    async def _metrics(self) -> dict[str, Any]:
+        return await dashboard_metrics(self.manager, self.series)
 
     async def _startup(self) -> None:
         if not self.auth.enabled and not self._own_auth:

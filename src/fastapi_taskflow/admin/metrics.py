@@ -1,8 +1,9 @@
 """Metrics views: the JSON the dashboard draws and the Prometheus text format.
 
-Everything comes from counters the store keeps as tasks change, never from a scan. The
-throughput series samples the success and failure counters at most every ``bucket`` seconds
-when someone asks (the API or a connected dashboard), so it costs nothing per task.
+Everything comes from kept counters, never from a scan: the backend's (the same on every
+instance) when it keeps stats, else this instance's store. With a backend the throughput comes
+from its per-bucket counts; without one, the series samples the success and failure counters
+at most every ``bucket`` seconds when someone asks, so it costs nothing per task.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..models import TaskStatus
+from ..queries import queue_snapshot
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
+    from ..stats import ClusterStats
     from ..store import DurationHistogram
 
 PROMETHEUS_HINT = (
@@ -47,27 +50,31 @@ def histogram_buckets(histogram: DurationHistogram) -> list[list[float]]:
     return out
 
 
-def dashboard_metrics(manager: TaskManager, series: ThroughputSeries) -> dict[str, Any]:
-    """``manager.metrics()`` plus the throughput samples and the duration histogram."""
-    data = manager.metrics()
-    series.sample(data)
-    data["throughput"] = [list(s) for s in series.samples]
-    data["duration_histogram"] = histogram_buckets(manager.store.durations)
+async def dashboard_metrics(manager: TaskManager, series: ThroughputSeries) -> dict[str, Any]:
+    """``manager.read_metrics()`` plus the throughput samples and the duration histogram."""
+    stats = await manager.read_stats(throughput=True)
+    data = manager.metrics_from(stats)
+    if not stats.throughput:
+        series.sample(data)
+        data["throughput"] = [list(s) for s in series.samples]
+    data["duration_histogram"] = histogram_buckets(stats.durations)
     return data
 
 
-def prometheus_text(manager: TaskManager, namespace: str = "taskflow") -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format and its content type; ImportError without the
-    optional dependency."""
+def prometheus_text(
+    manager: TaskManager, stats: ClusterStats, namespace: str = "taskflow"
+) -> tuple[bytes, str]:
+    """The metrics (``stats``: see ``TaskManager.read_stats``) in Prometheus' text format and
+    its content type; ImportError without the optional dependency."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
     class _Collector:
         def collect(self) -> Any:
-            counts = manager.store.counts()
+            counts = stats.counts
             tasks = GaugeMetricFamily(
-                f"{namespace}_tasks", "Tasks known to this instance, by status", labels=["status"]
+                f"{namespace}_tasks", "Tasks by status (every instance)", labels=["status"]
             )
             for status in TaskStatus:
                 tasks.add_metric([status.value], counts[status])
@@ -83,15 +90,15 @@ def prometheus_text(manager: TaskManager, namespace: str = "taskflow") -> tuple[
                 "Tasks waiting for a slot, by queue",
                 labels=["queue"],
             )
-            for name, stats in manager.queue_stats().items():
-                for status, count in stats["counts"].items():
+            for name, queue in queue_snapshot(stats, manager.dispatcher.queues).items():
+                for status, count in queue["counts"].items():
                     per_queue.add_metric([name, status], count)
-                running.add_metric([name], stats["running"])
-                waiting.add_metric([name], stats["waiting"])
+                running.add_metric([name], queue["running"])
+                waiting.add_metric([name], queue["waiting"])
             yield per_queue
             yield running
             yield waiting
-            yield _histogram(manager.store.durations, HistogramMetricFamily, namespace)
+            yield _histogram(stats.durations, HistogramMetricFamily, namespace)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())

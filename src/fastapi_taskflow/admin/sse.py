@@ -6,6 +6,11 @@ clients are connected, a ticker on the event loop swaps the set out every ``tick
 sends each dashboard the changed tasks' rows (serialized once, shared by every client) and the
 counters; a client following one task gets that task's status and progress. A client that falls
 behind gets a ``reset`` event and reloads its page instead of an ever-growing backlog.
+
+Other instances: with a backend that keeps a change feed (``system_of_record``), each tick also
+reads the feed after its cursor and adds the tasks other instances changed (their records read
+in one round trip), so a dashboard on any instance shows every instance's changes, coalesced the
+same way, about a tick after they are committed.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..models import TaskRecord
@@ -24,6 +30,8 @@ from ..models import TaskRecord
 if TYPE_CHECKING:
     from ..manager import TaskManager
     from ..store import TaskStore
+
+logger = logging.getLogger("fastapi_taskflow.admin")
 
 ROW_ERROR_CHARS = 300
 MAX_ROWS_PER_TICK = 200
@@ -108,14 +116,16 @@ class StreamHub:
         *,
         tick: float = 0.2,
         heartbeat: float = 15.0,
-        metrics: Callable[[], dict[str, Any]] | None = None,
+        metrics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         client_queue: int = 256,
     ) -> None:
         self._current_manager = current_manager
         self.tick = tick
         self.heartbeat = heartbeat
-        self.metrics = metrics or (lambda: self.manager.metrics())
+        self.metrics = metrics or (lambda: self.manager.read_metrics())
         self.client_queue = client_queue
+        self._feed_cursor: str | None = None  # where this hub is in the backend's change feed
+        self._feed_failing = False
         self._changed: set[str] = set()
         self._lock = threading.Lock()
         self._clients: set[_Client] = set()
@@ -205,42 +215,95 @@ class StreamHub:
 
     async def _run(self) -> None:
         last_metrics = 0.0
-        while self._clients and not self._closed:
-            await asyncio.sleep(self.tick)
-            if server_is_exiting():
-                # The server waits for open responses before it runs the app's shutdown: an
-                # endless stream would hold Ctrl+C (or a deploy) until a forced quit.
-                self._end_streams()
-                return
-            now = time.monotonic()
-            send_metrics = now - last_metrics >= 1.0
-            if self.flush(send_metrics):
-                last_metrics = now if send_metrics else last_metrics
+        self._feed_cursor = None
+        try:
+            await self._read_feed()  # the starting point: changes from now on
+            while self._clients and not self._closed:
+                await asyncio.sleep(self.tick)
+                if server_is_exiting():
+                    # The server waits for open responses before it runs the app's shutdown: an
+                    # endless stream would hold Ctrl+C (or a deploy) until a forced quit.
+                    self._end_streams()
+                    return
+                remote = await self._read_feed()
+                now = time.monotonic()
+                send_metrics = now - last_metrics >= 1.0
+                if await self.flush(send_metrics, remote):
+                    last_metrics = now if send_metrics else last_metrics
+        finally:
+            self._feed_cursor = None
 
-    def flush(self, with_metrics: bool = True) -> bool:
-        """Send what changed since the last flush; True when something was sent."""
+    async def _read_feed(self) -> dict[str, TaskRecord]:
+        """Records other instances changed since the last read (empty without a feed)."""
+        manager = self.manager
+        backend = manager.backend
+        if backend is None or not backend.system_of_record or not manager.started:
+            return {}
+        try:
+            page = await backend.read_changes(self._feed_cursor)
+            first, self._feed_cursor = self._feed_cursor is None, page.cursor
+            if page.gap:
+                self._offer_dashboards(event("reset", {"reason": "missed changes"}))
+            ids = page.task_ids(skip_origin=manager.instance_id)
+            if first or not ids:
+                return {}
+            if len(ids) > MAX_ROWS_PER_TICK:
+                with self._lock:
+                    self._changed.update(ids)  # an overflow delta: pages reload
+                return {}
+            records = await backend.get_records(sorted(ids))
+        except Exception:
+            if not self._feed_failing:
+                self._feed_failing = True
+                logger.warning(
+                    "reading the change feed of %s failed; other instances' changes are "
+                    "late on this dashboard",
+                    backend.describe(),
+                    exc_info=True,
+                )
+            return {}
+        self._feed_failing = False
+        found = {r.task_id: r for r in records}
+        with self._lock:
+            self._changed.update(found)
+        return found
+
+    def _offer_dashboards(self, payload: bytes) -> None:
+        for client in self._clients:
+            if client.task_id is None:
+                client.offer(payload)
+
+    async def flush(
+        self, with_metrics: bool = True, remote: dict[str, TaskRecord] | None = None
+    ) -> bool:
+        """Send what changed since the last flush; True when something was sent.
+
+        ``remote``: records other instances changed (from the change feed); this instance's
+        own records come from its store.
+        """
         with self._lock:
             changed, self._changed = self._changed, set()
         if not changed or not self._clients:
             return False
         store = self.manager.store
+        found = remote or {}
+
+        def current(task_id: str) -> TaskRecord | None:
+            return store.get(task_id) or found.get(task_id)
+
         dashboards = [c for c in self._clients if c.task_id is None]
         if dashboards:
             # A burst bigger than a page: say so and let the page reload its first page,
             # rather than serializing thousands of rows nobody can read in 200 ms.
             overflow = len(changed) > MAX_ROWS_PER_TICK
-            records = (
-                [] if overflow else [r for tid in changed if (r := store.get(tid)) is not None]
-            )
+            records = [] if overflow else [r for tid in changed if (r := current(tid)) is not None]
             data: dict[str, Any] = {"tasks": [row(r) for r in records], "overflow": overflow}
             if with_metrics:
-                data["metrics"] = self.metrics()
-            payload = event("delta", data)
-            for client in dashboards:
-                client.offer(payload)
-        for client in self._clients:
+                data["metrics"] = await self.metrics()
+            self._offer_dashboards(event("delta", data))
+        for client in list(self._clients):
             if client.task_id is not None and client.task_id in changed:
-                record = store.get(client.task_id)
+                record = current(client.task_id)
                 if record is not None:
                     client.offer(event("task", progress_view(record)))
                     if record.status.finished:
@@ -291,7 +354,7 @@ def stream_router(hub: StreamHub, path: str, dependencies: list[Any]) -> Any:
     )
     async def dashboard_stream() -> StreamingResponse:
         client = hub.subscribe()
-        hello = event("hello", {"metrics": hub.metrics(), "tick": hub.tick})
+        hello = event("hello", {"metrics": await hub.metrics(), "tick": hub.tick})
         return respond(hub.stream(client, [hello]))
 
     @router.get(

@@ -17,6 +17,30 @@ Four kinds of data live in a backend:
 * **commands**: a short-lived channel every instance reads from a position (cursor), so a
   cancel or a queue change sent on one instance reaches the one that runs the task.
 
+A backend with ``system_of_record = True`` is where the truth lives when several instances
+share it (see ARCHITECTURE.md): every task has a row from enqueue (PENDING) through RUNNING (with
+progress) to its end, and the backend keeps, in the same transaction as each record write:
+
+* **stats**: counters per status, per queue and status, and the duration histogram, always the
+  aggregate of the stored rows (see ``stats.py``); deletes take their rows' share away;
+* **throughput**: per ``THROUGHPUT_BUCKET`` seconds, how many records became SUCCESS / FAILED;
+* **a change feed**: one entry per record write batch, ``(origin instance, task ids)``, read
+  after a cursor by every instance's live dashboard, pruned to the newest entries.
+
+Primitives for it (all in one transaction with the rows, where they write):
+
+* ``_write_rows(rows, origin)``: upsert rows, apply the stats delta of (old row -> new row) with
+  :func:`~fastapi_taskflow.stats.add_delta`, count throughput with
+  :func:`~fastapi_taskflow.stats.throughput_key`, append one change entry ``(origin, ids)``;
+* ``_delete_rows_before`` / ``_delete_rows``: also subtract the deleted rows' contribution;
+* ``_read_stats() -> {key: number}``; ``_read_throughput(first_bucket) -> [(bucket, s, f)]``;
+* ``_changes_after(cursor, limit) -> (entries, cursor, gap)``;
+* ``_read_rows(task_ids)``: several records in one round trip (default: ``_read_row`` each).
+
+A backend written before these leaves ``system_of_record`` False: it is called as before
+(``_write_rows(rows)``), and the manager falls back, with a warning at startup, to this
+instance's own counters and change feed.
+
 Write a custom backend by subclassing :class:`TaskBackend` and implementing the primitives; run
 ``tests/contract`` against it (see docs/backends.md).
 """
@@ -38,6 +62,7 @@ from typing import Any
 from ..errors import BackendError
 from ..models import TaskRecord, TaskSource, TaskStatus
 from ..serialization import compact_json, decode_call, record_call
+from ..stats import THROUGHPUT_BUCKET, THROUGHPUT_POINTS, ClusterStats, throughput_samples
 
 logger = logging.getLogger("fastapi_taskflow.backends")
 
@@ -105,6 +130,23 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 class RecordPage:
     records: list[TaskRecord]
     next_cursor: str | None
+
+
+@dataclass(slots=True)
+class ChangePage:
+    """What the change feed holds after a cursor: ``(origin, task ids)`` entries, oldest first.
+
+    ``gap`` is True when entries after the cursor were pruned before they were read (the
+    reader should reload rather than trust its view).
+    """
+
+    entries: list[tuple[str, list[str]]]
+    cursor: str
+    gap: bool = False
+
+    def task_ids(self, skip_origin: str | None = None) -> set[str]:
+        """Ids changed by any instance but ``skip_origin``."""
+        return {tid for origin, ids in self.entries if origin != skip_origin for tid in ids}
 
 
 @dataclass(slots=True)
@@ -308,15 +350,19 @@ def record_to_row(record: TaskRecord) -> Row:
             document[name] = filled
     if record.encrypted_error is not None:
         document["encrypted_error"] = base64.b64encode(record.encrypted_error).decode("ascii")
+    status = record.status
     return {
         "task_id": record.task_id,
         "func_name": record.func_name,
-        "status": record.status.value,
+        "status": status.value,
         "queue": record.queue,
         "created_at": record.created_at.timestamp(),
         "end_time": record.end_time.timestamp() if record.end_time else None,
         # A column of its own so backends can search errors without parsing ``data``.
         "error": record.error,
+        # What the duration histogram counts (finished rows only): kept so a delete can take
+        # the row's share away without parsing ``data``.
+        "duration": record.duration if status.finished else None,
         "data": compact_json(document),
     }
 
@@ -368,6 +414,9 @@ class TaskBackend(ABC):
 
     #: True when several processes (or machines) can share this backend's data.
     shared: bool = False
+    #: True when the backend implements the system-of-record primitives (stats, throughput,
+    #: change feed written with the rows; see the module docstring). False: the older contract.
+    system_of_record: bool = False
 
     def __init__(self) -> None:
         self.corrupt_rows = 0
@@ -389,10 +438,23 @@ class TaskBackend(ABC):
 
     # ---- records ---------------------------------------------------------------------------
 
-    async def save_records(self, records: Sequence[TaskRecord]) -> None:
-        """Insert or replace records by task id, in one batch."""
-        if records:
-            await self._write_rows([record_to_row(r) for r in records])
+    async def save_records(self, records: Sequence[TaskRecord], origin: str = "") -> None:
+        """Insert or replace records by task id, in one batch; ``origin`` (the instance that
+        wrote them) goes into the change feed."""
+        if not records:
+            return
+        rows = [record_to_row(r) for r in records]
+        if self.system_of_record:
+            await self._write_rows(rows, origin)
+        else:
+            await self._write_rows(rows)
+
+    async def get_records(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The records of ``task_ids`` that exist, in one round trip where the backend can."""
+        if not task_ids:
+            return []
+        rows = await self._read_rows(list(task_ids))
+        return [r for tid, data in rows if (r := self._decode(tid, data)) is not None]
 
     async def get_record(self, task_id: str) -> TaskRecord | None:
         data = await self._read_row(task_id)
@@ -418,7 +480,48 @@ class TaskBackend(ABC):
         return await self._delete_rows(list(task_ids)) if task_ids else 0
 
     async def count_by_status(self) -> dict[str, int]:
+        """Records per status, counted from the rows (a scan on most backends)."""
         return await self._count_rows()
+
+    async def status_counts(self) -> dict[str, int]:
+        """Records per status: from the kept stats when the backend keeps them (no scan), else
+        :meth:`count_by_status`."""
+        if not self.system_of_record:
+            return await self._count_rows()
+        stats = await self.read_stats()
+        return {status.value: count for status, count in stats.counts.items() if count}
+
+    # ---- the system of record: stats, throughput, change feed -------------------------------
+
+    async def read_stats(self, throughput: bool = False) -> ClusterStats:
+        """The stored counters (and, if asked, the throughput samples); no scan."""
+        self._require_system_of_record("read_stats")
+        stats = ClusterStats.from_flat(await self._read_stats())
+        if throughput:
+            now = time.time()
+            first = int(now // THROUGHPUT_BUCKET) - THROUGHPUT_POINTS
+            buckets = await self._read_throughput(first)
+            stats.throughput = throughput_samples(
+                buckets,
+                stats.counts[TaskStatus.SUCCESS],
+                stats.counts[TaskStatus.FAILED],
+                now,
+            )
+        return stats
+
+    async def read_changes(self, cursor: str | None, limit: int = 1000) -> ChangePage:
+        """Change entries after ``cursor``; None: none, only the cursor of the newest entry
+        (where a new reader starts)."""
+        self._require_system_of_record("read_changes")
+        entries, new_cursor, gap = await self._changes_after(cursor, limit)
+        return ChangePage(entries, new_cursor, gap)
+
+    def _require_system_of_record(self, what: str) -> None:
+        if not self.system_of_record:
+            raise BackendError(
+                f"{self.describe()} does not implement {what} (system_of_record is False; "
+                "see docs/backends.md)"
+            )
 
     def _decode(self, task_id: str, data: str | bytes) -> TaskRecord | None:
         try:
@@ -623,7 +726,10 @@ class TaskBackend(ABC):
     # ---- primitives ------------------------------------------------------------------------
 
     @abstractmethod
-    async def _write_rows(self, rows: list[Row]) -> None: ...
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
+        """Upsert ``rows``. With ``system_of_record``: in the same transaction, apply the stats
+        delta of each (old row -> new row), count throughput, append one change entry
+        ``(origin, [task ids])``. Older backends are called with ``rows`` only."""
 
     @abstractmethod
     async def _read_row(self, task_id: str) -> str | bytes | None: ...
@@ -636,10 +742,13 @@ class TaskBackend(ABC):
         strictly after the cursor position ``after``; at most ``limit``."""
 
     @abstractmethod
-    async def _delete_rows_before(self, cutoff: float) -> int: ...
+    async def _delete_rows_before(self, cutoff: float) -> int:
+        """Delete finished rows with ``end_time < cutoff`` (and, with ``system_of_record``,
+        their stats contribution, in the same transaction); returns how many."""
 
     @abstractmethod
-    async def _delete_rows(self, task_ids: list[str]) -> int: ...
+    async def _delete_rows(self, task_ids: list[str]) -> int:
+        """Delete these rows (and their stats contribution); returns how many existed."""
 
     @abstractmethod
     async def _count_rows(self) -> dict[str, int]: ...
@@ -679,6 +788,34 @@ class TaskBackend(ABC):
 
     @abstractmethod
     async def _set_meta(self, key: str, value: str) -> None: ...
+
+    # System-of-record primitives: not abstract, so a backend written before them still works
+    # (``system_of_record = False``: the manager uses this instance's own counters and feed).
+
+    async def _read_stats(self) -> dict[str, float]:
+        """Every stored counter (keys in ``stats.py``); missing keys read as 0."""
+        raise BackendError(f"{self.describe()} keeps no stats")
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        """(bucket, became SUCCESS, became FAILED) for buckets >= ``first_bucket``."""
+        raise BackendError(f"{self.describe()} keeps no throughput")
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        """Up to ``limit`` change entries strictly after ``cursor``, oldest first, the cursor of
+        the last one returned (``cursor`` itself when none) and whether entries after
+        ``cursor`` were pruned unread. ``cursor`` None: ``([], newest cursor, False)``."""
+        raise BackendError(f"{self.describe()} keeps no change feed")
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        """(task_id, data) of the ids that exist; override to read them in one round trip."""
+        out: list[tuple[str, str | bytes]] = []
+        for task_id in task_ids:
+            data = await self._read_row(task_id)
+            if data is not None:
+                out.append((task_id, data))
+        return out
 
     # Maintenance primitives: not abstract, so a backend written before them still works for
     # tasks; only ``taskflow keys rotate`` needs them.

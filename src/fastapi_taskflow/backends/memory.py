@@ -1,22 +1,29 @@
 """A backend that keeps everything in this process: for tests and for apps that want no files.
 
-It keeps the full contract (leases, expiry, atomic claims, idempotency, locks), so a test
-written against it behaves the way the app will on SQLite or Redis. Nothing survives the
-process, and nothing is shared with another one (``shared = False``).
+It keeps the full contract (leases, expiry, atomic claims, idempotency, locks, stats and the
+change feed kept with the rows), so a test written against it behaves the way the app will on
+SQLite or Redis. Nothing survives the process, and nothing is shared with another one
+(``shared = False``).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..models import FINISHED_STATUSES
+from ..stats import StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
+
+#: Change entries kept; a reader further behind than this sees a gap.
+CHANGES_KEPT = 10_000
 
 _FINISHED = frozenset(s.value for s in FINISHED_STATUSES)
 
@@ -31,6 +38,11 @@ class _Stored:
     @property
     def key(self) -> tuple[float, str]:
         return (float(self.row["created_at"]), str(self.row["task_id"]))
+
+    @property
+    def inputs(self) -> StatInputs:
+        row = self.row
+        return (str(row["status"]), str(row["queue"]), row.get("duration"))
 
 
 def _tags_of(data: Any) -> dict[str, Any]:
@@ -71,6 +83,7 @@ class MemoryBackend(TaskBackend):
     """
 
     shared = False
+    system_of_record = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +98,10 @@ class MemoryBackend(TaskBackend):
         self._keys: dict[str, tuple[str, float | None]] = {}  # key -> (task_id, expires_at)
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, expires_at)
         self._meta: dict[str, str] = {}
+        self._stats: dict[str, float] = {}
+        self._throughput: dict[tuple[int, str], int] = {}
+        self._changes: deque[tuple[int, str, list[str]]] = deque(maxlen=CHANGES_KEPT)
+        self._change_seq = 0
         self._instances: dict[str, tuple[str, float]] = {}  # id -> (data, expires_at)
         self._commands: list[tuple[int, float, str]] = []  # (position, sent_at, data)
         self._command_seq = 0
@@ -107,10 +124,55 @@ class MemoryBackend(TaskBackend):
         if index < len(self._order) and self._order[index] == key:
             del self._order[index]
 
-    async def _write_rows(self, rows: list[Row]) -> None:
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         with self._mutex:
+            old = {
+                tid: stored.inputs
+                for row in rows
+                if (stored := self._rows.get(tid := str(row["task_id"]))) is not None
+            }
+            deltas, throughput = batch_deltas(old, rows)
             for row in rows:
                 self._put_stored(_Stored(dict(row), _tags_of(row["data"])))
+            self._apply(deltas)
+            for key, count in throughput.items():
+                self._throughput[key] = self._throughput.get(key, 0) + count
+            self._change_seq += 1
+            self._changes.append((self._change_seq, origin, [str(r["task_id"]) for r in rows]))
+
+    def _apply(self, deltas: dict[str, float]) -> None:  # under the mutex
+        for key, delta in deltas.items():
+            self._stats[key] = self._stats.get(key, 0) + delta
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        with self._mutex:
+            return [(t, self._rows[t].row["data"]) for t in task_ids if t in self._rows]
+
+    async def _read_stats(self) -> dict[str, float]:
+        with self._mutex:
+            return dict(self._stats)
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        with self._mutex:
+            buckets = sorted({b for b, _ in self._throughput if b >= first_bucket})
+            return [
+                (b, self._throughput.get((b, "success"), 0), self._throughput.get((b, "failed"), 0))
+                for b in buckets
+            ]
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        with self._mutex:
+            if cursor is None:
+                return [], str(self._change_seq), False
+            after = int(cursor)
+            first = self._changes[0][0] if self._changes else self._change_seq + 1
+            start = max(0, after + 1 - first)  # seqs in the deque are consecutive
+            picked = list(itertools.islice(self._changes, start, start + limit))
+            gap = bool(picked) and picked[0][0] > after + 1
+            last = picked[-1][0] if picked else max(after, 0)
+            return [(o, list(ids)) for _, o, ids in picked], str(last), gap
 
     async def _read_row(self, task_id: str) -> str | bytes | None:
         with self._mutex:
@@ -136,13 +198,14 @@ class MemoryBackend(TaskBackend):
         return out
 
     def _delete_where(self, task_ids: list[str]) -> int:
-        deleted = 0
+        removed: list[StatInputs] = []
         for task_id in task_ids:
             stored = self._rows.pop(task_id, None)
             if stored is not None:
                 self._remove_order(stored.key)
-                deleted += 1
-        return deleted
+                removed.append(stored.inputs)
+        self._apply(removal_deltas(removed))
+        return len(removed)
 
     async def _delete_rows_before(self, cutoff: float) -> int:
         with self._mutex:

@@ -33,6 +33,7 @@ _SCHEMA = [
         created_at DOUBLE NOT NULL,
         end_time DOUBLE NULL,
         error TEXT NULL,
+        duration DOUBLE NULL,
         data LONGTEXT NOT NULL,
         KEY {t}records_page (created_at, task_id),
         KEY {t}records_status_page (status, created_at, task_id),
@@ -77,6 +78,17 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}schedules (
         run_key VARCHAR(512) NOT NULL PRIMARY KEY, run_at DOUBLE NOT NULL,
         data LONGTEXT NOT NULL, KEY {t}schedules_due (run_at))"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}stats (
+        name VARCHAR(512) NOT NULL PRIMARY KEY, value DOUBLE NOT NULL)"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}throughput (
+        bucket BIGINT NOT NULL, status VARCHAR(32) NOT NULL, count BIGINT NOT NULL,
+        PRIMARY KEY (bucket, status))"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}changes (
+        position BIGINT NOT NULL PRIMARY KEY, origin VARCHAR(191) NOT NULL,
+        ids LONGTEXT NOT NULL)"""
     + _TABLE,
     """CREATE TABLE IF NOT EXISTS {t}rates (
         name VARCHAR(512) NOT NULL PRIMARY KEY, tat DOUBLE NOT NULL)"""

@@ -36,6 +36,7 @@ _SCHEMA = [
         created_at DOUBLE PRECISION NOT NULL,
         end_time DOUBLE PRECISION,
         error TEXT,
+        duration DOUBLE PRECISION,
         data TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS {t}records_page ON {t}records (created_at DESC, task_id DESC)",
     "CREATE INDEX IF NOT EXISTS {t}records_status_page"
@@ -70,6 +71,12 @@ _SCHEMA = [
         run_key TEXT COLLATE "C" PRIMARY KEY, run_at DOUBLE PRECISION NOT NULL,
         data TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS {t}schedules_due ON {t}schedules (run_at)",
+    "CREATE TABLE IF NOT EXISTS {t}stats (name TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS {t}throughput (
+        bucket BIGINT NOT NULL, status TEXT NOT NULL, count BIGINT NOT NULL,
+        PRIMARY KEY (bucket, status))""",
+    """CREATE TABLE IF NOT EXISTS {t}changes (
+        position BIGINT PRIMARY KEY, origin TEXT NOT NULL, ids TEXT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS {t}rates (name TEXT PRIMARY KEY, tat DOUBLE PRECISION NOT NULL)",
     """CREATE TABLE IF NOT EXISTS {t}counters (
         name TEXT PRIMARY KEY, value BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",

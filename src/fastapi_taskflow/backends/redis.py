@@ -18,12 +18,18 @@ key                            type    holds
 ``P:key:<idempotency key>``    string  the task id holding the key (``PX`` expiry when given)
 ``P:lock:<name>``              string  the owner of a schedule lock (``PX`` expiry)
 ``P:meta``                     hash    metadata
+``P:stats``                    hash    counters of the stored records (keys in ``stats.py``)
+``P:tput``                     hash    ``<bucket>|success`` / ``|failed``: records that ended then
+``P:changes``                  stream  one entry per record write batch: ``o`` origin, ``i`` ids
 ``P:instance:<id>``            string  a live instance's description (``PX`` expiry: its lease)
 ``P:instances``                set     instance ids that announced themselves (expired ones pruned)
 ``P:commands``                 stream  commands between instances (trimmed to the last minute)
 ``P:once``                     hash    run_key -> one-off run JSON
 ``P:once:at``                  zset    run_key, score ``run_at`` (soonest first)
 =============================  ======  ============================================================
+
+Stats, throughput and the change feed are written by the script that writes the rows, so they
+never disagree with them; the feed is trimmed to about ``CHANGES_KEPT`` entries.
 
 Ordering: pages run newest first by (created_at, task_id). Sorted sets order equal scores by
 member bytes, so a reverse range gives exactly that order, and a cursor (created_at, task_id)
@@ -48,10 +54,13 @@ from redis.exceptions import RedisError
 from ..compat import renamed_keyword
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
+from ..serialization import compact_json
+from ..stats import THROUGHPUT_POINTS, add_delta, histogram_bucket, throughput_key
 from ..urls import mask_url
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
+_FINISHED_JSON = json.dumps(_FINISHED)
 _BATCH = 500
 #: fastapi-taskflow 0.12's default key prefix (its data is imported from there too).
 LEGACY_PREFIX = "fbtm:snapshots"
@@ -63,21 +72,59 @@ _LEGACY_INFIX = {
     "task_pending_requeue": ":_pending",
     "task_scheduled_once": ":_scheduled",
 }
+CHANGES_KEPT = 10_000
 
-# ARGV: prefix, ttl_ms (0: none), then 7 values per row.
-_SAVE = """
-local p, ttl = ARGV[1], tonumber(ARGV[2])
-for i = 3, #ARGV, 7 do
-  local id, created, status, func, queue, ended, data =
-    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+# Adds (sign 1) or takes away (sign -1) one row's share of the stats (see stats.py).
+_COUNT = """
+local function count(stats, st, q, hb, d, sign)
+  redis.call('HINCRBY', stats, 's|' .. st, sign)
+  redis.call('HINCRBY', stats, 'q|' .. q .. '|' .. st, sign)
+  if hb and hb ~= '' then
+    redis.call('HINCRBY', stats, 'h|' .. hb, sign)
+    redis.call('HINCRBYFLOAT', stats, 'hsum', sign * tonumber(d))
+  end
+end
+"""
+
+# ARGV: prefix, ttl_ms (0: none), origin, the finished statuses as a JSON list, entries kept in
+# the change feed, then the rows as one JSON array of 10 strings per row: the 7 columns,
+# duration, histogram bucket and throughput bucket ('' for none). One string, not 10 arguments
+# a row: redis-py packs every argument one by one. The row's info keeps its stats inputs.
+_SAVE = (
+    _COUNT
+    + """
+local p, ttl, origin = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local finished = {}
+for _, s in ipairs(cjson.decode(ARGV[4])) do finished[s] = true end
+local stats, ids, rows = p .. ':stats', {}, cjson.decode(ARGV[6])
+for i = 1, #rows, 10 do
+  local id, created, status, func, queue, ended, data, dur, hb, tb =
+    rows[i], rows[i+1], rows[i+2], rows[i+3], rows[i+4], rows[i+5], rows[i+6],
+    rows[i+7], rows[i+8], rows[i+9]
   local old = redis.call('HGET', p .. ':info', id)
+  local was = nil
   if old then
     local o = cjson.decode(old)
+    was = o[1]
     redis.call('ZREM', p .. ':status:' .. o[1], id)
     redis.call('ZREM', p .. ':func:' .. o[2], id)
     redis.call('ZREM', p .. ':queue:' .. o[3], id)
+    count(stats, o[1], o[3], o[4], o[5], -1)
   end
-  redis.call('HSET', p .. ':info', id, cjson.encode({status, func, queue}))
+  count(stats, status, queue, hb, dur, 1)
+  if tb ~= '' and not (was and finished[was]) then
+    local tk = p .. ':tput'
+    -- A bucket's first count may also drop buckets too old to be read (bounded hash).
+    if redis.call('HINCRBY', tk, tb .. '|' .. status, 1) == 1
+       and redis.call('HLEN', tk) > 4 * POINTS then
+      local oldest = tonumber(tb) - POINTS
+      for _, f in ipairs(redis.call('HKEYS', tk)) do
+        local b = tonumber(string.match(f, '^(%-?%d+)|'))
+        if b and b < oldest then redis.call('HDEL', tk, f) end
+      end
+    end
+  end
+  redis.call('HSET', p .. ':info', id, cjson.encode({status, func, queue, hb, dur}))
   redis.call('ZADD', p .. ':idx', created, id)
   redis.call('ZADD', p .. ':status:' .. status, created, id)
   redis.call('ZADD', p .. ':func:' .. func, created, id)
@@ -92,14 +139,20 @@ for i = 3, #ARGV, 7 do
   else
     redis.call('SET', p .. ':rec:' .. id, data)
   end
+  ids[#ids + 1] = id
 end
+redis.call('XADD', p .. ':changes', 'MAXLEN', '~', ARGV[5], '*', 'o', origin,
+           'i', cjson.encode(ids))
 return 0
-"""
+""".replace("POINTS", str(THROUGHPUT_POINTS))
+)
 
 # ARGV: prefix, mode, the finished statuses as a JSON list, then task ids. Mode 'all' deletes
 # each; 'missing' only drops index entries whose record expired; 'finished' deletes only
 # records in a finished status. Returns how many record keys were deleted.
-_REMOVE = """
+_REMOVE = (
+    _COUNT
+    + """
 local p, mode = ARGV[1], ARGV[2]
 local finished = {}
 for _, s in ipairs(cjson.decode(ARGV[3])) do finished[s] = true end
@@ -118,6 +171,7 @@ for i = 4, #ARGV do
       redis.call('ZREM', p .. ':func:' .. o[2], id)
       redis.call('ZREM', p .. ':queue:' .. o[3], id)
       redis.call('HDEL', p .. ':info', id)
+      count(p .. ':stats', o[1], o[3], o[4], o[5], -1)
     end
     redis.call('ZREM', p .. ':idx', id)
     redis.call('ZREM', p .. ':ended', id)
@@ -126,10 +180,12 @@ for i = 4, #ARGV do
 end
 return removed
 """
+)
 
 # KEYS: the index zset. ARGV: record key prefix, max score (with '(' when exclusive),
 # tie member ('' for none: ties at max are taken whole), min score, count.
-# Returns id, score, data triplets strictly after (max, tie member), newest first.
+# Returns id, score, data triplets strictly after (max, tie member), newest first, as one JSON
+# array (one string for the client to parse; data is false for a record that expired).
 _PAGE = """
 local key, recp, maxs, after, mins, count =
   KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -159,7 +215,8 @@ for i, id in ipairs(ids) do
   out[#out + 1] = scores[i]
   out[#out + 1] = redis.call('GET', recp .. id)
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
 
 # KEYS: journal, journal owners. ARGV: claimer, limit, lease key prefix.
@@ -221,11 +278,24 @@ end
 return n
 """
 
+# KEYS: a hash. Its fields and values as one JSON array: one string for the client to parse
+# instead of two per field (redis-py's own reply parser costs ~20 us a string).
+_HASH_JSON = """
+local flat = redis.call('HGETALL', KEYS[1])
+if #flat == 0 then return '[]' end
+return cjson.encode(flat)
+"""
+
 # KEYS: the key. ARGV: holder. Compare-and-delete.
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    milliseconds, _, sequence = value.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 # KEYS: runs hash, due zset. ARGV: run_key, run_at, data. Insert unless the key exists.
@@ -278,6 +348,7 @@ class RedisBackend(TaskBackend):
     """History, journal, leases, idempotency keys and locks in Redis, shared across machines."""
 
     shared = True
+    system_of_record = True
 
     def __init__(
         self,
@@ -336,11 +407,29 @@ class RedisBackend(TaskBackend):
                 ("reserve", _RESERVE),
                 ("compare_delete", _COMPARE_DELETE),
                 ("update_existing", _UPDATE_EXISTING),
+                ("hash_json", _HASH_JSON),
                 ("put_once", _PUT_ONCE),
                 ("take_once", _TAKE_ONCE),
             )
         }
         self._client = client
+        await self._count_existing()
+
+    async def _count_existing(self) -> None:
+        """Records written before this version kept no stats: count them once (the first
+        instance to get here does it; durations of those rows are not known)."""
+        async with self._errors() as client:
+            if not await self._call(client.set(self.key("stats", "ready"), "1", nx=True)):
+                return
+            deltas: dict[str, float] = {}
+            async for _, info in client.hscan_iter(self.key("info")):
+                status, _, queue = json.loads(info)[:3]
+                add_delta(deltas, None, (status, queue, None))
+            if deltas:
+                pipe = client.pipeline(transaction=True)
+                for key, value in deltas.items():
+                    pipe.hincrbyfloat(self.key("stats"), key, value)
+                await pipe.execute()
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -372,13 +461,16 @@ class RedisBackend(TaskBackend):
 
     # ---- records ---------------------------------------------------------------------------
 
-    async def _write_rows(self, rows: list[Row]) -> None:
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         ttl = _ms(self.record_ttl) if self.record_ttl else 0
         for start in range(0, len(rows), _BATCH):
-            args: list[Any] = [self.prefix, ttl]
+            flat: list[str] = []
             for row in rows[start : start + _BATCH]:
                 end = row["end_time"]
-                args += [
+                duration = row.get("duration")
+                # The script decides with the old status whether this write counts as throughput.
+                bucket = throughput_key(None, row["status"], end)
+                flat += [
                     row["task_id"],
                     repr(float(row["created_at"])),
                     row["status"],
@@ -386,8 +478,56 @@ class RedisBackend(TaskBackend):
                     row["queue"],
                     "" if end is None else repr(float(end)),
                     row["data"],
+                    "" if duration is None else repr(float(duration)),
+                    "" if duration is None else str(histogram_bucket(duration)),
+                    "" if bucket is None else str(bucket),
                 ]
+            args = [self.prefix, ttl, origin, _FINISHED_JSON, CHANGES_KEPT, compact_json(flat)]
             await self._script("save", [], args)
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        async with self._errors() as client:
+            datas = await self._call(client.mget([self.key("rec", t) for t in task_ids]))
+        return [(t, d) for t, d in zip(task_ids, datas, strict=True) if d is not None]
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        flat = json.loads(await self._script("hash_json", [key], []))
+        return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def _read_stats(self) -> dict[str, float]:
+        return {key: float(value) for key, value in (await self._hash(self.key("stats"))).items()}
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        buckets: dict[int, list[int]] = {}
+        for name, count in (await self._hash(self.key("tput"))).items():
+            bucket, _, status = name.partition("|")
+            if int(bucket) >= first_bucket:
+                slot = buckets.setdefault(int(bucket), [0, 0])
+                slot[0 if status == "success" else 1] += int(count)
+        return [(b, s, f) for b, (s, f) in sorted(buckets.items())]
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        stream = self.key("changes")
+        async with self._errors() as client:
+            if cursor is None:
+                newest = await self._call(client.xrevrange(stream, count=1))
+                return [], newest[0][0] if newest else "0-0", False
+            pipe = client.pipeline(transaction=True)
+            pipe.xrange(stream, min="(" + cursor, count=limit)
+            pipe.xinfo_stream(stream)
+            try:
+                found, info = await pipe.execute()
+            except RedisError:
+                if await self._call(client.exists(stream)):
+                    raise
+                return [], cursor, False  # no stream yet: nothing was written
+        entries = [(fields.get("o", ""), list(json.loads(fields["i"]))) for _, fields in found]
+        # Entries trimmed away that this reader had not read yet.
+        trimmed = info.get("max-deleted-entry-id") or "0-0"
+        gap = _stream_id(trimmed) > _stream_id(cursor)
+        return entries, found[-1][0] if found else cursor, gap
 
     async def _read_row(self, task_id: str) -> str | bytes | None:
         async with self._errors() as client:
@@ -428,12 +568,12 @@ class RedisBackend(TaskBackend):
         out: list[tuple[str, str | bytes]] = []
         expired: list[str] = []
         while len(out) < limit:
-            found = await self._script(
-                "page", [index], [self.key("rec", ""), top, tie, lowest, batch]
+            found = json.loads(
+                await self._script("page", [index], [self.key("rec", ""), top, tie, lowest, batch])
             )
             for i in range(0, len(found), 3):
                 task_id, data = found[i], found[i + 2]
-                if data is None:
+                if not isinstance(data, str):
                     expired.append(task_id)
                 elif (not needs_doc or _doc_matches(data, query)) and len(out) < limit:
                     out.append((task_id, data))

@@ -19,6 +19,7 @@ existing databases in place (under the dialect's schema lock) instead of breakin
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from abc import abstractmethod
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError
 from ..models import FINISHED_STATUSES
+from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 logger = logging.getLogger("fastapi_taskflow.backends")
@@ -39,6 +41,10 @@ MIGRATIONS: dict[int, list[str]] = {}
 
 FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 RECORD_COLUMNS = ("task_id", "func_name", "status", "queue", "created_at", "end_time", "error")
+#: What a record write stores: the indexed columns, the duration the stats count, the JSON.
+RECORD_WRITE_COLUMNS = (*RECORD_COLUMNS, "duration", "data")
+#: Change-feed entries kept (readers are live dashboards, a second or so behind).
+CHANGES_KEPT = 10_000
 _CHUNK = 500
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 
@@ -57,6 +63,10 @@ def like_pattern(text: str) -> str:
     """A LIKE pattern matching ``text`` anywhere, case-folded, with ``%`` and ``_`` literal."""
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
 
 
 def chunks(items: Sequence[Any], size: int = _CHUNK) -> list[Sequence[Any]]:
@@ -87,6 +97,7 @@ class SqlBackend(TaskBackend):
     """The primitives on any SQL server a dialect subclass connects to."""
 
     shared = True
+    system_of_record = True
 
     #: The dialect's name in messages ("PostgreSQL", "MySQL").
     server = "SQL"
@@ -223,11 +234,127 @@ class SqlBackend(TaskBackend):
 
     # ---- records -----------------------------------------------------------------------------
 
-    async def _write_rows(self, rows: list[Row]) -> None:
-        columns = (*RECORD_COLUMNS, "data")
-        statement = self.sql(self.upsert_sql("{t}records", columns, ["task_id"]))
+    # ---- the system of record: stats, throughput and the change feed, with the rows ----------
+    # Every writer takes its locks in one order: record rows (by task id), stats rows (by
+    # name), throughput rows, then the change feed's position row. Two instances writing at
+    # once then wait for each other instead of deadlocking.
+
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
+        ordered = sorted(rows, key=lambda row: str(row["task_id"]))
+        upsert = self.sql(self.upsert_sql("{t}records", RECORD_WRITE_COLUMNS, ["task_id"]))
         async with self.session() as s:
-            await s.executemany(statement, [[row[c] for c in columns] for row in rows])
+            old = await self._stat_inputs(s, [str(r["task_id"]) for r in ordered])
+            deltas, throughput = batch_deltas(old, rows)
+            await s.executemany(upsert, [[r.get(c) for c in RECORD_WRITE_COLUMNS] for r in ordered])
+            await self._add_stats(s, deltas)
+            if throughput:
+                add = self.upsert_sql(
+                    "{t}throughput",
+                    ("bucket", "status", "count"),
+                    ["bucket", "status"],
+                    add=["count"],
+                )
+                await s.executemany(
+                    self.sql(add), [[b, st, n] for (b, st), n in sorted(throughput.items())]
+                )
+                newest = max(bucket for bucket, _ in throughput)
+                await s.execute(
+                    self.sql("DELETE FROM {t}throughput WHERE bucket < ?"),
+                    [newest - THROUGHPUT_POINTS],
+                )
+            position = await self._next_position(s, "changes")
+            await s.execute(
+                self.sql("INSERT INTO {t}changes (position, origin, ids) VALUES (?, ?, ?)"),
+                [position, origin, json.dumps([str(r["task_id"]) for r in rows])],
+            )
+            if position % 100 == 0:  # prune now and then, not at every batch
+                await s.execute(
+                    self.sql("DELETE FROM {t}changes WHERE position <= ?"),
+                    [position - CHANGES_KEPT],
+                )
+            await self.notify(s, "changes")
+
+    async def _stat_inputs(self, s: SqlSession, task_ids: Sequence[str]) -> dict[str, StatInputs]:
+        """(status, queue, duration) of the stored rows among ``task_ids``, locked until the
+        transaction ends (their stats contribution is about to change)."""
+        found: dict[str, StatInputs] = {}
+        for part in chunks(sorted(task_ids)):
+            rows = await s.fetch(
+                self.sql(
+                    "SELECT task_id, status, queue, duration FROM {t}records"
+                    f" WHERE task_id IN ({marks(len(part))}) ORDER BY task_id FOR UPDATE"
+                ),
+                part,
+            )
+            found.update({str(r[0]): (str(r[1]), str(r[2]), _float(r[3])) for r in rows})
+        return found
+
+    async def _add_stats(self, s: SqlSession, deltas: dict[str, float]) -> None:
+        if deltas:
+            add = self.upsert_sql("{t}stats", ("name", "value"), ["name"], add=["value"])
+            await s.executemany(self.sql(add), [[k, v] for k, v in sorted(deltas.items())])
+
+    async def _delete_where(self, where: str, params: Sequence[Any]) -> int:
+        """Delete the records matching ``where`` and take their share out of the stats."""
+        async with self.session() as s:
+            rows = await s.fetch(
+                self.sql(
+                    "SELECT task_id, status, queue, duration FROM {t}records"
+                    f" WHERE {where} ORDER BY task_id FOR UPDATE"
+                ),
+                params,
+            )
+            ids = [str(r[0]) for r in rows]
+            for part in chunks(ids):
+                await s.execute(
+                    self.sql(f"DELETE FROM {{t}}records WHERE task_id IN ({marks(len(part))})"),
+                    part,
+                )
+            inputs = [(str(r[1]), str(r[2]), _float(r[3])) for r in rows]
+            await self._add_stats(s, removal_deltas(inputs))
+        return len(ids)
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        out: list[tuple[str, str | bytes]] = []
+        for part in chunks(task_ids):
+            rows = await self.fetch(
+                f"SELECT task_id, data FROM {{t}}records WHERE task_id IN ({marks(len(part))})",
+                part,
+            )
+            out.extend((row[0], row[1]) for row in rows)
+        return out
+
+    async def _read_stats(self) -> dict[str, float]:
+        return {
+            str(r[0]): float(r[1]) for r in await self.fetch("SELECT name, value FROM {t}stats")
+        }
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        rows = await self.fetch(
+            "SELECT bucket, SUM(CASE WHEN status = 'success' THEN count ELSE 0 END),"
+            " SUM(CASE WHEN status = 'failed' THEN count ELSE 0 END)"
+            " FROM {t}throughput WHERE bucket >= ? GROUP BY bucket ORDER BY bucket",
+            [first_bucket],
+        )
+        return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        if cursor is None:
+            rows = await self.fetch("SELECT value FROM {t}positions WHERE name = 'changes'")
+            return [], str(rows[0][0]) if rows else "0", False
+        after = int(cursor)
+        rows = await self.fetch(
+            "SELECT position, origin, ids FROM {t}changes WHERE position > ?"
+            " ORDER BY position LIMIT ?",
+            [after, limit],
+        )
+        # Positions are consecutive (they commit in order, and a rolled-back write gives its
+        # position back): a hole right after the cursor is entries pruned before this read.
+        gap = bool(rows) and int(rows[0][0]) > after + 1
+        entries = [(str(r[1]), [str(t) for t in json.loads(r[2])]) for r in rows]
+        return entries, str(rows[-1][0]) if rows else str(after), gap
 
     async def _read_row(self, task_id: str) -> str | bytes | None:
         rows = await self.fetch("SELECT data FROM {t}records WHERE task_id = ?", [task_id])
@@ -276,13 +403,15 @@ class SqlBackend(TaskBackend):
         return [(row[0], row[1]) for row in rows]
 
     async def _delete_rows_before(self, cutoff: float) -> int:
-        return await self.execute(
-            f"DELETE FROM {{t}}records WHERE end_time < ? AND status IN ({marks(len(FINISHED))})",
-            [cutoff, *FINISHED],
+        return await self._delete_where(
+            f"end_time < ? AND status IN ({marks(len(FINISHED))})", [cutoff, *FINISHED]
         )
 
     async def _delete_rows(self, task_ids: list[str]) -> int:
-        return await self._delete_ids("{t}records", task_ids)
+        deleted = 0
+        for part in chunks(task_ids):
+            deleted += await self._delete_where(f"task_id IN ({marks(len(part))})", part)
+        return deleted
 
     async def _delete_ids(
         self, table: str, task_ids: Sequence[str], column: str = "task_id"

@@ -4,12 +4,17 @@ WAL mode lets readers go on while one writer commits. Every write is one short
 ``BEGIN IMMEDIATE`` transaction: it takes the file's write lock before reading, so a claim
 or a reservation decides on the latest data, and two processes wait for each other (up to
 ``busy_timeout``) instead of both taking the same entry.
+
+Stats (``tf_stats``), throughput (``tf_throughput``) and the change feed (``tf_changes``, a
+log with an increasing ``seq`` as the cursor, pruned to the newest ``CHANGES_KEPT`` entries)
+are written in the transaction of the record rows they describe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,12 +28,15 @@ import aiosqlite
 from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError, DamagedDatabaseError
 from ..models import FINISHED_STATUSES
+from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 from .sql import LEGACY_TABLES
 from .sqlite_check import INTEGRITY_CHECKS, integrity_problems
 
-SCHEMA_VERSION = 1
 DEFAULT_PATH = "tasks.db"
+SCHEMA_VERSION = 2
+CHANGES_KEPT = 10_000
+_CHUNK = 500  # ids per IN (...) list: under SQLite's variable limit
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 # Retention deletes this many rows per transaction: the write-ahead log holds one batch, not
 # the whole delete (a 300,000-row DELETE grew it to 300 MB), and other writers get turns.
@@ -47,7 +55,8 @@ CREATE TABLE IF NOT EXISTS tf_records (
     created_at REAL NOT NULL,
     end_time REAL,
     error TEXT,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    duration REAL
 );
 CREATE INDEX IF NOT EXISTS tf_records_page ON tf_records (created_at DESC, task_id DESC);
 CREATE INDEX IF NOT EXISTS tf_records_status_page
@@ -64,6 +73,14 @@ CREATE TABLE IF NOT EXISTS tf_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS tf_locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                      expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_stats (key TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tf_throughput (
+    bucket INTEGER NOT NULL, status TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (bucket, status)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tf_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, ids TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tf_instances (instance_id TEXT PRIMARY KEY,
                                          expires_at REAL NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_commands (position INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,10 +90,20 @@ CREATE TABLE IF NOT EXISTS tf_schedules (run_key TEXT PRIMARY KEY, run_at REAL N
 CREATE INDEX IF NOT EXISTS tf_schedules_due ON tf_schedules (run_at);
 """
 
+_ADD_STAT = """
+INSERT INTO tf_stats (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = value + excluded.value
+"""
+
+_ADD_THROUGHPUT = """
+INSERT INTO tf_throughput (bucket, status, count) VALUES (?, ?, ?)
+ON CONFLICT (bucket, status) DO UPDATE SET count = count + excluded.count
+"""
+
 _UPSERT_RECORD = """
 INSERT OR REPLACE INTO tf_records
-    (task_id, func_name, status, queue, created_at, end_time, error, data)
-VALUES (:task_id, :func_name, :status, :queue, :created_at, :end_time, :error, :data)
+    (task_id, func_name, status, queue, created_at, end_time, error, data, duration)
+VALUES (:task_id, :func_name, :status, :queue, :created_at, :end_time, :error, :data, :duration)
 """
 
 # Entries with no owner, or whose owner holds no live lease. The LEFT JOIN finds live leases.
@@ -165,6 +192,7 @@ class SqliteBackend(TaskBackend):
     """
 
     shared = True
+    system_of_record = True
 
     def __init__(
         self,
@@ -260,6 +288,35 @@ class SqliteBackend(TaskBackend):
                 f"{self.path} has schema version {rows[0][0]}; this fastapi-taskflow reads up to"
                 f" {SCHEMA_VERSION}: upgrade fastapi-taskflow"
             )
+        elif int(rows[0][0]) < 2:
+            await self._add_stats(db)
+            await db.execute("UPDATE tf_schema SET version = ?", (SCHEMA_VERSION,))
+
+    async def _add_stats(self, db: aiosqlite.Connection) -> None:
+        """Version 1 -> 2: a duration column and the stats of the rows already stored (once)."""
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(tf_records)")}
+        if "duration" not in columns:
+            await db.execute("ALTER TABLE tf_records ADD COLUMN duration REAL")
+        marks = ",".join("?" * len(_FINISHED))
+        # julianday() reads the ISO start time; 2440587.5 is the Unix epoch as a Julian day.
+        await db.execute(
+            "UPDATE tf_records SET duration = end_time -"
+            " (julianday(json_extract(data, '$.start_time')) - 2440587.5) * 86400.0"
+            f" WHERE end_time IS NOT NULL AND status IN ({marks}) AND json_valid(data)"
+            " AND json_extract(data, '$.start_time') IS NOT NULL",
+            _FINISHED,
+        )
+        await db.execute("DELETE FROM tf_stats")
+        deltas, _ = batch_deltas(
+            {},
+            (
+                {"task_id": i, "status": row[0], "queue": row[1], "duration": row[2]}
+                for i, row in enumerate(
+                    await db.execute_fetchall("SELECT status, queue, duration FROM tf_records")
+                )
+            ),
+        )
+        await db.executemany(_ADD_STAT, list(deltas.items()))
 
     async def compact(self) -> None:
         """Checkpoint the write-ahead log now, so close() (at shutdown) has little left to do."""
@@ -322,9 +379,89 @@ class SqliteBackend(TaskBackend):
 
     # ---- records ---------------------------------------------------------------------------
 
-    async def _write_rows(self, rows: list[Row]) -> None:
+    async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         async with self._transaction() as db:
+            old = await self._inputs_of(db, [str(r["task_id"]) for r in rows])
+            deltas, throughput = batch_deltas(old, rows)
             await db.executemany(_UPSERT_RECORD, rows)
+            await self._apply(db, deltas)
+            if throughput:
+                await db.executemany(
+                    _ADD_THROUGHPUT, [(b, st, n) for (b, st), n in throughput.items()]
+                )
+                newest = max(b for b, _ in throughput)
+                await db.execute(
+                    "DELETE FROM tf_throughput WHERE bucket < ?", (newest - THROUGHPUT_POINTS,)
+                )
+            cursor = await db.execute(
+                "INSERT INTO tf_changes (origin, ids) VALUES (?, ?)",
+                (origin, json.dumps([r["task_id"] for r in rows])),
+            )
+            seq = cursor.lastrowid
+            await cursor.close()
+            if seq is not None and seq % 100 == 0:  # prune now and then, not every batch
+                await db.execute("DELETE FROM tf_changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
+
+    @staticmethod
+    async def _inputs_of(db: aiosqlite.Connection, task_ids: list[str]) -> dict[str, StatInputs]:
+        """(status, queue, duration) of the stored rows among ``task_ids``."""
+        found: dict[str, StatInputs] = {}
+        for start in range(0, len(task_ids), _CHUNK):
+            chunk = task_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in await db.execute_fetchall(
+                f"SELECT task_id, status, queue, duration FROM tf_records"
+                f" WHERE task_id IN ({marks})",
+                chunk,
+            ):
+                found[row[0]] = (row[1], row[2], row[3])
+        return found
+
+    @staticmethod
+    async def _apply(db: aiosqlite.Connection, deltas: dict[str, float]) -> None:
+        if deltas:
+            await db.executemany(_ADD_STAT, list(deltas.items()))
+
+    async def _read_rows(self, task_ids: list[str]) -> list[tuple[str, str | bytes]]:
+        out: list[tuple[str, str | bytes]] = []
+        for start in range(0, len(task_ids), _CHUNK):
+            chunk = task_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetch(
+                f"SELECT task_id, data FROM tf_records WHERE task_id IN ({marks})", chunk
+            )
+            out.extend((row[0], row[1]) for row in rows)
+        return out
+
+    async def _read_stats(self) -> dict[str, float]:
+        rows = await self._fetch("SELECT key, value FROM tf_stats")
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def _read_throughput(self, first_bucket: int) -> list[tuple[int, int, int]]:
+        rows = await self._fetch(
+            "SELECT bucket, SUM(CASE WHEN status = 'success' THEN count ELSE 0 END),"
+            " SUM(CASE WHEN status = 'failed' THEN count ELSE 0 END)"
+            " FROM tf_throughput WHERE bucket >= ? GROUP BY bucket ORDER BY bucket",
+            (first_bucket,),
+        )
+        return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    async def _changes_after(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, list[str]]], str, bool]:
+        if cursor is None:
+            rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) FROM tf_changes")
+            return [], str(rows[0][0]), False
+        after = int(cursor)
+        rows = await self._fetch(
+            "SELECT seq, origin, ids FROM tf_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        # Seqs are consecutive (AUTOINCREMENT, and a rolled-back insert takes its seq back):
+        # a hole right after the cursor is entries pruned before this reader got to them.
+        gap = bool(rows) and int(rows[0][0]) > after + 1
+        entries = [(str(r[1]), [str(t) for t in json.loads(r[2])]) for r in rows]
+        return entries, str(rows[-1][0]) if rows else str(after), gap
 
     async def _read_row(self, task_id: str) -> str | bytes | None:
         rows = await self._fetch("SELECT data FROM tf_records WHERE task_id = ?", (task_id,))
@@ -345,12 +482,16 @@ class SqliteBackend(TaskBackend):
         batch_sql = (
             "DELETE FROM tf_records WHERE rowid IN (SELECT rowid FROM tf_records"
             f" WHERE end_time < ? AND status IN ({marks}) LIMIT {DELETE_BATCH})"
+            " RETURNING status, queue, duration"
         )
         deleted = 0
         while True:
-            changed = await self._run(batch_sql, (cutoff, *_FINISHED))
-            deleted += changed
-            if changed < DELETE_BATCH:
+            async with self._transaction() as db:
+                removed = list(await db.execute_fetchall(batch_sql, (cutoff, *_FINISHED)))
+                # The stats lose the batch's share in the batch's own transaction.
+                await self._apply(db, removal_deltas((r[0], r[1], r[2]) for r in removed))
+            deleted += len(removed)
+            if len(removed) < DELETE_BATCH:
                 break
             await self._checkpoint("PASSIVE")  # the next batch reuses the log from its start
         if deleted:
@@ -380,12 +521,15 @@ class SqliteBackend(TaskBackend):
 
     async def _delete_rows(self, task_ids: list[str]) -> int:
         async with self._transaction() as db:
-            deleted = 0
+            removed: list[StatInputs] = []
             for task_id in task_ids:
-                cursor = await db.execute("DELETE FROM tf_records WHERE task_id = ?", (task_id,))
-                deleted += cursor.rowcount
-                await cursor.close()
-            return deleted
+                rows = await db.execute_fetchall(
+                    "DELETE FROM tf_records WHERE task_id = ? RETURNING status, queue, duration",
+                    (task_id,),
+                )
+                removed.extend((r[0], r[1], r[2]) for r in rows)
+            await self._apply(db, removal_deltas(removed))
+            return len(removed)
 
     async def _count_rows(self) -> dict[str, int]:
         rows = await self._fetch("SELECT status, COUNT(*) FROM tf_records GROUP BY status")

@@ -1,4 +1,5 @@
-"""A backend from one string, so a test can hand the same backend to a child process.
+"""The backend an app under test uses, from an environment variable's text, so a test can hand
+the same backend to a child process; and a counter the test polls while apps write.
 
 ``sqlite:<path>``, ``redis:<url>|<prefix>``, ``postgres:<url>|<table prefix>``,
 ``mysql:<url>|<table prefix>``.
@@ -11,27 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from fastapi_taskflow.backends.base import TaskBackend
+from fastapi_taskflow.backends.factory import build_backend
 
 
 def backend_from_spec(spec: str) -> TaskBackend:
     kind, _, where = spec.partition(":")
-    url, _, prefix = where.partition("|")
     if kind == "sqlite":
-        from fastapi_taskflow.backends.sqlite import SqliteBackend
-
-        return SqliteBackend(where)
+        return build_backend("sqlite", path=where)
+    url, _, prefix = where.partition("|")
     if kind == "redis":
-        from fastapi_taskflow.backends.redis import RedisBackend
-
-        return RedisBackend(url, prefix=prefix, socket_timeout=0.5)
-    if kind == "postgres":
-        from fastapi_taskflow.backends.postgres import PostgresBackend
-
-        return PostgresBackend(url, table_prefix=prefix, max_size=4)
-    if kind == "mysql":
-        from fastapi_taskflow.backends.mysql import MySQLBackend
-
-        return MySQLBackend(url, table_prefix=prefix, max_size=4)
+        return build_backend("redis", url=url, prefix=prefix, socket_timeout=0.5)
+    if kind in ("postgres", "mysql"):
+        return build_backend(kind, url=url, table_prefix=prefix, max_size=4)
     raise ValueError(f"unknown backend spec {spec!r}")
 
 
