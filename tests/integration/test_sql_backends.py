@@ -19,6 +19,7 @@ from fastapi_taskflow.backends.sql import SqlBackend
 from fastapi_taskflow.cli import config_check
 from fastapi_taskflow.di import TaskflowContainer, TaskflowSettings, running
 from fastapi_taskflow.errors import BackendError, ConfigurationError
+from fastapi_taskflow.testing_contract import make_record
 from servers import MariaDBServer, PostgresServer
 
 
@@ -319,6 +320,53 @@ async def test_concurrent_senders_get_consecutive_positions(
         rows = await second._read_commands(str(start), 0)
         assert [int(p) for p, _ in rows] == list(range(start + 1, start + 11))
         assert sorted(d for _, d in rows) == sorted(str(i) for i in range(10))
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.postgres
+async def test_a_record_write_notifies_postgres_listeners(
+    postgres_server: PostgresServer, table_prefix: str
+) -> None:
+    """Each record write batch sends a NOTIFY on the change channel: a listener wakes."""
+    reader = PostgresBackend(postgres_server.url, table_prefix=table_prefix)
+    writer = PostgresBackend(postgres_server.url, table_prefix=table_prefix)
+    await reader.open()
+    await writer.open()
+    try:
+        async with reader.listening("changes", 60) as woken:
+            await writer.save_records([make_record("n1")], origin="writer")
+            assert await woken()
+        page = await reader.read_changes("0")
+        assert page.entries == [("writer", ["n1"])]
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_concurrent_overlapping_writes_neither_deadlock_nor_miscount(
+    sql_url: str, table_prefix: str
+) -> None:
+    """Two instances writing overlapping batches in opposite orders at once all commit, and the
+    stored counts are those of the rows."""
+    first, second = (
+        make(sql_url, table_prefix=table_prefix),
+        make(sql_url, table_prefix=table_prefix),
+    )
+    await first.open()
+    await second.open()
+    try:
+        ids = [f"t{i:02d}" for i in range(20)]
+        batches = [
+            (first if n % 2 else second).save_records(
+                [make_record(i, status=TaskStatus.SUCCESS) for i in (ids if n % 2 else ids[::-1])]
+            )
+            for n in range(8)
+        ]
+        await asyncio.gather(*batches)
+        assert await first.count_by_status() == {"success": 20}
+        assert await second.status_counts() == {"success": 20}
     finally:
         await first.close()
         await second.close()

@@ -235,14 +235,18 @@ class SqlBackend(TaskBackend):
     # ---- records -----------------------------------------------------------------------------
 
     # ---- the system of record: stats, throughput and the change feed, with the rows ----------
-    # Every writer takes its locks in one order: record rows (by task id), stats rows (by
-    # name), throughput rows, then the change feed's position row. Two instances writing at
-    # once then wait for each other instead of deadlocking.
+    # Every transaction that changes records first locks the change feed's position row, so
+    # record writes and deletes of all instances run one at a time. Row locks alone would not
+    # do: a row that does not exist yet cannot be locked, and two writers of one new task
+    # would both count it. After that lock, each reads the committed rows of every earlier
+    # writer (READ COMMITTED), then locks in one order (records by id, stats by name,
+    # throughput): no deadlock either.
 
     async def _write_rows(self, rows: list[Row], origin: str = "") -> None:
         ordered = sorted(rows, key=lambda row: str(row["task_id"]))
         upsert = self.sql(self.upsert_sql("{t}records", RECORD_WRITE_COLUMNS, ["task_id"]))
         async with self.session() as s:
+            position = await self._next_position(s, "changes")  # the writers' lock, first
             old = await self._stat_inputs(s, [str(r["task_id"]) for r in ordered])
             deltas, throughput = batch_deltas(old, rows)
             await s.executemany(upsert, [[r.get(c) for c in RECORD_WRITE_COLUMNS] for r in ordered])
@@ -262,7 +266,6 @@ class SqlBackend(TaskBackend):
                     self.sql("DELETE FROM {t}throughput WHERE bucket < ?"),
                     [newest - THROUGHPUT_POINTS],
                 )
-            position = await self._next_position(s, "changes")
             await s.execute(
                 self.sql("INSERT INTO {t}changes (position, origin, ids) VALUES (?, ?, ?)"),
                 [position, origin, json.dumps([str(r["task_id"]) for r in rows])],
@@ -297,6 +300,9 @@ class SqlBackend(TaskBackend):
     async def _delete_where(self, where: str, params: Sequence[Any]) -> int:
         """Delete the records matching ``where`` and take their share out of the stats."""
         async with self.session() as s:
+            await s.fetch(  # the writers' lock (see above): no write interleaves with this
+                self.sql("SELECT value FROM {t}positions WHERE name = 'changes' FOR UPDATE")
+            )
             rows = await s.fetch(
                 self.sql(
                     "SELECT task_id, status, queue, duration FROM {t}records"
