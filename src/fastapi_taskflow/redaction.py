@@ -3,9 +3,10 @@
 ``TaskManager(redact=["password", "token"])`` masks every argument, log field and nested dict
 key whose name contains one of the words (case-insensitive); ``redact=callable`` decides with
 ``callable(name, value) -> bool``. Positional arguments are matched by their parameter name.
-The values of masked arguments are also scrubbed from error texts, stack traces and log
-messages where they appear verbatim (values shorter than ``MIN_SECRET`` characters are not:
-they would hide unrelated text).
+The values of masked arguments are also scrubbed wherever they appear verbatim in free text:
+error texts, stack traces, log messages, the values of ``task_log`` fields (whatever their
+name) and ``set_progress`` messages (values shorter than ``MIN_SECRET`` characters are not: they
+would hide unrelated text).
 
 ``encrypt_errors=True`` (needs ``encrypt_args_key``) stores the error text and stack trace
 encrypted: everyone sees ``"ValueError (details encrypted)"``; :meth:`ErrorPolicy.reveal`
@@ -135,6 +136,22 @@ def scrub(text: str | None, secrets: Sequence[str]) -> str | None:
     return text
 
 
+def scrub_values(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` with secrets scrubbed from its text, searching dicts, lists and tuples; a
+    number whose text is a secret is masked whole."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: scrub_values(v, secrets) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(scrub_values(v, secrets) for v in value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and str(value) in secrets:
+        return MASK
+    return value
+
+
 class ErrorPolicy:
     """Applies redaction and ``encrypt_errors`` where a task's data leaves the engine."""
 
@@ -163,10 +180,12 @@ class ErrorPolicy:
     def log_fields(
         self, secrets: Sequence[str], message: str, extra: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
-        """A ``task_log`` message and its extra fields, redacted."""
+        """A ``task_log`` message and its extra fields: secret names masked, and secret values
+        scrubbed from every field (``detail=password`` is caught by its value)."""
         if self.redactor is None:
             return message, extra
-        return scrub(message, secrets) or message, self.redactor.mapping(extra)
+        fields = scrub_values(self.redactor.mapping(extra), secrets)
+        return scrub(message, secrets) or message, fields
 
     def view(
         self,

@@ -509,6 +509,42 @@ class BackendContract:
         )
         assert results.count(True) == 1
 
+    # ---- counters ----------------------------------------------------------------------------
+
+    async def test_counter_adds_and_reports_time_left(self, backend: TaskBackend) -> None:
+        """A counter starts at 0, adds, reports the seconds left and is gone once deleted."""
+        assert await backend.counter_get("c") == (0, 0.0)
+        assert await backend.counter_add("c", 1, 30) == 1
+        assert await backend.counter_add("c", 4, 60) == 5
+        value, left = await backend.counter_get("c")
+        assert value == 5
+        assert 50 < left <= 60
+        assert await backend.counter_get("other") == (0, 0.0)
+        await backend.counter_delete("c")
+        await backend.counter_delete("never-set")
+        assert await backend.counter_get("c") == (0, 0.0)
+        assert await backend.counter_add("c", 2, 30) == 2
+
+    async def test_counter_expires_and_starts_again(self, backend: TaskBackend) -> None:
+        """Once its ttl passes a counter reads 0, and the next add starts from the amount."""
+        await backend.counter_add("c", 3, 0.2)
+
+        async def expired() -> bool:
+            return await backend.counter_get("c") == (0, 0.0)
+
+        await eventually(expired)
+        assert await backend.counter_add("c", 1, 30) == 1
+
+    async def test_concurrent_counter_adds_all_count(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Adds racing through two backend objects are all counted (no lost update)."""
+        results = await asyncio.gather(
+            *((backend if i % 2 else peer).counter_add("c", 1, 30) for i in range(20))
+        )
+        assert sorted(results) == list(range(1, 21))
+        assert (await peer.counter_get("c"))[0] == 20
+
     # ---- instances ---------------------------------------------------------------------------
 
     async def test_instances_are_listed_until_their_announcement_expires(

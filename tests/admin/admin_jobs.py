@@ -39,3 +39,10 @@ async def stepped(gate: asyncio.Event, steps: int = 2) -> str:
 
 async def charge(card_number: str, amount: int) -> None:
     raise RuntimeError(f"card {card_number} declined for {amount}")
+
+
+async def report_secret(password: str) -> None:
+    """Echoes its secret argument into progress and into a log field of another name."""
+    set_progress(0.5, f"signing in with {password}")
+    task_log("signing in", detail=f"pw={password}", nested={"items": [password]})
+    raise RuntimeError(f"login with {password} failed")

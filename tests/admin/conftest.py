@@ -49,7 +49,11 @@ async def running_admin(
     admin = TaskAdmin(app, manager, **admin_options)
     async with LifespanManager(app) as lifespan:
         transport = httpx.ASGITransport(app=lifespan.app)
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+        # Sent by browsers on every same-origin change; the admin refuses changes without it.
+        origin = {"Origin": base_url}
+        async with httpx.AsyncClient(
+            transport=transport, base_url=base_url, headers=origin
+        ) as client:
             yield Env(app, manager, admin, client, lifespan.app)
         await admin.close_streams()
 

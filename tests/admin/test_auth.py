@@ -165,10 +165,11 @@ async def test_cookie_changes_need_csrf(make_env):
 
 
 async def test_logout_clears_the_cookie(make_env):
-    """Logout expires the cookie and the next API call is refused."""
+    """Logout (a POST with the CSRF token) expires the cookie and the next API call is refused."""
     async with make_env(**AUTH) as env:
         await _form_login(env)
-        response = await env.client.get("/tasks/auth/logout")
+        csrf = (await env.client.get("/tasks/dashboard/config")).json()["csrf_token"]
+        response = await env.client.post("/tasks/auth/logout", headers={"X-CSRF-Token": csrf})
         assert response.status_code == 303
         assert 'taskflow_session=""' in response.headers["set-cookie"]
         assert (await env.client.get("/tasks")).status_code == 401
@@ -184,13 +185,13 @@ async def test_shared_secret_sessions_work_across_workers(make_env):
 
 def test_expired_and_tampered_tokens_rejected():
     """The signer refuses expired, tampered and foreign tokens."""
-    signer = SessionSigner(SECRET)
-    token, csrf = signer.issue("admin", expiry=60, now=1000.0)
+    signer = SessionSigner(SECRET, lifetime=60)
+    token, csrf = signer.issue("admin", now=1000.0)
     assert signer.verify(token, now=1001.0).csrf == csrf
     assert signer.verify(token, now=2000.0) is None
     body, sig = token.split(".")
     assert signer.verify(body + "A." + sig, now=1001.0) is None
-    assert SessionSigner("t" * 32).verify(token, now=1001.0) is None
+    assert SessionSigner("t" * 32, lifetime=60).verify(token, now=1001.0) is None
     assert signer.verify("garbage", now=1001.0) is None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import admin_jobs as jobs
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 
 from conftest import register
 from fastapi_taskflow import TaskAdmin, TaskManager
@@ -78,13 +78,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(**admin_options: Any) -> Iterator[Server]:
+def _uvicorn(app: FastAPI) -> Iterator[int]:
+    """Serve ``app`` on a free port in a thread; yields the port."""
     import uvicorn
 
-    manager = TaskManager(drain_timeout=1.0)
-    register(manager)
-    app = FastAPI()
-    admin = TaskAdmin(app, manager, **admin_options)
     port = _free_port()
     config = uvicorn.Config(
         app,
@@ -102,14 +99,26 @@ def _serve(**admin_options: Any) -> Iterator[Server]:
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    loop = manager._loop
-    assert loop is not None
     try:
-        yield Server(f"http://127.0.0.1:{port}/tasks", manager, admin, loop)
+        yield port
     finally:
-        asyncio.run_coroutine_threadsafe(admin.close_streams(), loop).result(5)
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def _serve(app: FastAPI | None = None, **admin_options: Any) -> Iterator[Server]:
+    manager = TaskManager(drain_timeout=1.0)
+    register(manager)
+    app = app or FastAPI()
+    admin = TaskAdmin(app, manager, **admin_options)
+    with _uvicorn(app) as port:
+        loop = manager._loop
+        assert loop is not None
+        try:
+            yield Server(f"http://127.0.0.1:{port}/tasks", manager, admin, loop)
+        finally:
+            asyncio.run_coroutine_threadsafe(admin.close_streams(), loop).result(5)
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +310,123 @@ def test_login_required_and_stream_refused(browser):
         expect(page.locator("#user")).to_have_text("admin")
         context.close()
         assert errors == []
+
+
+# ---- cross-site requests: a second origin (another port of 127.0.0.1: same site) ----------------
+
+
+def _attacker(html: str) -> FastAPI:
+    """A page on another origin: ``html`` at /."""
+    from fastapi.responses import HTMLResponse
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    return app
+
+
+def _auto_post(action: str, fields: dict[str, str] | None = None) -> str:
+    """A page that submits a form to ``action`` as soon as it loads."""
+    inputs = "".join(f'<input name="{k}" value="{v}">' for k, v in (fields or {}).items())
+    return (
+        f'<form id="f" method="post" action="{action}">{inputs}</form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+
+
+def _audit(server: Server) -> list[str]:
+    future = asyncio.run_coroutine_threadsafe(server.admin.audit.entries(), server.loop)
+    return [entry.action for entry in future.result(5)]
+
+
+def _app_with_cookie_auth() -> FastAPI:
+    """An app whose own auth is a cookie (SameSite=Lax, the browsers' default), checked by the
+    dependency given to TaskAdmin."""
+    from fastapi.responses import RedirectResponse
+
+    app = FastAPI()
+
+    @app.get("/app-login")
+    async def app_login() -> RedirectResponse:
+        response = RedirectResponse("/tasks/dashboard#failed", status_code=303)
+        response.set_cookie("app_session", "valid", httponly=True, samesite="lax")
+        return response
+
+    return app
+
+
+def _require_app_cookie(request: Request) -> None:
+    if request.cookies.get("app_session") != "valid":
+        raise HTTPException(status_code=401, detail="app login needed")
+    request.state.taskflow_user = "dana"
+
+
+def test_cross_site_form_cannot_retry_under_the_apps_cookie_auth(browser):
+    """With dependencies=[...] on the app's cookie, a form posted from another port carries the
+    cookie but is refused (403) and retries nothing; the dashboard itself still retries."""
+    from playwright.sync_api import expect
+
+    _need_chromium()
+    app = _app_with_cookie_auth()
+    with _serve(app, dependencies=[Depends(_require_app_cookie)]) as server:
+        failed = server.add(jobs.fail, "declined")
+        server.join()
+        evil = _auto_post(f"{server.url}/retry-failed?since=all")
+        with _uvicorn(_attacker(evil)) as evil_port:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(server.url.removesuffix("/tasks") + "/app-login")
+            expect(page.locator("body")).to_have_attribute("data-ready", "true")
+            with page.expect_response(re.compile(r"/retry-failed")) as answer:
+                page.goto(f"http://127.0.0.1:{evil_port}/")
+            assert answer.value.status == 403
+            assert _audit(server) == []
+            page.goto(f"{server.url}/dashboard#tasks")
+            page.locator(f'tr[data-id="{failed}"]').click()
+            page.click("#detail-retry")
+            expect(page.locator("#toast")).to_contain_text("Retried")
+            assert _audit(server) == ["retry"]
+            context.close()
+
+
+def test_cross_site_login_and_logout_are_refused(browser):
+    """A page on another port can neither sign the browser in as someone else nor sign it out;
+    the dashboard's own Sign out ends the session for good."""
+    from playwright.sync_api import expect
+
+    _need_chromium()
+    with _serve(auth=[("admin", "s3cret"), ("mallory", "m")], secret_key="k" * 32) as server:
+        login = _auto_post(f"{server.url}/auth/login", {"username": "mallory", "password": "m"})
+        logout = f'<img src="{server.url}/auth/logout">' + _auto_post(f"{server.url}/auth/logout")
+        with _uvicorn(_attacker(login)) as login_port, _uvicorn(_attacker(logout)) as out_port:
+            context = browser.new_context()
+            page = context.new_page()
+            with page.expect_response(re.compile(r"/auth/login$")) as answer:
+                page.goto(f"http://127.0.0.1:{login_port}/")
+            assert answer.value.status == 403
+            assert context.cookies() == []
+            page.goto(f"{server.url}/dashboard")
+            page.fill("#username", "admin")
+            page.fill("#password", "s3cret")
+            page.click('button[type="submit"]')
+            expect(page.locator("#user")).to_have_text("admin")
+            stolen = context.cookies()
+            with page.expect_response(re.compile(r"/auth/logout$")) as answer:
+                page.goto(f"http://127.0.0.1:{out_port}/")
+            assert answer.value.status in (403, 405)
+            assert page.request.get(f"{server.url}/dashboard/config").status == 200
+            page.goto(f"{server.url}/dashboard")
+            expect(page.locator("#user")).to_have_text("admin")
+            page.click("#logout")
+            expect(page).to_have_url(re.compile(r"/tasks/auth/login$"))
+            replay = browser.new_context()
+            replay.add_cookies(stolen)
+            assert replay.request.get(f"{server.url}/dashboard/config").status == 401
+            replay.close()
+            context.close()
 
 
 def test_instances_view_lists_this_instance(page, server):

@@ -28,7 +28,11 @@ async def api(manager: TaskManager) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     TaskAdmin(app, manager, manage_lifecycle=False)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    # A script's proof of the same origin: the open admin refuses changes without it.
+    headers = {"X-CSRF-Token": "1"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", headers=headers
+    ) as client:
         yield client
 
 

@@ -293,7 +293,10 @@ async def test_admin_follows_the_manager_of_each_lifespan_run() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             listed = (await client.get("/tasks", params={"status": "failed"})).json()
             assert [t["task_id"] for t in listed] == [failed.task_id]
-            retried = await client.post(f"/tasks/{failed.task_id}/retry")
+            # An open admin's changes need proof of the same origin, as a script's header.
+            retried = await client.post(
+                f"/tasks/{failed.task_id}/retry", headers={"X-CSRF-Token": "1"}
+            )
             assert retried.status_code == 200, retried.text
             await manager.join()
             new_id = retried.json()["task_id"]
@@ -329,7 +332,11 @@ async def test_admin_queue_and_history_routes_use_the_second_runs_manager(tmp_pa
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             queues = (await client.get("/tasks/queues")).json()
             assert queues["default"]["started"] == 1  # this run's one task, not the first's two
-            deleted = (await client.delete("/tasks/history", params={"all": "true"})).json()
+            deleted = (
+                await client.delete(
+                    "/tasks/history", params={"all": "true"}, headers={"X-CSRF-Token": "1"}
+                )
+            ).json()
             # The first run's two records and this run's one (its write is flushed before the
             # delete, so no buffered write brings a deleted row back).
             assert deleted["backend"] == 3

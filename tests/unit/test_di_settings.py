@@ -194,7 +194,7 @@ def test_production_config_needs_its_secrets(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("REDIS_URL", "redis://:pw@redis:6379/0")
     monkeypatch.setenv("TASKFLOW_ENCRYPTION_KEY", Fernet.generate_key().decode())
     monkeypatch.setenv("TASKFLOW_ADMIN_PASSWORD", "pw")
-    monkeypatch.setenv("TASKFLOW_ADMIN_SECRET", "s")
+    monkeypatch.setenv("TASKFLOW_ADMIN_SECRET", "s" * 32)
     settings = TaskflowSettings(path)
     assert settings.backend.kind == "redis"
     assert len(settings.encryption.keys) == 1
@@ -224,3 +224,22 @@ def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path
     assert settings.instance_url == "http://10.0.0.5:8000"
     manager = TaskManager(**manager_options(settings))
     assert manager.settings == TaskManager().settings
+
+
+def test_admin_settings_follow_task_admin_defaults(isolated: Path) -> None:
+    """The DI admin settings default to TaskAdmin's own token lifetime and schema visibility."""
+    from fastapi_taskflow.admin.core import TOKEN_EXPIRY
+
+    admin = TaskflowSettings().admin
+    assert admin.token_expiry == TOKEN_EXPIRY
+    assert admin.include_in_schema is False
+    assert admin.read_only_users == []
+
+
+def test_short_admin_secret_key_is_refused_naming_the_key(isolated: Path) -> None:
+    """A secret_key under 32 bytes is refused before start, naming admin.secret_key."""
+    with pytest.raises(ConfigurationError) as caught:
+        TaskflowSettings(admin={"secret_key": "x" * 20})
+    assert "admin.secret_key" in str(caught.value)
+    assert "32 bytes" in str(caught.value)
+    assert "x" * 20 not in str(caught.value)

@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from ..backends.base import RecordQuery
 from ..control import Outcome, cancel_anywhere, retry_elsewhere
-from ..errors import ArgumentDecryptionError, BackendError, UnknownTaskError
+from ..errors import ArgumentDecryptionError, UnknownTaskError
 from ..models import RETRYABLE_STATUSES, TaskRecord, TaskStatus
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
+from .request_checks import MAX_BODY, read_body
+from .routing import AdminRoute, TaskId
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
@@ -41,64 +41,7 @@ logger = logging.getLogger("fastapi_taskflow.admin")
 RETRY_FAILED_CAP = 10_000
 
 
-def _encodable_id(text: str) -> str:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid UTF-8 text (no lone surrogates)") from None
-    return text
-
-
 _UNIT = {"min": "minutes", "hour": "hours", "day": "days"}
-TaskId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_encodable_id)
-]
-
-
-class AdminRoute(APIRoute):
-    """Maps the admin's own errors to JSON: bad input 422, an unreachable backend 503."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return validation_response(exc)
-            except BadInput as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=422)
-            except NotImplementedError as exc:  # a custom backend without a feature's primitives
-                return JSONResponse({"detail": str(exc)}, status_code=501)
-            except (BackendError, OSError) as exc:
-                logger.error("task backend failed during %s", request.url.path, exc_info=True)
-                return JSONResponse(
-                    {"detail": f"the task backend is unavailable: {exc}"}, status_code=503
-                )
-
-        return route
-
-
-def validation_response(exc: RequestValidationError) -> Response:
-    """FastAPI's 422, minus echoed input JSON cannot carry (a lone surrogate, NaN, 1e400),
-    which would otherwise turn a client's mistake into a 500."""
-    errors = []
-    for error in jsonable_encoder(exc.errors()):
-        try:
-            json.dumps(error, ensure_ascii=False, allow_nan=False).encode()
-        except (ValueError, UnicodeEncodeError):
-            error = {k: error[k] for k in ("type", "loc", "msg") if k in error}
-            error["loc"] = [_printable(part) for part in error.get("loc", [])]
-            error["msg"] = _printable(error.get("msg", ""))
-        errors.append(error)
-    return json_response({"detail": errors}, 422)
-
-
-def _printable(value: Any) -> Any:
-    """A location or message part, with what UTF-8 cannot encode escaped."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode()
-    return value
 
 
 class BulkRetryBody(BaseModel):
@@ -114,6 +57,49 @@ class QueuePatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
     max_size: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def json_body(model: type[Body]) -> Callable[[Request], Awaitable[Body]]:
+    """A dependency reading and validating the JSON body. As a dependency it runs after the
+    router's auth, so nobody unauthenticated makes the server read or parse a body; the size
+    cap (413) bounds what an authenticated one can send."""
+
+    async def parse(request: Request) -> Body:
+        raw = await read_body(request, MAX_BODY)
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(_body_errors(exc)) from None
+
+    return parse
+
+
+def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors as FastAPI words them (under ``body``). A body that is not JSON is not
+    echoed (it may be any bytes, up to the cap); AdminRoute drops any other input JSON cannot
+    carry back."""
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False):
+        shown: dict[str, Any] = {**error, "loc": ("body", *error["loc"])}
+        if error["type"] == "json_invalid":
+            shown.pop("input", None)
+        errors.append(shown)
+    return errors
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads it through :func:`json_body`."""
+    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}}
+    return {"requestBody": {"required": True, **schema}}
+
+
+# Annotated, so the parameter order does not matter: FastAPI runs the router's auth first and
+# the endpoint's dependencies in their order (the write check before the body).
+BulkRetryInput = Annotated[BulkRetryBody, Depends(json_body(BulkRetryBody))]
+QueuePatchInput = Annotated[QueuePatch, Depends(json_body(QueuePatch))]
 
 
 def json_response(
@@ -133,12 +119,14 @@ class TaskApi:
         *,
         include_args: bool,
         read_only: bool,
+        read_only_users: Collection[str] = (),
         series: ThroughputSeries,
     ) -> None:
         self._current_manager = current_manager
         self.audit = audit
         self.include_args = include_args
         self.read_only = read_only
+        self.read_only_users = frozenset(read_only_users)
         self.series = series
 
     @property
@@ -153,7 +141,10 @@ class TaskApi:
         if self.read_only:
             raise HTTPException(status_code=403, detail="the task API is read-only")
         identity = getattr(request.state, "taskflow_identity", None)
-        return identity.user if identity is not None else "anonymous"
+        user = identity.user if identity is not None else "anonymous"
+        if user in self.read_only_users:
+            raise HTTPException(status_code=403, detail=f"{user} may only read the task API")
+        return user
 
     def task_json(self, record: TaskRecord, request: Request) -> dict[str, Any]:
         """A record for the API: arguments redacted; sealed errors opened only for a person
@@ -204,9 +195,15 @@ class TaskApi:
 
     # ---- routes ----------------------------------------------------------------------------
 
-    def router(self, path: str, dependencies: list[Any]) -> APIRouter:
+    def router(
+        self, path: str, dependencies: list[Any], include_in_schema: bool = True
+    ) -> APIRouter:
         router = APIRouter(
-            prefix=path, tags=["tasks"], dependencies=dependencies, route_class=AdminRoute
+            prefix=path,
+            tags=["tasks"],
+            dependencies=dependencies,
+            route_class=AdminRoute,
+            include_in_schema=include_in_schema,
         )
         actor = Depends(self.writable)
         self._reading_routes(router)
@@ -246,9 +243,12 @@ class TaskApi:
             page = await self.manager.list_records(query)
             headers = {"Cache-Control": "no-store"}
             if page.next_cursor:
-                link = request.url.include_query_params(cursor=page.next_cursor)
+                # A path-absolute link from the mount point: the Host header is the client's
+                # to choose, and a link built from it could point anywhere.
+                following = request.url.include_query_params(cursor=page.next_cursor).query
+                base = request.scope.get("root_path", "") + router.prefix
                 headers["X-Next-Cursor"] = page.next_cursor
-                headers["Link"] = f'<{link}>; rel="next"'
+                headers["Link"] = f'<{base}?{following}>; rel="next"'
             records = [self.task_json(r, request) for r in page.records]
             return json_response(records, headers=headers)
 
@@ -285,7 +285,9 @@ class TaskApi:
     def _task_routes(self, router: APIRouter, actor: Any) -> None:
         @router.get("/{task_id}", summary="One task")
         async def get_task(task_id: TaskId, request: Request) -> Response:
-            return json_response(self.task_json(await self.find(task_id), request))
+            # no-store: an authenticated reader may get the error in clear.
+            record = self.task_json(await self.find(task_id), request)
+            return json_response(record, headers={"Cache-Control": "no-store"})
 
         @router.post("/{task_id}/retry", summary="Run a failed/interrupted/cancelled task again")
         async def retry_task(task_id: TaskId, request: Request, who: str = actor) -> Response:
@@ -347,8 +349,10 @@ class TaskApi:
             return json_response({"task_id": task_id, "task": task, **_delivery(outcome)})
 
     def _changing_routes(self, router: APIRouter, actor: Any) -> None:
-        @router.post("/bulk-retry", summary="Retry the given tasks")
-        async def bulk_retry(body: BulkRetryBody, who: str = actor) -> Response:
+        @router.post(
+            "/bulk-retry", summary="Retry the given tasks", openapi_extra=body_doc(BulkRetryBody)
+        )
+        async def bulk_retry(body: BulkRetryInput, who: str = actor) -> Response:
             ids = list(dict.fromkeys(body.task_ids))
             result = await self._retry_many(ids)
             await self.audit.record(
@@ -402,10 +406,14 @@ class TaskApi:
             )
             return json_response(result)
 
-        @router.patch("/queues/{name}", summary="Change a queue's concurrency or max_size live")
+        @router.patch(
+            "/queues/{name}",
+            summary="Change a queue's concurrency or max_size live",
+            openapi_extra=body_doc(QueuePatch),
+        )
         async def patch_queue(
             name: Annotated[str, StringConstraints(min_length=1, max_length=200)],
-            body: QueuePatch,
+            body: QueuePatchInput,
             who: str = actor,
         ) -> Response:
             changes = {field: getattr(body, field) for field in body.model_fields_set}

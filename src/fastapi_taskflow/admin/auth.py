@@ -1,41 +1,60 @@
 """Who may use the task API and the dashboard.
 
-``TaskAdmin(auth=...)`` takes any of these forms: a ``(username, password)`` pair, a list of
-pairs, or a :class:`TaskAuthBackend`. API clients may also send ``Authorization: Bearer`` with a
-token from ``POST {path}/auth/login`` (JSON) or one of ``api_tokens``. Browsers get a signed,
-HttpOnly, SameSite=Strict cookie (Secure over HTTPS); a request that changes something with that
-cookie must carry the session's CSRF token in ``X-CSRF-Token``. Failed logins are rate limited
-per client address and per username. Sessions are stateless (HMAC-SHA256 over the user, the
-expiry and the CSRF nonce), so every worker sharing ``secret_key`` accepts them.
+``TaskAdmin(auth=...)`` takes a ``(username, password)`` pair, a list of pairs, or a
+:class:`TaskAuthBackend`. API clients may also send ``Authorization: Bearer`` with a token from
+``POST {path}/auth/login`` (JSON) or one of ``api_tokens``. Browsers get a signed, HttpOnly,
+SameSite=Strict cookie (Secure over HTTPS).
+
+Every request that changes something, in every mode (``auth``, ``dependencies=[...]`` or none),
+must prove it comes from this origin, except with a bearer token (browsers never attach one on
+their own): with the session cookie, ``X-CSRF-Token`` must carry the session's token; otherwise
+``X-CSRF-Token`` (any value) or a browser's ``Sec-Fetch-Site: same-origin`` / own ``Origin``.
+A browser saying another origin is refused outright, the login and logout included.
+
+Sessions end at logout, when the user's credentials change or the user is gone, and after
+``token_expiry`` (see :mod:`.sessions`); failed logins are limited (see :mod:`.limiter`).
 """
 
 from __future__ import annotations
 
 import abc
-import base64
+import dataclasses
 import hashlib
 import hmac
 import inspect
 import json
 import logging
 import secrets
-import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ..errors import ConfigurationError
+from .limiter import LoginLimiter
+from .request_checks import (
+    CSRF_HEADER,
+    MAX_LOGIN_BODY,
+    SAFE_METHODS,
+    cross_origin,
+    proves_same_origin,
+    read_body,
+)
+from .sessions import EndedSessions, Identity, SessionSigner
+from .shared import SharedCounters
+
+if TYPE_CHECKING:
+    from ..manager import TaskManager
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
 COOKIE_NAME = "taskflow_session"
-CSRF_HEADER = "x-csrf-token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MIN_SECRET_BYTES = 32
+BEARER_VIA = frozenset({"bearer", "token"})
+
+__all__ = ["COOKIE_NAME", "AdminAuth", "Identity", "SessionSigner", "TaskAuthBackend"]
 
 
 class TaskAuthBackend(abc.ABC):
@@ -47,6 +66,12 @@ class TaskAuthBackend(abc.ABC):
     @abc.abstractmethod
     def authenticate_user(self, username: str, password: str) -> bool | Awaitable[bool]:
         """True when the credentials are valid."""
+
+    def credential_version(self, username: str) -> str | Awaitable[str | None] | None:
+        """Something that changes when the user's credentials change (a password hash, a
+        counter); None when the user no longer exists. Checked on every request: a change ends
+        the user's sessions. The default, ``""``, ends sessions only at logout or expiry."""
+        return ""
 
 
 class PasswordBackend(TaskAuthBackend):
@@ -64,6 +89,10 @@ class PasswordBackend(TaskAuthBackend):
                     "auth: each credential must be a (username, password) pair of non-empty strings"
                 )
             self._digests[pair[0]] = _digest(pair[1])
+
+    def credential_version(self, username: str) -> str | None:
+        digest = self._digests.get(username)
+        return digest.hex() if digest is not None else None
 
     def authenticate_user(self, username: str, password: str) -> bool:
         expected = self._digests.get(username)
@@ -106,96 +135,16 @@ class _DuckBackend(TaskAuthBackend):
         result: bool | Awaitable[bool] = self._inner.authenticate_user(username, password)
         return result
 
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who made a request and how they proved it."""
-
-    user: str
-    via: str  # "cookie", "bearer", "token", "dependency" or "open"
-    csrf: str | None = None
-
-
-class SessionSigner:
-    """Stateless signed sessions: ``payload.signature``, both base64url."""
-
-    def __init__(self, secret: str | bytes) -> None:
-        raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-        self._key = hmac.new(raw, b"fastapi-taskflow session v1", hashlib.sha256).digest()
-
-    def issue(self, user: str, expiry: int, now: float | None = None) -> tuple[str, str]:
-        """A new token for ``user`` and the CSRF nonce inside it."""
-        csrf = secrets.token_urlsafe(24)
-        payload = {"u": user, "exp": int((now or time.time()) + expiry), "c": csrf}
-        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        return f"{body}.{self._sign(body)}", csrf
-
-    def verify(self, token: str, now: float | None = None) -> Identity | None:
-        body, _, signature = token.partition(".")
-        if not body or not signature or not hmac.compare_digest(self._sign(body), signature):
-            return None
-        try:
-            payload = json.loads(_unb64(body))
-            user, expires, csrf = payload["u"], payload["exp"], payload["c"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if not isinstance(user, str) or not isinstance(expires, int) or not isinstance(csrf, str):
-            return None
-        if expires <= (now or time.time()):
-            return None
-        return Identity(user, "cookie", csrf)
-
-    def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class LoginLimiter:
-    """At most ``max_failures`` failed logins per ``window`` seconds per address and username."""
-
-    def __init__(self, max_failures: int = 5, window: float = 60.0, max_keys: int = 10_000):
-        self.max_failures = max_failures
-        self.window = window
-        self._max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def retry_after(self, *keys: str, now: float | None = None) -> int:
-        """Seconds until one of ``keys`` may try again; 0 when none is blocked."""
-        now = time.monotonic() if now is None else now
-        wait = 0.0
-        for key in keys:
-            stamps = self._failures.get(key)
-            if stamps is None:
-                continue
-            while stamps and stamps[0] <= now - self.window:
-                stamps.popleft()
-            if len(stamps) >= self.max_failures:
-                wait = max(wait, stamps[0] + self.window - now)
-        return int(wait) + 1 if wait > 0 else 0
-
-    def failed(self, *keys: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        for key in keys:
-            stamps = self._failures.pop(key, None) or deque(maxlen=self.max_failures)
-            stamps.append(now)
-            self._failures[key] = stamps
-        while len(self._failures) > self._max_keys:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def credential_version(self, username: str) -> str | Awaitable[str | None] | None:
+        version = getattr(self._inner, "credential_version", None)
+        if version is None:
+            return ""
+        result: str | Awaitable[str | None] | None = version(username)
+        return result
 
 
 class AdminAuth:
-    """Authentication and CSRF for one ``TaskAdmin``."""
+    """Authentication, same-origin checks and sessions for one ``TaskAdmin``."""
 
     def __init__(
         self,
@@ -205,55 +154,82 @@ class AdminAuth:
         token_expiry: int,
         api_tokens: Sequence[str] | Mapping[str, str] | None,
         path: str,
+        current_manager: Callable[[], TaskManager],
     ) -> None:
         self.backend = resolve_backend(auth)
         self.api_tokens = _named_tokens(api_tokens)
         self.enabled = self.backend is not None or bool(self.api_tokens)
-        if secret_key is not None and (
-            not isinstance(secret_key, str | bytes) or len(secret_key) < 16
-        ):
-            raise ConfigurationError("secret_key must be a string of at least 16 characters")
+        _check_secret(secret_key)
         if secret_key is None and self.backend is not None:
             logger.warning(
                 "TaskAdmin auth has no secret_key: sessions are signed with a random key, so "
                 "they end at restart and other workers reject them. Set admin.secret_key."
             )
-        self.signer = SessionSigner(secret_key or secrets.token_bytes(32))
+        self.signer = SessionSigner(secret_key or secrets.token_bytes(32), token_expiry)
         self.token_expiry = token_expiry
         self.path = path
-        self.limiter = LoginLimiter()
+        counters = SharedCounters(current_manager)
+        self.limiter = LoginLimiter(counters)
+        self.sessions = EndedSessions(counters)
 
     # ---- identifying requests --------------------------------------------------------------
 
-    def identify(self, request: Request) -> Identity | None:
+    async def identify(self, request: Request) -> Identity | None:
+        """Who sent the request: an api token, a bearer session or the cookie; None if no one."""
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         if scheme.lower() == "bearer" and credential:
             credential = credential.strip()
+            sent = credential.encode("utf-8", "surrogatepass")
             for name, token in self.api_tokens.items():
-                if hmac.compare_digest(token.encode(), credential.encode()):
+                if hmac.compare_digest(token.encode(), sent):
                     return Identity(name, "token")
             identity = self.signer.verify(credential)
-            return Identity(identity.user, "bearer") if identity else None
-        cookie = request.cookies.get(COOKIE_NAME)
-        return self.signer.verify(cookie) if cookie else None
+            if identity is not None:
+                identity = dataclasses.replace(identity, via="bearer")
+        else:
+            cookie = request.cookies.get(COOKIE_NAME)
+            identity = self.signer.verify(cookie) if cookie else None
+        if identity is None or not await self._still_valid(identity):
+            return None
+        return identity
+
+    async def _still_valid(self, identity: Identity) -> bool:
+        """Not logged out, and the user's credentials are still the ones it was issued for."""
+        if await self.sessions.ended(identity):
+            return False
+        stamp = await self._stamp(identity.user)
+        sent = (identity.stamp or "").encode("utf-8", "surrogatepass")
+        return stamp is not None and hmac.compare_digest(stamp.encode(), sent)
+
+    async def _stamp(self, user: str) -> str | None:
+        """The stamp of the user's credentials now; None when the user is gone."""
+        if self.backend is None:
+            return None
+        try:
+            version = self.backend.credential_version(user)
+            if inspect.isawaitable(version):
+                version = await version
+        except Exception:
+            logger.error("the TaskAdmin auth backend failed; session refused", exc_info=True)
+            return None
+        return self.signer.stamp(user, version) if isinstance(version, str) else None
 
     async def guard(self, request: Request) -> None:
-        """Route dependency: 401 without credentials, 403 without the CSRF token."""
+        """Route dependency: 401 without credentials, 403 without proof of same origin."""
         if not self.enabled:
-            request.state.taskflow_identity = Identity(_outside_user(request), "open")
-            return
-        identity = self.identify(request)
-        if identity is None:
-            raise HTTPException(
-                status_code=401,
-                detail="Not authenticated",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if identity.via == "cookie" and request.method not in SAFE_METHODS:
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not sent or not hmac.compare_digest(sent.encode(), (identity.csrf or "").encode()):
-                raise HTTPException(status_code=403, detail="missing or wrong X-CSRF-Token header")
+            identity = Identity(_outside_user(request), "open")
+        else:
+            found = await self.identify(request)
+            if found is None:
+                raise HTTPException(
+                    status_code=401,
+                    detail="Not authenticated",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            identity = found
+        if request.method not in SAFE_METHODS:
+            check_same_origin(request, identity)
         request.state.taskflow_identity = identity
 
     # ---- login and logout ------------------------------------------------------------------
@@ -263,10 +239,14 @@ class AdminAuth:
         is_json = request.headers.get("content-type", "").split(";")[0].strip() == (
             "application/json"
         )
-        address = f"addr:{request.client.host if request.client else '?'}"
+        refused = cross_origin(request)
+        if refused is not None:
+            # Signing a victim's browser in as the attacker ("login CSRF") needs another origin.
+            return JSONResponse({"detail": f"cross-origin login refused ({refused})"}, 403)
+        address = request.client.host if request.client else "?"
         username, password = await _credentials(request, is_json)
-        keys = (address, f"user:{username}") if username else (address,)
-        wait = self.limiter.retry_after(*keys)
+        keys = self.limiter.keys(address, username)
+        wait = await self.limiter.retry_after(keys)
         if wait:
             if is_json:
                 return JSONResponse(
@@ -283,13 +263,13 @@ class AdminAuth:
                 )
             return self._to_login("missing", 303)
         if not await self._check(username, password):
-            self.limiter.failed(*keys)
-            logger.warning("failed dashboard login for %r from %s", username, address[5:])
+            await self.limiter.failed(keys)
+            logger.warning("failed dashboard login for %r from %s", username, address)
             if is_json:
                 return JSONResponse({"detail": "invalid username or password"}, status_code=401)
             return self._to_login("invalid", 303)
-        self.limiter.succeeded(*keys)
-        token, csrf = self.signer.issue(username, self.token_expiry)
+        await self.limiter.succeeded(self.limiter.user_keys(address, username))
+        token, csrf = self.signer.issue(username, await self._stamp(username) or "")
         if is_json:
             return JSONResponse(
                 {
@@ -311,7 +291,15 @@ class AdminAuth:
         )
         return response
 
-    def logout(self, request: Request) -> Response:
+    async def logout(self, request: Request) -> Response:
+        """End the session of the cookie or bearer token (on every instance) and drop the
+        cookie. With the cookie it needs the CSRF token, so no other page can log you out."""
+        identity = await self.identify(request) if self.enabled else None
+        if identity is not None:
+            check_same_origin(request, identity)
+            await self.sessions.end(identity)
+        elif (refused := cross_origin(request)) is not None:
+            raise HTTPException(status_code=403, detail=f"cross-origin request refused ({refused})")
         response = RedirectResponse(f"{self.path}/auth/login", status_code=303)
         response.delete_cookie(
             COOKIE_NAME,
@@ -345,10 +333,39 @@ class AdminAuth:
         return result is True
 
 
+def check_same_origin(request: Request, identity: Identity) -> None:
+    """403 unless a request that changes something proves it comes from this origin."""
+    if identity.via in BEARER_VIA:
+        return
+    refused = cross_origin(request)
+    if refused is not None:
+        raise HTTPException(status_code=403, detail=f"cross-origin request refused ({refused})")
+    if identity.via == "cookie":
+        sent = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogatepass")
+        if not sent or not hmac.compare_digest(sent, (identity.csrf or "").encode()):
+            raise HTTPException(status_code=403, detail="missing or wrong X-CSRF-Token header")
+    elif not proves_same_origin(request):
+        raise HTTPException(
+            status_code=403,
+            detail="changes need proof of the same origin: send an X-CSRF-Token header",
+        )
+
+
+def _check_secret(secret_key: str | bytes | None) -> None:
+    if secret_key is None:
+        return
+    if not isinstance(secret_key, str | bytes):
+        raise ConfigurationError("secret_key must be a string or bytes")
+    size = len(secret_key.encode() if isinstance(secret_key, str) else secret_key)
+    if size < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"secret_key must be at least {MIN_SECRET_BYTES} bytes (got {size}): a short key "
+            "can be recovered offline from one token; use secrets.token_urlsafe(32)"
+        )
+
+
 async def _credentials(request: Request, is_json: bool) -> tuple[str | None, str | None]:
-    body = await request.body()
-    if len(body) > 16_384:
-        return None, None
+    body = await read_body(request, MAX_LOGIN_BODY)
     fields: dict[str, Any]
     if is_json:
         try:

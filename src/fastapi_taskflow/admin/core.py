@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
+PRUNE_EVERY = 3600.0
+TOKEN_EXPIRY = 8 * 3600  # a working day: a session left open overnight ends
+
 
 class TaskAdmin:
     """Mounts the task API and the dashboard under ``path`` and wires the manager's lifecycle.
@@ -40,6 +43,10 @@ class TaskAdmin:
     ``dependencies``: FastAPI dependencies run on every admin route (your own auth).
     ``api_tokens``: static bearer tokens for API clients (a list, or ``{name: token}``).
     ``read_only``: every route that changes something answers 403.
+    ``read_only_users``: users (login names, ``api_tokens`` names, or the ``taskflow_user``
+    your dependency sets) who may read but get 403 on every change.
+    ``include_in_schema``: list the task API in the app's ``/openapi.json`` (off by default:
+    the public schema need not describe the admin).
     ``retention_days``: finished tasks older than this are deleted every ``prune_interval``
     seconds of the manager (an hour by default).
 
@@ -57,7 +64,7 @@ class TaskAdmin:
         display_func_args: bool = False,
         auto_install: bool = False,
         auth: Any = None,
-        token_expiry: int = 86400,
+        token_expiry: int = TOKEN_EXPIRY,
         secret_key: str | bytes | None = None,
         poll_interval: float = 30.0,
         title: str = "Tasks",
@@ -66,8 +73,11 @@ class TaskAdmin:
         read_only: bool = False,
         api_tokens: Sequence[str] | Mapping[str, str] | None = None,
         manage_lifecycle: bool = True,
+        read_only_users: Collection[str] = (),
+        include_in_schema: bool = False,
     ) -> None:
         _check(path, token_expiry, poll_interval, retention_days, title)
+        readers = _names("read_only_users", read_only_users)
         if auto_install and not manage_lifecycle:
             raise ConfigurationError("TaskAdmin auto_install=True needs manage_lifecycle=True")
         self.app = app
@@ -82,6 +92,7 @@ class TaskAdmin:
             token_expiry=token_expiry,
             api_tokens=api_tokens,
             path=path,
+            current_manager=current,
         )
         self.audit = AuditLog(current)
         self.series = ThroughputSeries()
@@ -95,6 +106,7 @@ class TaskAdmin:
             self.audit,
             include_args=display_func_args,
             read_only=read_only,
+            read_only_users=readers,
             series=self.series,
         )
         config = {
@@ -106,10 +118,16 @@ class TaskAdmin:
         }
         # Order matters: fixed paths before the /{task_id} catch-all.
         app.include_router(
-            pages_router(path=path, auth=self.auth, dependencies=user_deps, config=config)
+            pages_router(
+                path=path,
+                auth=self.auth,
+                dependencies=user_deps,
+                config=config,
+                read_only_users=readers,
+            )
         )
-        app.include_router(stream_router(self.hub, path, guarded))
-        app.include_router(self.api.router(path, guarded))
+        app.include_router(stream_router(self.hub, path, guarded, include_in_schema))
+        app.include_router(self.api.router(path, guarded, include_in_schema))
         add_lifespan(app, self, self._startup, self._shutdown)
         if auto_install:
             current().install(app)
@@ -166,6 +184,12 @@ def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[
     if callable(task_manager):
         return task_manager
     return lambda: task_manager
+
+
+def _names(key: str, names: Collection[str]) -> frozenset[str]:
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(f"TaskAdmin {key} must be a list of non-empty user names")
+    return frozenset(names)
 
 
 def _check(

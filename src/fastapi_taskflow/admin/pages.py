@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from .routing import AdminRoute
+
 if TYPE_CHECKING:
     from .auth import AdminAuth
 
@@ -69,14 +71,15 @@ def pages_router(
     auth: AdminAuth,
     dependencies: list[Any],
     config: dict[str, Any],
+    read_only_users: frozenset[str],
 ) -> APIRouter:
-    """Dashboard page, its config, static files, login and logout."""
+    """Dashboard page, its config, static files, login and logout (a POST: see auth)."""
     assets = load_assets()
-    router = APIRouter(prefix=path, include_in_schema=False)
+    router = APIRouter(prefix=path, include_in_schema=False, route_class=AdminRoute)
 
     @router.get("/dashboard", dependencies=dependencies)
     async def dashboard(request: Request) -> Response:
-        if auth.enabled and auth.identify(request) is None:
+        if auth.enabled and await auth.identify(request) is None:
             return RedirectResponse(f"{path}/auth/login", status_code=303)
         return serve(request, assets["index.html"], "no-cache", page=True)
 
@@ -86,6 +89,7 @@ def pages_router(
         return JSONResponse(
             {
                 **config,
+                "read_only": config["read_only"] or identity.user in read_only_users,
                 "auth": auth.enabled,
                 "user": identity.user,
                 "csrf_token": identity.csrf,
@@ -112,12 +116,8 @@ def pages_router(
             return JSONResponse({"detail": "authentication is not configured"}, status_code=404)
         return await auth.login(request)
 
-    @router.get("/auth/logout")
-    async def logout_get(request: Request) -> Response:
-        return auth.logout(request)
-
     @router.post("/auth/logout")
-    async def logout_post(request: Request) -> Response:
-        return auth.logout(request)
+    async def logout(request: Request) -> Response:
+        return await auth.logout(request)
 
     return router

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..models import TaskRecord
+from .routing import AdminRoute, TaskId
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
@@ -323,12 +324,20 @@ def server_is_exiting() -> bool:
     return bool(getattr(server, "should_exit", False))
 
 
-def stream_router(hub: StreamHub, path: str, dependencies: list[Any]) -> Any:
+def stream_router(
+    hub: StreamHub, path: str, dependencies: list[Any], include_in_schema: bool = True
+) -> Any:
     """``GET {path}/dashboard/stream`` and ``GET {path}/{task_id}/events``."""
     from fastapi import APIRouter, HTTPException
     from fastapi.responses import StreamingResponse
 
-    router = APIRouter(prefix=path, tags=["tasks"], dependencies=dependencies)
+    router = APIRouter(
+        prefix=path,
+        tags=["tasks"],
+        dependencies=dependencies,
+        route_class=AdminRoute,
+        include_in_schema=include_in_schema,
+    )
 
     def respond(body: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(
@@ -363,7 +372,7 @@ def stream_router(hub: StreamHub, path: str, dependencies: list[Any]) -> Any:
         response_model=None,
         responses=sse_doc,
     )
-    async def task_events(task_id: str) -> StreamingResponse:
+    async def task_events(task_id: TaskId) -> StreamingResponse:
         record = await hub.manager.get_record(task_id)
         if record is None:
             raise HTTPException(status_code=404, detail="Task not found")

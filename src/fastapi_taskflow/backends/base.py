@@ -723,6 +723,20 @@ class TaskBackend(ABC):
             return None
         return document
 
+    # ---- counters: state every instance must agree on (login limits, ended sessions) --------
+
+    async def counter_add(self, key: str, amount: int, ttl: float) -> int:
+        """Add ``amount`` to the counter ``key`` (an absent or expired one starts at 0), make it
+        expire ``ttl`` seconds from now and return the new value, atomically."""
+        return await self._counter_add(key, amount, ttl)
+
+    async def counter_get(self, key: str) -> tuple[int, float]:
+        """(value, seconds until it expires) of a live counter; ``(0, 0.0)`` when there is none."""
+        return await self._counter_get(key)
+
+    async def counter_delete(self, key: str) -> None:
+        await self._counter_delete(key)
+
     # ---- primitives ------------------------------------------------------------------------
 
     @abstractmethod
@@ -878,6 +892,17 @@ class TaskBackend(ABC):
     def _missing(self, feature: str) -> NotImplementedError:
         return NotImplementedError(f"{self.describe()} does not implement {feature}")
 
+    # Counter primitives: not abstract either. A backend without them raises
+    # NotImplementedError and TaskAdmin keeps its login limits and ended sessions per process.
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        raise self._missing("shared counters (TaskAdmin's login limits and ended sessions)")
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        raise self._missing("shared counters (TaskAdmin's login limits and ended sessions)")
+
+    async def _counter_delete(self, key: str) -> None:
+        raise self._missing("shared counters (TaskAdmin's login limits and ended sessions)")
     # Data written by fastapi-taskflow 0.12 (``legacy.py`` imports it once). Not abstract: a
     # backend with no 0.12 predecessor has none.
 

@@ -25,6 +25,10 @@ from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 #: Change entries kept; a reader further behind than this sees a gap.
 CHANGES_KEPT = 10_000
 
+# Counters are keyed by client addresses and usernames, so a flood of new ones must not grow
+# the process without bound.
+MAX_COUNTERS = 100_000
+
 _FINISHED = frozenset(s.value for s in FINISHED_STATUSES)
 
 
@@ -106,6 +110,7 @@ class MemoryBackend(TaskBackend):
         self._commands: list[tuple[int, float, str]] = []  # (position, sent_at, data)
         self._command_seq = 0
         self._schedules: dict[str, tuple[float, str]] = {}  # run_key -> (run_at, data)
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
 
     def describe(self) -> str:
         return "memory"
@@ -391,3 +396,33 @@ class MemoryBackend(TaskBackend):
                 if before is None or run_at < before
             ]
         return sorted(rows, key=lambda row: (row[1], row[0]))
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        with self._mutex:
+            now = time.time()
+            value, expires = self._counters.pop(key, (0, 0.0))
+            value = (value if expires > now else 0) + amount
+            self._counters[key] = (value, now + ttl)
+            if len(self._counters) > MAX_COUNTERS:
+                self._shed_counters(now)
+            return value
+
+    def _shed_counters(self, now: float) -> None:
+        """Drop expired counters, then the tenth with the lowest values: a flood of one-off
+        keys (value 1) goes before the counters that block someone (they hold higher values)."""
+        live = {k: v for k, v in self._counters.items() if v[1] > now}
+        if len(live) > MAX_COUNTERS * 0.9:
+            lowest = sorted(live, key=lambda k: live[k][0])[: len(live) // 10]
+            for key in lowest:
+                del live[key]
+        self._counters = live
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        with self._mutex:
+            value, expires = self._counters.get(key, (0, 0.0))
+            left = expires - time.time()
+            return (value, left) if left > 0 else (0, 0.0)
+
+    async def _counter_delete(self, key: str) -> None:
+        with self._mutex:
+            self._counters.pop(key, None)

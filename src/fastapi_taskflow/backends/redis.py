@@ -26,6 +26,7 @@ key                            type    holds
 ``P:commands``                 stream  commands between instances (trimmed to the last minute)
 ``P:once``                     hash    run_key -> one-off run JSON
 ``P:once:at``                  zset    run_key, score ``run_at`` (soonest first)
+``P:counter:<key>``           string  a counter (``counter_add``), with its ``PX`` expiry
 =============================  ======  ============================================================
 
 Stats, throughput and the change feed are written by the script that writes the rows, so they
@@ -315,6 +316,18 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return {at or '0', data}
 """
 
+# KEYS: counter. ARGV: amount, ttl ms. An expired key is gone, so INCRBY starts from 0.
+_COUNTER_ADD = """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return value
+"""
+
+# KEYS: counter. Returns {value or false, ms left}, read together.
+_COUNTER_GET = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
@@ -410,6 +423,8 @@ class RedisBackend(TaskBackend):
                 ("hash_json", _HASH_JSON),
                 ("put_once", _PUT_ONCE),
                 ("take_once", _TAKE_ONCE),
+                ("counter_add", _COUNTER_ADD),
+                ("counter_get", _COUNTER_GET),
             )
         }
         self._client = client
@@ -828,3 +843,18 @@ class RedisBackend(TaskBackend):
             datas = await self._call(client.hmget(self.key("once"), [k for k, _ in due]))
         rows = [(key, float(at), data) for (key, at), data in zip(due, datas, strict=True) if data]
         return sorted(rows, key=lambda row: (row[1], row[0]))
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        return int(
+            await self._script("counter_add", [self.key("counter", key)], [amount, _ms(ttl)])
+        )
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        value, left = await self._script("counter_get", [self.key("counter", key)], [])
+        if value is None or int(left) <= 0:
+            return 0, 0.0
+        return int(value), int(left) / 1000
+
+    async def _counter_delete(self, key: str) -> None:
+        async with self._errors() as client:
+            await self._call(client.delete(self.key("counter", key)))

@@ -88,6 +88,19 @@ CREATE TABLE IF NOT EXISTS tf_commands (position INTEGER PRIMARY KEY AUTOINCREME
 CREATE TABLE IF NOT EXISTS tf_schedules (run_key TEXT PRIMARY KEY, run_at REAL NOT NULL,
                                          data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tf_schedules_due ON tf_schedules (run_at);
+CREATE TABLE IF NOT EXISTS tf_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,
+                                        expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS tf_counters_expiry ON tf_counters (expires_at);
+"""
+
+# An expired counter starts again from the amount instead of adding to its old value.
+_COUNTER_ADD = """
+INSERT INTO tf_counters (key, value, expires_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN tf_counters.expires_at > ? THEN tf_counters.value + excluded.value
+                 ELSE excluded.value END,
+    expires_at = excluded.expires_at
+RETURNING value
 """
 
 _ADD_STAT = """
@@ -721,3 +734,22 @@ class SqliteBackend(TaskBackend):
             (before if before is not None else float("inf"),),
         )
         return [(row[0], float(row[1]), row[2]) for row in rows]
+
+    async def _counter_add(self, key: str, amount: int, ttl: float) -> int:
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM tf_counters WHERE expires_at <= ?", (now,))
+            rows = list(await db.execute_fetchall(_COUNTER_ADD, (key, amount, now + ttl, now)))
+            return int(rows[0][0])
+
+    async def _counter_get(self, key: str) -> tuple[int, float]:
+        rows = await self._fetch(
+            "SELECT value, expires_at FROM tf_counters WHERE key = ? AND expires_at > ?",
+            (key, time.time()),
+        )
+        if not rows:
+            return 0, 0.0
+        return int(rows[0][0]), max(0.0, float(rows[0][1]) - time.time())
+
+    async def _counter_delete(self, key: str) -> None:
+        await self._run("DELETE FROM tf_counters WHERE key = ?", (key,))

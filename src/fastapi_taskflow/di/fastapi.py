@@ -205,6 +205,8 @@ def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
         "path": admin.path,
         "display_func_args": admin.display_func_args,
         "read_only": admin.read_only,
+        "read_only_users": admin.read_only_users,
+        "include_in_schema": admin.include_in_schema,
         "token_expiry": admin.token_expiry,
         "poll_interval": admin.poll_interval,
     }

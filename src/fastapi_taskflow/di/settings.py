@@ -301,10 +301,23 @@ class AdminSettings(Section):
     title: Annotated[str, Field(pattern=r"\S")] | None = None
     display_func_args: bool = False
     read_only: bool = False
+    # Users who may read but never change anything, whatever ``read_only`` says.
+    read_only_users: list[Annotated[str, Field(min_length=1)]] = []
+    # The admin routes stay out of the app's public OpenAPI schema unless asked for.
+    include_in_schema: bool = False
     auth: AdminAuthSettings | None = None
     secret_key: SecretStr | None = None
-    token_expiry: PositiveInt = 86400
+    # TaskAdmin's own default: a session left open overnight ends.
+    token_expiry: PositiveInt = 8 * 3600
     poll_interval: PositiveFloat = 30.0
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short signing key can be recovered offline from one token.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes; use secrets.token_urlsafe(32)")
+        return value
 
     @field_validator("path")
     @classmethod

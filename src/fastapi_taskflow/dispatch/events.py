@@ -207,4 +207,7 @@ class AttemptSink:
         self.hub.log(self.record, self.context, message, level, extra)
 
     def progress(self, fraction: float, message: str | None) -> None:
+        if self.redact is not None and message:
+            # Scrubbed like a log message: it is stored and shown in the list and streams.
+            message = self.redact(message, {})[0]
         self._last = self.hub.progress(self.record, fraction, message, self._last)

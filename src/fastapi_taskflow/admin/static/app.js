@@ -79,10 +79,16 @@
     toast.timer = setTimeout(() => { box.hidden = true; }, 5000);
   }
 
+  function csrfToken() {
+    return (state.config && state.config.csrf_token) || "same-origin";
+  }
+
   async function api(method, path, body) {
     const headers = { Accept: "application/json" };
     if (method !== "GET") {
-      if (state.config && state.config.csrf_token) headers["X-CSRF-Token"] = state.config.csrf_token;
+      // Every change carries the header: the session's token when signed in, any value under
+      // the app's own auth (a page on another origin cannot send a custom header).
+      headers["X-CSRF-Token"] = csrfToken();
       if (body !== undefined) headers["Content-Type"] = "application/json";
     }
     const response = await fetch(BASE + path, {
@@ -654,7 +660,11 @@
       try { localStorage.setItem("taskflow-theme", theme); } catch (e) { /* storage off */ }
     });
     $("#logout").addEventListener("click", async () => {
-      try { await fetch(BASE + "/auth/logout", { method: "POST", credentials: "same-origin" }); } catch (e) { /* leaving anyway */ }
+      try {
+        await fetch(BASE + "/auth/logout", {
+          method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrfToken() },
+        });
+      } catch (e) { /* leaving anyway */ }
       location.href = BASE + "/auth/login";
     });
   }
