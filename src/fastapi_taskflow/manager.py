@@ -806,7 +806,13 @@ class TaskManager:
         }
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """This instance's queues, counts from its memory (no I/O); see :meth:`read_queue_stats`."""
         return queue_snapshot(ClusterStats.from_store(self.store), self.dispatcher.queues)
+
+    async def read_queue_stats(self) -> dict[str, dict[str, Any]]:
+        """The queues as the API serves them: counts of every instance from the backend's
+        stats (as :meth:`read_stats`), running and waiting slots of this instance."""
+        return queue_snapshot(await self.read_stats(), self.dispatcher.queues)
 
     def update_queue_config(
         self, name: str, *, concurrency: Any = UNSET, max_size: Any = UNSET

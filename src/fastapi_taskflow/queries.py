@@ -94,7 +94,9 @@ def metrics_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, Any]:
 
 
 def queue_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, dict[str, Any]]:
-    """Caps, running and waiting of this instance's queues; counts from ``stats``."""
+    """Per queue: counts from ``stats`` (every instance's with a backend that keeps stats, as
+    ``counts_scope`` says) and this instance's caps and slots (``running``, ``waiting``,
+    ``started``: ``slots_scope`` is always "this instance")."""
     out: dict[str, dict[str, Any]] = {}
     for queue in queues:
         counts = stats.queue(queue.name)
@@ -106,5 +108,7 @@ def queue_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, dict[str,
             "pending": counts[TaskStatus.PENDING],
             "started": queue.started,
             "counts": {status.value: counts[status] for status in TaskStatus},
+            "counts_scope": stats.scope,
+            "slots_scope": "this instance",
         }
     return out

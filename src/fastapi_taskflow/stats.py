@@ -112,6 +112,12 @@ class ClusterStats:
     queue_counts: dict[str, dict[TaskStatus, int]]
     durations: DurationHistogram
     throughput: list[tuple[float, int, int]] = field(default_factory=list)
+    #: True when the numbers are the backend's (every instance), False for this instance's.
+    shared: bool = False
+
+    @property
+    def scope(self) -> str:
+        return "all instances" if self.shared else "this instance"
 
     def queue(self, name: str) -> dict[TaskStatus, int]:
         return dict(self.queue_counts.get(name) or dict.fromkeys(TaskStatus, 0))
@@ -142,7 +148,7 @@ class ClusterStats:
                 histogram.counts[int(rest)] = max(0, round(value))
         histogram.total = sum(histogram.counts)
         histogram.sum = max(0.0, float(flat.get("hsum", 0.0))) if histogram.total else 0.0
-        return cls(counts, queues, histogram)
+        return cls(counts, queues, histogram, shared=True)
 
 
 def throughput_samples(

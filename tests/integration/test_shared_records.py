@@ -119,6 +119,18 @@ class Stream:
         )
 
 
+def queue_counts(url: str) -> tuple[int, int, str]:
+    """(running, pending, counts_scope) of queue ``solo`` in ``GET /tasks/queues``."""
+    solo = get(url, "/tasks/queues").json()["solo"]
+    return solo["counts"]["running"], solo["counts"]["pending"], solo["counts_scope"]
+
+
+def solo_slots(url: str) -> tuple[int, int, str]:
+    """(running, waiting, slots_scope) of queue ``solo`` on the instance at ``url``."""
+    solo = get(url, "/tasks/queues").json()["solo"]
+    return solo["running"], solo["waiting"], solo["slots_scope"]
+
+
 @pytest.fixture
 def gates(tmp_path: Path) -> Path:
     folder = tmp_path / "gates"
@@ -128,8 +140,10 @@ def gates(tmp_path: Path) -> Path:
 
 def check_one_system(first: str, second: str, gates: Path, other: str | None = None) -> None:
     """Pending and running tasks of ``first`` show on ``second`` (and ``other``, when the
-    answering process cannot be chosen), metrics agree, the stream and deletes follow."""
+    answering process cannot be chosen), metrics and queue counts agree, the stream, deletes
+    and the audit trail follow."""
     readers = [second] if other is None else [second, other]
+    assert get(first, "/tasks/audit").json() == []  # read once before the other acts
     running_id = post(first, "/hold/a").json()["task_id"]
     pending_id = post(first, "/hold/b").json()["task_id"]
     # The response came after the journal commit, which now also wrote the PENDING row.
@@ -148,6 +162,15 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
         5,
         "the running task with its progress on the other instance",
     )
+    wait_for(
+        lambda: all(queue_counts(r) == (1, 1, "all instances") for r in (first, *readers)),
+        5,
+        "every instance's /tasks/queues counting both tasks",
+    )
+    if other is None:
+        # The slots are each instance's own: both tasks sit on the first one.
+        assert solo_slots(first) == (1, 1, "this instance")
+        assert solo_slots(second) == (0, 0, "this instance")
     listed = get(second, "/tasks?status=pending").json()
     assert pending_id in [t["task_id"] for t in listed]
     searched = get(second, f"/tasks?q={running_id[:8]}").json()
@@ -171,15 +194,23 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
     prometheus = [get(url, "/tasks/metrics/prometheus") for url in (first, second)]
     assert [p.status_code for p in prometheus] == [200, 200]
     lines = [
-        sorted(x for x in p.text.splitlines() if x.startswith("taskflow_tasks{"))
+        sorted(
+            x
+            for x in p.text.splitlines()
+            if x.startswith(("taskflow_tasks{", "taskflow_queue_tasks{"))
+        )
         for p in prometheus
     ]
     assert lines[0] == lines[1]
     assert 'taskflow_tasks{status="success"} 2.0' in lines[0]
+    assert 'taskflow_queue_tasks{queue="solo",status="success"} 2.0' in lines[0]
+    assert metrics["queues"]["solo"]["counts_scope"] == "all instances"
     deleted = httpx.delete(
         f"{second}/tasks/history?all=true", timeout=5, headers={"X-CSRF-Token": "1"}
     )
     assert deleted.status_code == 200, deleted.text
+    audit = get(first, "/tasks/audit").json()
+    assert [e["action"] for e in audit] == ["delete_history"], "the other's action is missing"
     after = get(first, "/tasks/metrics").json()
     assert (after["success"], after["total"], after["duration_p50"]) == (0, 0, None)
     assert task(first, running_id) is None
@@ -258,6 +289,17 @@ def test_two_workers_on_one_sqlite_file_are_one_system(tmp_path: Path, gates: Pa
             "the running task with its progress on the other worker",
         )
         assert on_other_worker(url, creator, f"/tasks/{pending_id}").status_code == 200
+        # Both workers count both tasks, whichever took them: the counts are the backend's.
+        answers: dict[str, Any] = {}
+        for _ in range(200):  # the kernel picks the worker; ask until both have answered
+            response = get(url, "/tasks/queues")
+            answers[response.headers["X-Instance"]] = response.json()["solo"]
+            if len(answers) == 2:
+                break
+        assert len(answers) == 2, "the other worker never answered"
+        for solo in answers.values():
+            assert solo["counts"]["running"] + solo["counts"]["pending"] == 2
+            assert (solo["counts_scope"], solo["slots_scope"]) == ("all instances", "this instance")
         with Stream(url) as stream:
             assert stream.instance is not None
             # A task the other worker adds shows on this worker's stream.

@@ -15,6 +15,11 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from fastapi_taskflow import ManagedBackgroundTasks, QueueConfig, TaskManager, set_progress
+from fastapi_taskflow.admin.metrics import (
+    SHARED_THROUGHPUT_MAX_AGE,
+    ThroughputSeries,
+    dashboard_metrics,
+)
 from fastapi_taskflow.backends import MemoryBackend
 from fastapi_taskflow.backends.base import RecordQuery
 from fastapi_taskflow.backends.sqlite import SqliteBackend
@@ -252,5 +257,40 @@ async def test_retention_at_startup_takes_the_pruned_rows_out_of_the_counts() ->
     try:
         metrics = await tm.read_metrics()
         assert (metrics["success"], metrics["total"], metrics["duration_p50"]) == (0, 0, None)
+    finally:
+        await tm.shutdown()
+
+
+async def test_dashboard_metrics_counts_are_fresh_and_throughput_at_most_a_second_old(
+    tmp_path: Path,
+) -> None:
+    """Each metrics read has the counts as stored now; the throughput series read from the
+    backend is served again for up to SHARED_THROUGHPUT_MAX_AGE, then read anew."""
+    clock = [100.0]
+    series = ThroughputSeries(clock=lambda: clock[0])
+    tm, maybe = sqlite_manager(tmp_path / "tasks.db")
+    await tm.startup()
+    try:
+
+        async def stored_success(count: int) -> bool:
+            return (await tm.read_metrics())["success"] == count
+
+        tm.add_task(maybe, False)
+        await tm.join(timeout=5)
+        await eventually(lambda: stored_success(1))
+        first = await dashboard_metrics(tm, series)
+        assert (first["success"], first["throughput"][-1][1]) == (1, 1)
+
+        tm.add_task(maybe, False)
+        await tm.join(timeout=5)
+        await eventually(lambda: stored_success(2))
+        clock[0] += SHARED_THROUGHPUT_MAX_AGE - 0.01
+        cached = await dashboard_metrics(tm, series)
+        assert cached["success"] == 2, "the counts must not be cached"
+        assert cached["throughput"] == first["throughput"]
+
+        clock[0] += 0.01
+        fresh = await dashboard_metrics(tm, series)
+        assert (fresh["success"], fresh["throughput"][-1][1]) == (2, 2)
     finally:
         await tm.shutdown()

@@ -267,7 +267,7 @@ class TaskApi:
 
         @router.get("/queues", summary="Queues: caps, running, waiting, counts")
         async def get_queues() -> Response:
-            return json_response(self.manager.queue_stats())
+            return json_response(await self.manager.read_queue_stats())
 
         @router.get("/instances", summary="Live instances on the backend (or this one alone)")
         async def get_instances() -> Response:
@@ -434,7 +434,7 @@ class TaskApi:
                 concurrency=config.concurrency,
                 max_size=config.max_size,
             )
-            stats = self.manager.queue_stats()[name]
+            stats = (await self.manager.read_queue_stats())[name]
             return json_response({"name": name, **stats, "scope": self.manager.queue_scope})
 
     async def _retry_many(self, ids: list[str]) -> dict[str, Any]:

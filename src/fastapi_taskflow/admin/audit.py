@@ -2,7 +2,8 @@
 
 Entries live in memory (newest ``max_entries``) and, when the manager has a backend, in the
 backend's metadata under one key, so they survive restarts and instances sharing the backend
-see each other's actions (merged by entry id on every write).
+see each other's actions (merged by entry id on every read and write: another instance may
+have written since this one last looked).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class AuditLog:
         self._current_manager = current_manager
         self.max_entries = max_entries
         self._entries: deque[AuditEntry] = deque(maxlen=max_entries)
-        self._loaded_from: Any = None  # the backend the trail was read from
         self._lock = asyncio.Lock()
 
     @property
@@ -54,7 +54,6 @@ class AuditLog:
             detail={"result": result, **detail},
         )
         async with self._lock:
-            await self._load()
             self._entries.append(entry)
             await self._save()
         logger.info(
@@ -70,20 +69,14 @@ class AuditLog:
     async def entries(self, limit: int = 100) -> list[AuditEntry]:
         """Newest first."""
         async with self._lock:
-            await self._load()
+            backend = self._backend()
+            if backend is not None:
+                self._merge(await self._read(backend))
             return list(reversed(self._entries))[:limit]
 
     def _backend(self) -> Any:
         manager = self.manager
         return manager.backend if manager.started else None
-
-    async def _load(self) -> None:
-        backend = self._backend()
-        if backend is None or backend is self._loaded_from:
-            return
-        stored = await self._read(backend)
-        self._merge(stored)
-        self._loaded_from = backend
 
     async def _save(self) -> None:
         backend = self._backend()

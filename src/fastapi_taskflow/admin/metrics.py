@@ -2,14 +2,18 @@
 
 Everything comes from kept counters, never from a scan: the backend's (the same on every
 instance) when it keeps stats, else this instance's store. With a backend the throughput comes
-from its per-bucket counts; without one, the series samples the success and failure counters
-at most every ``bucket`` seconds when someone asks, so it costs nothing per task.
+from its per-bucket counts, read at most once per ``SHARED_THROUGHPUT_MAX_AGE`` (the counts are
+read on every request; the throughput series is drawn per 5 s bucket, so a second-old copy
+draws the same chart and saves a backend round trip per request); without one, the series
+samples the success and failure counters at most every ``bucket`` seconds when someone asks,
+so it costs nothing per task.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..models import TaskStatus
@@ -20,17 +24,39 @@ if TYPE_CHECKING:
     from ..stats import ClusterStats
     from ..store import DurationHistogram
 
+#: Seconds a throughput series read from the backend is served again before it is re-read.
+SHARED_THROUGHPUT_MAX_AGE = 1.0
+
 PROMETHEUS_HINT = (
     "the Prometheus endpoint needs prometheus-client: pip install 'fastapi-taskflow[metrics]'"
 )
 
 
 class ThroughputSeries:
-    """Samples of (unix time, succeeded so far, failed so far), newest last."""
+    """Samples of (unix time, succeeded so far, failed so far), newest last: this instance's,
+    and the last series read from the backend with when (``clock``) it was read."""
 
-    def __init__(self, bucket: float = 5.0, points: int = 180) -> None:
+    def __init__(
+        self,
+        bucket: float = 5.0,
+        points: int = 180,
+        shared_max_age: float = SHARED_THROUGHPUT_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bucket = bucket
         self.samples: deque[tuple[float, int, int]] = deque(maxlen=points)
+        self.shared_max_age = shared_max_age
+        self.clock = clock
+        self.shared: list[tuple[float, int, int]] = []
+        self.shared_read_at = float("-inf")
+
+    def shared_due(self) -> bool:
+        """True when the backend's series should be read again."""
+        return self.clock() - self.shared_read_at >= self.shared_max_age
+
+    def keep_shared(self, samples: list[tuple[float, int, int]]) -> None:
+        self.shared = samples
+        self.shared_read_at = self.clock()
 
     def sample(self, counts: dict[str, Any], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -52,7 +78,12 @@ def histogram_buckets(histogram: DurationHistogram) -> list[list[float]]:
 
 async def dashboard_metrics(manager: TaskManager, series: ThroughputSeries) -> dict[str, Any]:
     """``manager.read_metrics()`` plus the throughput samples and the duration histogram."""
-    stats = await manager.read_stats(throughput=True)
+    due = series.shared_due()
+    stats = await manager.read_stats(throughput=due)
+    if stats.shared and stats.throughput:
+        series.keep_shared(stats.throughput)
+    elif stats.shared and series.shared:
+        stats.throughput = series.shared
     data = manager.metrics_from(stats)
     if not stats.throughput:
         series.sample(data)
@@ -83,11 +114,13 @@ def prometheus_text(
                 f"{namespace}_queue_tasks", "Tasks by queue and status", labels=["queue", "status"]
             )
             running = GaugeMetricFamily(
-                f"{namespace}_queue_running", "Tasks running now, by queue", labels=["queue"]
+                f"{namespace}_queue_running",
+                "Tasks running now on this instance, by queue",
+                labels=["queue"],
             )
             waiting = GaugeMetricFamily(
                 f"{namespace}_queue_waiting",
-                "Tasks waiting for a slot, by queue",
+                "Tasks waiting for a slot on this instance, by queue",
                 labels=["queue"],
             )
             for name, queue in queue_snapshot(stats, manager.dispatcher.queues).items():
