@@ -903,6 +903,7 @@ class TaskBackend(ABC):
 
     async def _counter_delete(self, key: str) -> None:
         raise self._missing("shared counters (TaskAdmin's login limits and ended sessions)")
+
     # Data written by fastapi-taskflow 0.12 (``legacy.py`` imports it once). Not abstract: a
     # backend with no 0.12 predecessor has none.
 
