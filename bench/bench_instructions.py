@@ -14,6 +14,8 @@ heap, not on the code under test (bench_core.py measures with it on).
   managed    a request adding one task through Depends(task_manager.get_tasks)
   floor      a request creating 20 bare asyncio tasks of a no-op coroutine
   fan        a request adding 20 managed tasks
+  fan_result the same, each task returning a small dict (kept on its record)
+  fan_rate   the same as fan, the task with a rate limit far above the load
 
 Usage: python bench/bench_instructions.py [--small 100] [--large 300] [--jobs 2]
 (needs valgrind; ``apt-get install valgrind``). One scenario alone, as valgrind runs it:
@@ -37,9 +39,10 @@ from typing import Any
 import httpx
 from fastapi import BackgroundTasks, Depends, FastAPI
 
-from fastapi_taskflow import ManagedBackgroundTasks, TaskManager
+from fastapi_taskflow import ManagedBackgroundTasks, RateLimit, TaskManager
 
-SCENARIOS = ("empty", "plain", "depends", "managed", "floor", "fan")
+SCENARIOS = ("empty", "plain", "depends", "managed", "floor", "fan", "fan_result", "fan_rate")
+SMALL_RESULT = {"ok": True, "pages": 3, "id": "r-1"}
 FAN = 20  # tasks per request in "floor" and "fan"
 WARMUP = 20
 
@@ -49,6 +52,13 @@ class Counter:
         self.n = 0
 
     async def hit(self) -> None:
+        self.n += 1
+
+    async def hit_with_result(self) -> dict[str, Any]:
+        self.n += 1
+        return SMALL_RESULT
+
+    async def hit_limited(self) -> None:
         self.n += 1
 
 
@@ -84,12 +94,15 @@ def build(scenario: str, manager: TaskManager, counter: Counter) -> tuple[FastAP
         await asyncio.gather(*pending)
         return {"ok": True}
 
-    async def fan(
-        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
-    ) -> dict[str, bool]:
-        for _ in range(FAN):
-            tasks.add_task(counter.hit)
-        return {"ok": True}
+    def fan_of(job: Callable[[], Any]) -> Callable[..., Any]:
+        async def fan(
+            tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+        ) -> dict[str, bool]:
+            for _ in range(FAN):
+                tasks.add_task(job)
+            return {"ok": True}
+
+        return fan
 
     routes: dict[str, tuple[Callable[..., Any], int]] = {
         "empty": (empty, 0),
@@ -97,7 +110,9 @@ def build(scenario: str, manager: TaskManager, counter: Counter) -> tuple[FastAP
         "depends": (depends, 1),
         "managed": (managed, 1),
         "floor": (floor, FAN),
-        "fan": (fan, FAN),
+        "fan": (fan_of(counter.hit), FAN),
+        "fan_result": (fan_of(counter.hit_with_result), FAN),
+        "fan_rate": (fan_of(counter.hit_limited), FAN),
     }
     endpoint, runs = routes[scenario]
     app.post("/go")(endpoint)
@@ -109,6 +124,8 @@ async def run_scenario(scenario: str, n: int) -> None:
     counter = Counter()
     manager = TaskManager()
     manager.task()(counter.hit)
+    manager.task()(counter.hit_with_result)
+    manager.task(rate_limit=RateLimit(1_000_000, per=1.0))(counter.hit_limited)
     app, runs = build(scenario, manager, counter)
     await manager.startup()
     transport = httpx.ASGITransport(app=app)
@@ -152,6 +169,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="valgrind runs at once")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset to count"
+    )
     parser.add_argument("--run", choices=SCENARIOS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,25 +181,33 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    runs = [(s, n) for s in SCENARIOS for n in (args.small, args.large)]
+    chosen = [s for s in args.scenarios.split(",") if s]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(unknown)}")
+    runs = [(s, n) for s in chosen for n in (args.small, args.large)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         counts = dict(zip(runs, pool.map(lambda r: count_instructions(*r), runs), strict=True))
     per = {
         s: (counts[s, args.large] - counts[s, args.small]) / (args.large - args.small)
-        for s in SCENARIOS
+        for s in chosen
     }
-    floor_task = (per["floor"] - per["empty"]) / FAN
-    managed_task = (per["fan"] - per["managed"]) / (FAN - 1)
     print(f"instructions per request ({args.large} - {args.small} requests, gc off)")
     for name in ("empty", "plain", "depends", "managed"):
-        ratio = per[name] / per["plain"]
-        print(f"  {name:8s} {per[name]:12,.0f}   {ratio:.3f}x plain")
+        if name in per and "plain" in per:
+            print(f"  {name:8s} {per[name]:12,.0f}   {per[name] / per['plain']:.3f}x plain")
     print("instructions per task")
-    print(f"  bare asyncio.create_task + run        {floor_task:10,.0f}")
-    print(
-        f"  managed task (in a request of {FAN})     {managed_task:10,.0f}"
-        f"   library {managed_task - floor_task:,.0f}"
-    )
+    if {"floor", "empty", "fan", "managed"} <= set(per):
+        floor_task = (per["floor"] - per["empty"]) / FAN
+        managed_task = (per["fan"] - per["managed"]) / (FAN - 1)
+        print(f"  bare asyncio.create_task + run        {floor_task:10,.0f}")
+        print(
+            f"  managed task (in a request of {FAN})     {managed_task:10,.0f}"
+            f"   library {managed_task - floor_task:,.0f}"
+        )
+    for name, what in (("fan_result", "a small result kept"), ("fan_rate", "rate limit, unmet")):
+        if name in per and "fan" in per:
+            print(f"  {what:37s} {(per[name] - per['fan']) / FAN:+10,.0f} per task vs fan")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .errors import (
     InvalidConfigurationError,
     QueueFullError,
     TaskArgumentError,
+    TaskFailedError,
     TaskflowError,
     TaskTimeoutError,
     UnknownTaskError,
@@ -32,6 +33,7 @@ from .loggers import (
 )
 from .manager import TaskManager
 from .models import QueueConfig, TaskContext, TaskRecord, TaskStatus
+from .ratelimit import RateLimit
 from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ __all__ = [
     # core
     "ManagedBackgroundTasks",
     "QueueConfig",
+    "RateLimit",
     "TaskAdmin",
     "TaskAuthBackend",
     "TaskContext",
@@ -84,6 +87,7 @@ __all__ = [
     "InvalidConfigurationError",
     "QueueFullError",
     "TaskArgumentError",
+    "TaskFailedError",
     "TaskTimeoutError",
     "TaskflowError",
     "UnknownTaskError",

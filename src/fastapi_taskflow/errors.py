@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import TaskRecord
 
 
 class TaskflowError(Exception):
@@ -116,3 +120,16 @@ class WorkerCrashedError(TaskflowError):
         self.exitcode = exitcode
         self.pid = pid
         self.shutdown = shutdown
+
+
+class TaskFailedError(TaskflowError):
+    """Raised when a task whose result is awaited failed, was cancelled, rejected or interrupted."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        error = record.error or "no error recorded"
+        super().__init__(
+            f"task {record.task_id} ({record.func_name}) is {record.status.value}: {error}"
+        )
+        self.record = record
+        self.task_id = record.task_id
+        self.status = record.status

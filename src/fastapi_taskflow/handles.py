@@ -54,6 +54,15 @@ class TaskHandle(str):
         """The final record once the task is finished; ``TimeoutError`` after ``timeout``."""
         return await self._manager.wait_for(self._record, timeout)
 
+    async def result(self, timeout: float | None = None) -> Any:
+        """The task's return value once it has finished.
+
+        ``TaskFailedError`` (holding the record) when it failed, was cancelled, rejected or
+        interrupted; ``TimeoutError`` after ``timeout``. None when the task returned None or
+        its value was not kept (``record.result_note`` says why).
+        """
+        return await self._manager.result_of(self._record, timeout)
+
     def cancel(self) -> bool:
         """Cancel the task; False when it had already finished."""
         return self._manager.cancel(self.task_id)

@@ -2,8 +2,8 @@
 
 ``encrypt_args_key=[new, old]`` already lets an app run through a rotation: new tasks use the
 first key, stored ones decrypt with any. :func:`rotate_keys` (``taskflow keys rotate``) then
-rewrites what is stored under an older key (journal entries, history records' arguments and
-sealed errors) so the old key can be dropped.
+rewrites what is stored under an older key (journal entries, history records' arguments,
+sealed errors and results) so the old key can be dropped.
 
 * Batches of ``batch_size``; after each, the position is saved in the backend's metadata
   (``keys.rotate.cursor``), so an interrupted run resumes where it stopped (with the same
@@ -157,21 +157,21 @@ class _Rotation:
         return True
 
     def _record(self, record: TaskRecord) -> bool:
-        tokens = [t for t in (record.encrypted_payload, record.encrypted_error) if t is not None]
-        if not tokens:
+        sealed = (record.encrypted_payload, record.encrypted_error, record.encrypted_result)
+        if all(token is None for token in sealed):
             return False
         self.report.total += 1
         try:
-            payload = _rotate(self.cipher, record.encrypted_payload)
-            error = _rotate(self.cipher, record.encrypted_error)
+            payload, error, result = (_rotate(self.cipher, token) for token in sealed)
         except ArgumentDecryptionError:
             self.report._note_undecryptable(record.task_id)
             return False
-        if payload is None and error is None:
+        if payload is None and error is None and result is None:
             self.report.unchanged += 1
             return False
         record.encrypted_payload = payload or record.encrypted_payload
         record.encrypted_error = error or record.encrypted_error
+        record.encrypted_result = result or record.encrypted_result
         return True
 
     def _token(self, task_id: str, token: bytes) -> bytes | None:

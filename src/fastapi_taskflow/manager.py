@@ -54,8 +54,9 @@ from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
 from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
+from .results import DEFAULT_MAX_RESULT_BYTES, ResultKeeper
 from .scheduling import Scheduler
-from .serialization import decode_call
+from .serialization import decode_call, result_view
 from .stats import ClusterStats
 from .store import TaskStore
 from .tracing import build_tracing
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fastapi_taskflow")
 F = TypeVar("F", bound=Callable[..., Any])
+# Seconds get_result looks for an id no shared backend knows yet (see _finished_elsewhere).
+UNKNOWN_GRACE = 1.0
 
 
 class TaskManager:
@@ -118,11 +121,15 @@ class TaskManager:
         instance_tasks_prefix: str | None = None,
         registry_ttl: float = 90.0,
         registry_heartbeat: float = 30.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        result_ttl: float | None = None,
     ) -> None:
         queue_configs = dict(queues or {})
         if max_size is not None:
             default = queue_configs.get("default", QueueConfig())
-            queue_configs["default"] = QueueConfig(default.concurrency, max_size)
+            queue_configs["default"] = QueueConfig(
+                default.concurrency, max_size, default.rate_limit
+            )
         self.settings = ManagerSettings(
             snapshot_interval=snapshot_interval,
             requeue_pending=requeue_pending,
@@ -144,6 +151,8 @@ class TaskManager:
             barrier_timeout=barrier_timeout,
             max_buffered=max_buffered,
             journal_backpressure=journal_backpressure,
+            max_result_bytes=max_result_bytes,
+            result_ttl=result_ttl,
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
@@ -174,6 +183,14 @@ class TaskManager:
         )
         self._loop_ref = LoopRef()
         self.hub = EventHub(self.store, self.observers, self._loop_ref)
+        self.results = ResultKeeper(
+            cipher=self.cipher,
+            max_result_bytes=max_result_bytes,
+            result_ttl=result_ttl,
+            lookup=self.store.get,
+            tracked_limit=2 * max_history + 1000,
+            on_dropped=self._result_dropped,
+        )
         self.dispatcher = Dispatcher(
             store=self.store,
             executors=self.executors,
@@ -183,6 +200,7 @@ class TaskManager:
             max_concurrent_tasks=max_concurrent_tasks,
             default_timeout=default_timeout,
             on_finished=self._on_finished,
+            results=self.results,
             keeps=self._kept_at_shutdown,
         )
         self.enqueuer = Enqueuer(
@@ -433,6 +451,7 @@ class TaskManager:
         await self.hub.start()
         if self.backend is not None:
             await self._start_persistence(self.backend)
+        self.dispatcher.rates.use(self.backend)
         self._started = True
         prestart, self._prestart = self._prestart, []
         for job in prestart:
@@ -521,7 +540,9 @@ class TaskManager:
             self.persister.stop_claiming()
         await self.scheduler.stop()
         self._settle_waiting()
+        await self.dispatcher.rates.stop()
         await self._drain_running()
+        self.results.stop()
         if self.cluster is not None:
             await self.cluster.stop()
             self.cluster = None
@@ -607,6 +628,53 @@ class TaskManager:
         async with asyncio.timeout(timeout):
             return await waiter
 
+    def _result_dropped(self, record: TaskRecord) -> None:
+        """An expired result left a record: the backend row loses it too (the record stays)."""
+        self.store.touch(record)
+        if self.persister is not None:
+            self.persister.finished(record, journaled=False)
+
+    async def result_of(self, record: TaskRecord, timeout: float | None = None) -> Any:
+        """The return value of ``record``'s task once it has finished (see TaskHandle.result)."""
+        if not record.status.finished and self.store.get(record.task_id) is not record:
+            # A handle on a backend row (another instance runs it): follow the backend.
+            return await self.get_result(record.task_id, timeout)
+        return self.results.outcome(await self.wait_for(record, timeout))
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The return value of the task ``task_id``, waiting until it has finished.
+
+        Works for a task of this instance, of another one sharing the backend, or of an
+        earlier run (from the backend). Raises ``UnknownTaskError`` for an unknown id,
+        ``TaskFailedError`` when the task did not succeed, ``TimeoutError`` after ``timeout``.
+        """
+        async with asyncio.timeout(timeout):
+            record = self.store.get(task_id)
+            if record is not None:
+                return self.results.outcome(await self.wait_for(record))
+            record = await self._finished_elsewhere(task_id)
+            return self.results.outcome(record)
+
+    async def _finished_elsewhere(self, task_id: str) -> TaskRecord:
+        """The backend's record of ``task_id`` once it is finished (polled: another instance
+        runs it, and its row changes when it finishes)."""
+        shared = self.backend is not None and self.backend.shared and self._started
+        # Another instance writes a new task's row in its next batch, just after add_task
+        # returned there: an id not found at once is looked for a little longer.
+        unknown_until = asyncio.get_running_loop().time() + (UNKNOWN_GRACE if shared else 0.0)
+        pause = 0.05
+        while True:
+            record = await self.get_record(task_id)
+            if record is None:
+                if asyncio.get_running_loop().time() >= unknown_until:
+                    raise UnknownTaskError(f"no task with id {task_id!r}")
+            elif record.status.finished:
+                return record
+            elif self.store.get(task_id) is record:  # it came to this instance meanwhile
+                return await self.wait_for(record)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     def cancel(self, task_id: str) -> bool:
         """Cancel a pending or running task; False if it is finished or unknown."""
         loop = self._loop
@@ -640,7 +708,7 @@ class TaskManager:
         if record is not None and (not record.status.finished or persister.unwritten(task_id)):
             return record
         try:
-            return await backend.get_record(task_id)
+            stored = await backend.get_record(task_id)
         except BackendError:
             if record is None:
                 raise
@@ -651,6 +719,11 @@ class TaskManager:
                 exc_info=True,
             )
             return record
+        if stored is not None and self.results.drop_if_expired(stored):
+            # An expired result in a row no timer of this process knew of: drop it at rest
+            # too, now that it is seen (the record stays).
+            await backend.update_records([stored])
+        return stored
 
     async def retry(self, task_id: str, *, source: TaskSource = "retry") -> TaskHandle:
         """Run a failed, interrupted or cancelled task again with the same arguments."""
@@ -719,21 +792,48 @@ class TaskManager:
     # ---- reading -----------------------------------------------------------------------------
 
     def record_dict(
-        self, record: TaskRecord, *, include_args: bool = False, reveal_errors: bool = False
+        self,
+        record: TaskRecord,
+        *,
+        include_args: bool = False,
+        reveal_errors: bool = False,
+        include_result: bool = False,
     ) -> dict[str, Any]:
-        """A record's JSON for people: arguments redacted; sealed errors opened if ``reveal``.
+        """A record's JSON for people: arguments redacted; sealed errors opened if ``reveal``;
+        with ``include_result``, ``"result"`` (see :meth:`result_json`).
 
         The task API calls this (``reveal_errors`` only for an authenticated user).
         """
         if self.privacy is None:
-            return record.to_dict(include_args=include_args)
-        definition = self.registry.find(record.func_name)
-        return self.privacy.view(
-            record,
-            definition.func if definition is not None else None,
-            include_args=include_args,
-            reveal=reveal_errors,
-        )
+            data = record.to_dict(include_args=include_args)
+        else:
+            definition = self.registry.find(record.func_name)
+            data = self.privacy.view(
+                record,
+                definition.func if definition is not None else None,
+                include_args=include_args,
+                reveal=reveal_errors,
+            )
+        if include_result:
+            data["result"] = self.result_json(record)
+            data["has_result"] = record.has_result  # an expired one was dropped just now
+            data["result_note"] = record.result_note
+        return data
+
+    def result_json(self, record: TaskRecord) -> Any:
+        """A kept result for people: its JSON form (a short description such as
+        ``{"type": "bytes", "size": 1234}`` for what JSON cannot carry), redacted like
+        arguments; None when nothing is kept."""
+        try:
+            value = self.results.value(record)
+        except (ValueError, ArgumentDecryptionError) as exc:
+            return {"type": "unreadable", "error": str(exc)}
+        return self.shown_result(result_view(value))
+
+    def shown_result(self, value: Any) -> Any:
+        """``value`` with keys the ``redact`` rule names masked (nothing to do without one)."""
+        redactor = self.privacy.redactor if self.privacy is not None else None
+        return redactor.value("", value) if redactor is not None else value
 
     def reveal_error(self, record: TaskRecord) -> tuple[str | None, str | None]:
         """(error, stack trace) in clear for a sealed error (``encrypt_errors``); else as stored."""

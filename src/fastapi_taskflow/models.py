@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
+from .ratelimit import RateLimit, parse_rate_limit
+
 #: Where a task's function runs: on the event loop, in a thread, or in a worker process.
 ExecutorKind = Literal["async", "thread", "process"]
 #: Why a running attempt's asyncio task was cancelled: a user cancel, or the manager stopping.
@@ -103,6 +105,17 @@ class TaskRecord:
     encrypted_error: bytes | None = None
     # The arguments' lossless encoding, made once and shared by the journal and the history row.
     encoded_call: bytes | None = field(default=None, repr=False)
+    # The return value's lossless encoding (serialization.encode_result); None: no value kept
+    # (the task returned None, or see ``result_note``). ``encrypted_result``: the same, sealed
+    # with the argument key (encryption on), and ``result_data`` is then None.
+    result_data: bytes | None = field(default=None, repr=False)
+    encrypted_result: bytes | None = field(default=None, repr=False)
+    # Why a value the task returned is not kept (too large, not encodable, expired, opted out).
+    result_note: str | None = None
+    # When a kept result is dropped (``result_ttl``); the record itself stays.
+    result_expires_at: datetime | None = None
+    # Why a PENDING task has not started yet (e.g. waiting for its rate limit); None otherwise.
+    waiting_reason: str | None = None
 
     def add_log(self, line: str) -> None:
         """Append one line to the task's log."""
@@ -114,6 +127,11 @@ class TaskRecord:
     @property
     def encrypted(self) -> bool:
         return self.encrypted_payload is not None
+
+    @property
+    def has_result(self) -> bool:
+        """A return value is kept (it may be None only when the task returned None)."""
+        return self.result_data is not None or self.encrypted_result is not None
 
     @property
     def duration(self) -> float | None:
@@ -146,6 +164,10 @@ class TaskRecord:
             "progress_message": self.progress_message,
             "encrypted": self.encrypted,
             "error_encrypted": self.encrypted_error is not None,
+            "has_result": self.has_result,
+            "result_note": self.result_note,
+            "result_expires_at": _iso(self.result_expires_at),
+            "waiting_reason": self.waiting_reason,
         }
         if include_args and not self.encrypted:
             data["args"] = [_display(a) for a in self.args]
@@ -178,12 +200,23 @@ class TaskContext:
 
 @dataclass(slots=True)
 class QueueConfig:
-    """Settings of one named queue: how many of its tasks run at once, how many may wait."""
+    """Settings of one named queue: how many of its tasks run at once, how many may wait,
+    and how often they may start (``rate_limit``: ``"10/s"`` or a ``RateLimit``)."""
 
     concurrency: int | None = None
     max_size: int | None = None
+    rate_limit: RateLimit | str | None = None
 
     def __post_init__(self) -> None:
+        self.rate_limit = parse_rate_limit(self.rate_limit, what="QueueConfig.rate_limit")
+        self._check_caps()
+
+    @property
+    def rate(self) -> RateLimit | None:
+        """``rate_limit`` as parsed (text is turned into a ``RateLimit`` on construction)."""
+        return self.rate_limit if isinstance(self.rate_limit, RateLimit) else None
+
+    def _check_caps(self) -> None:
         for name in ("concurrency", "max_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -66,6 +66,8 @@ class ManagerSettings:
     # Past max_buffered journal changes, refuse new journaled tasks (WriteBufferFullError)
     # instead of keeping every journal change in memory.
     journal_backpressure: bool = False
+    max_result_bytes: int = MiB
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
@@ -91,6 +93,14 @@ class ManagerSettings:
         _positive("prune_interval", self.prune_interval, allow_none=False)
         _positive("barrier_timeout", self.barrier_timeout, allow_none=False)
         _positive("max_buffered", self.max_buffered, allow_none=False, integer=True)
+        _positive(
+            "max_result_bytes",
+            self.max_result_bytes,
+            allow_none=False,
+            integer=True,
+            allow_zero=True,
+        )
+        _positive("result_ttl", self.result_ttl)
         if self.lease_ttl <= self.heartbeat_interval:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}) must be longer than heartbeat_interval "

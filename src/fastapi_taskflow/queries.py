@@ -103,6 +103,7 @@ def queue_snapshot(stats: ClusterStats, queues: QueueSet) -> dict[str, dict[str,
         out[queue.name] = {
             "concurrency": queue.config.concurrency,
             "max_size": queue.config.max_size,
+            "rate_limit": str(queue.config.rate) if queue.config.rate is not None else None,
             "running": queue.running,
             "waiting": queue.waiting_count,
             "pending": counts[TaskStatus.PENDING],

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, get_args
 
 from .errors import UnknownTaskError
 from .models import ExecutorKind
+from .ratelimit import RateLimit, parse_rate_limit
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -57,8 +58,28 @@ class TaskOptions:
     priority: int | None = None
     queue: str | None = None
     executor: ExecutorKind | None = None
+    # Results: kept unless ``store_result=False``; None below means the manager's setting.
+    store_result: bool = True
+    max_result_bytes: int | None = None
+    result_ttl: float | None = None
+    # At most so many starts per period, across every instance sharing the backend.
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rate_limit", parse_rate_limit(self.rate_limit))
+        if not isinstance(self.store_result, bool):
+            raise ValueError(f"store_result must be True or False, got {self.store_result!r}")
+        if self.max_result_bytes is not None and (
+            isinstance(self.max_result_bytes, bool)
+            or not isinstance(self.max_result_bytes, int)
+            or self.max_result_bytes < 0
+        ):
+            raise ValueError(
+                f"max_result_bytes must be an int >= 0 or None, got {self.max_result_bytes!r}"
+            )
+        _check_number("result_ttl", self.result_ttl, minimum=0, allow_none=True)
+        if self.result_ttl == 0:
+            raise ValueError("result_ttl must be > 0 seconds, or None to keep results")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {self.retries!r}")
         _check_number("delay", self.delay, minimum=0)
@@ -212,6 +233,10 @@ class TaskRegistry:
         max_delay: float | None = None,
         jitter: float = 0.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        store_result: bool = True,
+        max_result_bytes: int | None = None,
+        result_ttl: float | None = None,
+        rate_limit: RateLimit | str | None = None,
     ) -> Callable[[F], F]:
         """Register a function as a task; returns it unchanged so it can still be called."""
         options = TaskOptions(
@@ -229,6 +254,10 @@ class TaskRegistry:
             priority=priority,
             queue=queue,
             executor=executor,
+            store_result=store_result,
+            max_result_bytes=max_result_bytes,
+            result_ttl=result_ttl,
+            rate_limit=rate_limit,  # type: ignore[arg-type]  # text is parsed on construction
         )
 
         def decorate(func: F) -> F:

@@ -8,7 +8,9 @@ express fall back to pickle (cloudpickle when installed), tagged and base64-enco
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import math
 import pickle
 import uuid
 from datetime import date, datetime, time, timedelta
@@ -127,3 +129,65 @@ def decode_call(data: bytes | str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     except (KeyError, TypeError, json.JSONDecodeError, pickle.UnpicklingError) as exc:
         raise ValueError(f"corrupt task arguments: {exc}") from exc
     return args, kwargs
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+
+# Types the codec carries as they are: no model or dataclass can hide inside them.
+_LEAVES = frozenset(
+    {str, int, float, bool, type(None), bytes, datetime, date, time, timedelta, Decimal, uuid.UUID}
+)
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic models and dataclasses as their JSON form, inside containers too."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind in (list, tuple, set, frozenset):
+        return kind(_plain(v) for v in value)
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def encode_result(value: Any) -> bytes:
+    """A task's return value as UTF-8 JSON bytes: lossless for the types arguments carry,
+    pydantic models and dataclasses as their JSON form."""
+    return compact_json(_to_json(_plain(value))).encode()
+
+
+def decode_result(data: bytes | str) -> Any:
+    """Inverse of :func:`encode_result`; raises ``ValueError`` on a corrupt payload."""
+    try:
+        return _from_json(json.loads(data))
+    except (KeyError, TypeError, json.JSONDecodeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"corrupt task result: {exc}") from exc
+
+
+def result_view(value: Any) -> Any:
+    """A JSON-safe view of a result for people: JSON values as they are, a short description
+    (``{"type": "bytes", "size": 1234}``) for what JSON cannot carry."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"type": "float", "value": repr(value)}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [result_view(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): result_view(v) for k, v in value.items()}
+    if isinstance(value, bytes | bytearray):
+        return {"type": "bytes", "size": len(value)}
+    if isinstance(value, datetime | date | time):
+        return {"type": type(value).__name__, "value": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {"type": "timedelta", "seconds": value.total_seconds()}
+    if isinstance(value, Decimal | uuid.UUID):
+        return {"type": type(value).__name__.lower(), "value": str(value)}
+    return {"type": type(value).__name__}

@@ -41,6 +41,7 @@ from fastapi_taskflow.backends.base import (
     TaskBackend,
 )
 from fastapi_taskflow.models import TaskRecord, TaskStatus
+from fastapi_taskflow.ratelimit import RateLimit
 
 T = TypeVar("T")
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -186,6 +187,32 @@ class BackendContract:
         assert got is not None
         assert got.encrypted_payload == b"gAAAA\x00cipher"
         assert (got.args, got.kwargs) == ((), {})
+
+    async def test_results_round_trip(self, backend: TaskBackend) -> None:
+        """A kept result, a sealed one, the note of one not kept, and a waiting reason come
+        back as saved."""
+        kept = make_record(
+            "res", result_data=b'{"__tf__":"bytes","v":"AA=="}', result_expires_at=at(60)
+        )
+        sealed = make_record("sealed", encrypted_result=b"gAAAA\x00result")
+        noted = make_record("noted", result_note="not stored: 2000 bytes encoded, over 1000")
+        waiting = make_record(
+            "waiting", status=TaskStatus.PENDING, waiting_reason="waiting for rate limit 1/s"
+        )
+        await backend.save_records([kept, sealed, noted, waiting])
+        got = {r.task_id: await backend.get_record(r.task_id) for r in (kept, sealed, noted)}
+        assert got["res"] is not None
+        assert got["res"].result_data == kept.result_data
+        assert got["res"].result_expires_at == at(60)
+        assert got["sealed"] is not None
+        assert got["sealed"].encrypted_result == b"gAAAA\x00result"
+        assert got["sealed"].result_data is None
+        assert got["noted"] is not None
+        assert got["noted"].result_note == noted.result_note
+        assert not got["noted"].has_result
+        pending = await backend.get_record("waiting")
+        assert pending is not None
+        assert pending.waiting_reason == "waiting for rate limit 1/s"
 
     async def test_unknown_record_is_none(self, backend: TaskBackend) -> None:
         """Getting a task id that was never saved returns None."""
@@ -646,6 +673,55 @@ class BackendContract:
             )
         )
         assert [r.run_key for r in await peer.list_scheduled()] == [f"r{i:02d}" for i in range(20)]
+
+    # ---- rate limits -------------------------------------------------------------------------
+
+    async def test_rate_token_first_is_free_then_waits_an_interval(
+        self, backend: TaskBackend
+    ) -> None:
+        """The first start of a limit is free; the next waits about one interval; keys are
+        independent."""
+        limit = RateLimit(1, per=10.0)
+        assert await backend.take_rate_token("task:a", limit) == 0.0
+        wait = await backend.take_rate_token("task:a", limit)
+        assert 9.0 < wait <= 10.0
+        assert await backend.take_rate_token("task:b", limit) == 0.0
+
+    async def test_rate_token_refused_takes_nothing(self, backend: TaskBackend) -> None:
+        """A refused start counts nothing: the wait does not grow with every ask."""
+        limit = RateLimit(1, per=10.0)
+        await backend.take_rate_token("k", limit)
+        first = await backend.take_rate_token("k", limit)
+        again = await backend.take_rate_token("k", limit)
+        assert again <= first
+
+    async def test_rate_token_burst(self, backend: TaskBackend) -> None:
+        """With burst=3, three starts are free at once, then one per interval."""
+        limit = RateLimit(5, per=10.0, burst=3)
+        assert [await backend.take_rate_token("k", limit) for _ in range(3)] == [0.0] * 3
+        assert 1.0 < await backend.take_rate_token("k", limit) <= 2.0
+
+    async def test_rate_token_frees_up_after_the_interval(self, backend: TaskBackend) -> None:
+        """Once the interval has passed the next start is free again."""
+        limit = RateLimit(1, per=0.2)
+        assert await backend.take_rate_token("k", limit) == 0.0
+        assert await backend.take_rate_token("k", limit) > 0.0
+
+        async def free() -> bool:
+            return await backend.take_rate_token("k", limit) == 0.0
+
+        await eventually(free, within=2.0)
+
+    async def test_concurrent_rate_tokens_one_wins(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Of many callers racing for one start (through two backend objects), one gets it."""
+        limit = RateLimit(1, per=30.0)
+        waits = await asyncio.gather(
+            *((backend if i % 2 else peer).take_rate_token("k", limit) for i in range(10))
+        )
+        assert waits.count(0.0) == 1
+        assert all(w > 0 for w in waits if w != 0.0)
 
     # ---- maintenance (key rotation) ----------------------------------------------------------
 

@@ -264,6 +264,21 @@ def test_xss_payloads_render_as_text(page, server):
     assert page.locator("img[src=x]").count() == 0
 
 
+def test_result_shows_in_detail_as_text(page, server):
+    """A task's result appears in the detail panel as text: markup in it never runs."""
+    from playwright.sync_api import expect
+
+    task_id = server.add(jobs.succeed, {"html": jobs.XSS, "pages": 3})
+    server.join()
+    _open(page, server, "tasks")
+    page.locator(f'tr[data-id="{task_id}"]').click()
+    result = page.locator("#detail .result")
+    expect(result).to_contain_text('"pages": 3')
+    expect(result).to_contain_text("<img src=x onerror=")
+    assert page.evaluate("window.__xss") is None
+    assert page.errors == []
+
+
 def test_dark_mode_and_queues(page, server):
     """The queues view edits live config; dark mode follows the toggle."""
     from playwright.sync_api import expect

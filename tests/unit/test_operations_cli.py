@@ -18,7 +18,7 @@ from fastapi_taskflow.backends.base import JournalEntry, RecordQuery
 from fastapi_taskflow.cli import build_app
 from fastapi_taskflow.commands.common import ExitCode, parse_since
 from fastapi_taskflow.models import TaskRecord
-from fastapi_taskflow.serialization import encode_call
+from fastapi_taskflow.serialization import encode_call, encode_result
 
 NOW = datetime.now(UTC)
 FAILED_ID = "11111111-1111-4111-8111-111111111111"
@@ -170,6 +170,22 @@ def test_tasks_list_pages_with_a_cursor(runner: CliRunner, db: Path) -> None:
     )
     assert [t["task_id"] for t in rest["tasks"]] == ["old-1"]
     assert rest["next_cursor"] is None
+
+
+def test_tasks_show_includes_a_kept_result(runner: CliRunner, tmp_path: Path) -> None:
+    """show prints a kept result in its JSON form, and a sealed one as sealed."""
+    path = tmp_path / "results.db"
+    clear = record("r-clear", TaskStatus.SUCCESS, result_data=encode_result({"pdf": b"%PDF"}))
+    sealed = record("r-sealed", TaskStatus.SUCCESS, encrypted_result=b"gAAAA-sealed")
+    seed(path, [clear, sealed])
+    shown = json.loads(
+        invoke(runner, "tasks", "show", "r-clear", "--db", str(path), "--json").stdout
+    )
+    assert shown["result"] == {"pdf": {"type": "bytes", "size": 4}}
+    hidden = json.loads(
+        invoke(runner, "tasks", "show", "r-sealed", "--db", str(path), "--json").stdout
+    )
+    assert hidden["result"] == {"type": "encrypted"}
 
 
 def test_tasks_show_found_and_not_found(runner: CliRunner, db: Path) -> None:

@@ -27,6 +27,7 @@ from ..backends.base import RecordQuery
 from ..control import Outcome, cancel_anywhere, retry_elsewhere
 from ..errors import ArgumentDecryptionError, UnknownTaskError
 from ..models import RETRYABLE_STATUSES, TaskRecord, TaskStatus
+from ..serialization import result_view
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
 from .request_checks import MAX_BODY, read_body
@@ -121,10 +122,12 @@ class TaskApi:
         read_only: bool,
         read_only_users: Collection[str] = (),
         series: ThroughputSeries,
+        include_results: bool = True,
     ) -> None:
         self._current_manager = current_manager
         self.audit = audit
         self.include_args = include_args
+        self.include_results = include_results
         self.read_only = read_only
         self.read_only_users = frozenset(read_only_users)
         self.series = series
@@ -146,14 +149,50 @@ class TaskApi:
             raise HTTPException(status_code=403, detail=f"{user} may only read the task API")
         return user
 
-    def task_json(self, record: TaskRecord, request: Request) -> dict[str, Any]:
+    def task_json(
+        self, record: TaskRecord, request: Request, *, with_result: bool = False
+    ) -> dict[str, Any]:
         """A record for the API: arguments redacted; sealed errors opened only for a person
-        who proved who they are (never on an open API)."""
+        who proved who they are (never on an open API); ``"result"`` for one task only (a
+        list never decodes every row's result)."""
         identity = getattr(request.state, "taskflow_identity", None)
         reveal = identity is not None and identity.via != "open"
         return self.manager.record_dict(
-            record, include_args=self.include_args, reveal_errors=reveal
+            record,
+            include_args=self.include_args,
+            reveal_errors=reveal,
+            include_result=with_result and self.include_results,
         )
+
+    def result_response(self, record: TaskRecord) -> Response:
+        """The result itself: JSON, or the raw bytes for a ``bytes`` value."""
+        if not self.include_results:
+            raise HTTPException(
+                status_code=403, detail="results are hidden (display_results is off)"
+            )
+        if not record.status.finished:
+            raise HTTPException(
+                status_code=409, detail=f"the task has not finished ({record.status.value})"
+            )
+        if record.status is not TaskStatus.SUCCESS:
+            raise HTTPException(
+                status_code=409,
+                detail=f"the task did not succeed ({record.status.value}): {record.error}",
+            )
+        manager = self.manager
+        try:
+            value = manager.results.value(record)
+        except (ValueError, ArgumentDecryptionError) as exc:
+            raise HTTPException(
+                status_code=409, detail=f"the result cannot be read: {exc}"
+            ) from None
+        if value is None and not record.has_result and record.result_note is not None:
+            raise HTTPException(status_code=404, detail=f"no result kept: {record.result_note}")
+        # no-store: a result is the task's own data, never kept by a cache on the way.
+        headers = {"Cache-Control": "no-store"}
+        if isinstance(value, bytes):
+            return Response(value, media_type="application/octet-stream", headers=headers)
+        return json_response(manager.shown_result(result_view(value)), headers=headers)
 
     async def find(self, task_id: str) -> TaskRecord:
         record = await self.manager.get_record(task_id)
@@ -285,9 +324,14 @@ class TaskApi:
     def _task_routes(self, router: APIRouter, actor: Any) -> None:
         @router.get("/{task_id}", summary="One task")
         async def get_task(task_id: TaskId, request: Request) -> Response:
-            # no-store: an authenticated reader may get the error in clear.
-            record = self.task_json(await self.find(task_id), request)
-            return json_response(record, headers={"Cache-Control": "no-store"})
+            # no-store: an authenticated reader may get the error (and the result) in clear.
+            record = await self.find(task_id)
+            body = self.task_json(record, request, with_result=True)
+            return json_response(body, headers={"Cache-Control": "no-store"})
+
+        @router.get("/{task_id}/result", summary="A finished task's return value")
+        async def get_task_result(task_id: TaskId) -> Response:
+            return self.result_response(await self.find(task_id))
 
         @router.post("/{task_id}/retry", summary="Run a failed/interrupted/cancelled task again")
         async def retry_task(task_id: TaskId, request: Request, who: str = actor) -> Response:

@@ -75,6 +75,7 @@ class TaskAdmin:
         manage_lifecycle: bool = True,
         read_only_users: Collection[str] = (),
         include_in_schema: bool = False,
+        display_results: bool = True,
     ) -> None:
         _check(path, token_expiry, poll_interval, retention_days, title)
         readers = _names("read_only_users", read_only_users)
@@ -108,12 +109,14 @@ class TaskAdmin:
             read_only=read_only,
             read_only_users=readers,
             series=self.series,
+            include_results=display_results,
         )
         config = {
             "title": title,
             "poll_interval": poll_interval,
             "read_only": read_only,
             "display_func_args": display_func_args,
+            "display_results": display_results,
             "path": path,
         }
         # Order matters: fixed paths before the /{task_id} catch-all.

@@ -15,7 +15,8 @@ Four kinds of data live in a backend:
   (``schedule_once``) are rows of their own, put and taken atomically;
 * **instances**: each live instance's description (host, pid, counts), expiring with its lease;
 * **commands**: a short-lived channel every instance reads from a position (cursor), so a
-  cancel or a queue change sent on one instance reaches the one that runs the task.
+  cancel or a queue change sent on one instance reaches the one that runs the task;
+* **rate limits**: one GCRA state per limit, taken atomically (see ``ratelimit.py``).
 
 A backend with ``system_of_record = True`` is where the truth lives when several instances
 share it (see ARCHITECTURE.md): every task has a row from enqueue (PENDING) through RUNNING (with
@@ -61,6 +62,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..models import TaskRecord, TaskSource, TaskStatus
+from ..ratelimit import RateLimit
 from ..serialization import compact_json, decode_call, record_call
 from ..stats import THROUGHPUT_BUCKET, THROUGHPUT_POINTS, ClusterStats, throughput_samples
 
@@ -336,6 +338,7 @@ def record_to_row(record: TaskRecord) -> Row:
         ("priority", record.priority),
         ("progress", record.progress),
         ("progress_message", record.progress_message),
+        ("waiting_reason", record.waiting_reason),
     ):
         if value is not None:
             document[name] = value
@@ -350,6 +353,14 @@ def record_to_row(record: TaskRecord) -> Row:
             document[name] = filled
     if record.encrypted_error is not None:
         document["encrypted_error"] = base64.b64encode(record.encrypted_error).decode("ascii")
+    if record.result_data is not None:
+        document["result"] = record.result_data.decode()
+    elif record.encrypted_result is not None:
+        document["encrypted_result"] = base64.b64encode(record.encrypted_result).decode("ascii")
+    if record.result_note is not None:
+        document["result_note"] = record.result_note
+    if record.result_expires_at is not None:
+        document["result_expires_at"] = record.result_expires_at.isoformat()
     status = record.status
     return {
         "task_id": record.task_id,
@@ -404,6 +415,14 @@ def row_to_record(data: str | bytes) -> TaskRecord:
             encrypted_error=(
                 base64.b64decode(doc["encrypted_error"]) if doc.get("encrypted_error") else None
             ),
+            # Rows written before results existed have none of these: no result kept.
+            result_data=doc["result"].encode() if doc.get("result") is not None else None,
+            encrypted_result=(
+                base64.b64decode(doc["encrypted_result"]) if doc.get("encrypted_result") else None
+            ),
+            result_note=doc.get("result_note"),
+            waiting_reason=doc.get("waiting_reason"),
+            result_expires_at=_parse_dt(doc.get("result_expires_at")),
         )
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"corrupt task record: {exc}") from exc
@@ -629,6 +648,15 @@ class TaskBackend(ABC):
 
     async def get_meta(self, key: str) -> str | None:
         return await self._get_meta(key)
+
+    async def take_rate_token(self, key: str, limit: RateLimit) -> float:
+        """One start under the rate limit ``key``: 0.0 when it may start now (the start is
+        counted), else the seconds until the next start could be allowed (nothing counted).
+
+        Atomic across every process sharing this backend: two callers never take one slot.
+        """
+        wait = await self._take_rate_token(key, limit.interval, limit.burst)
+        return wait if wait > 0 else 0.0
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._set_meta(key, value)
@@ -888,6 +916,13 @@ class TaskBackend(ABC):
     async def _list_schedules(self, before: float | None) -> list[tuple[str, float, str]]:
         """(run_key, run_at, data) with run_at < ``before`` (all when None), by run_at."""
         raise self._missing("one-off schedule rows (schedule_once)")
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        """GCRA on the state stored under ``key`` (see ``ratelimit.gcra_step``), atomically:
+        read the theoretical arrival time (missing: now), and if ``now >= tat - (burst - 1) *
+        interval`` store ``max(tat, now) + interval`` and return 0.0; else store nothing and
+        return the seconds until that holds. Use one clock for every caller (the server's)."""
+        raise self._missing("rate limits (rate_limit= on a task or a queue)")
 
     def _missing(self, feature: str) -> NotImplementedError:
         return NotImplementedError(f"{self.describe()} does not implement {feature}")

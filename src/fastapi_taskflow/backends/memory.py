@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import FINISHED_STATUSES
+from ..ratelimit import gcra_step
 from ..stats import StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
@@ -111,6 +112,7 @@ class MemoryBackend(TaskBackend):
         self._command_seq = 0
         self._schedules: dict[str, tuple[float, str]] = {}  # run_key -> (run_at, data)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
+        self._rates: dict[str, float] = {}  # rate limit key -> theoretical arrival time
 
     def describe(self) -> str:
         return "memory"
@@ -426,3 +428,10 @@ class MemoryBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         with self._mutex:
             self._counters.pop(key, None)
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        with self._mutex:
+            tat, wait = gcra_step(self._rates.get(key), time.time(), interval, burst)
+            if wait == 0.0:
+                self._rates[key] = tat
+            return wait

@@ -27,6 +27,7 @@ key                            type    holds
 ``P:once``                     hash    run_key -> one-off run JSON
 ``P:once:at``                  zset    run_key, score ``run_at`` (soonest first)
 ``P:counter:<key>``           string  a counter (``counter_add``), with its ``PX`` expiry
+``P:rate:<limit key>``         string  a rate limit's theoretical arrival time (GCRA), seconds
 =============================  ======  ============================================================
 
 Stats, throughput and the change feed are written by the script that writes the rows, so they
@@ -287,6 +288,22 @@ if #flat == 0 then return '[]' end
 return cjson.encode(flat)
 """
 
+# KEYS: the limit's key. ARGV: interval, burst (see ratelimit.gcra_step). The server's clock
+# serves every instance. Returns "0" when the start is taken, else the seconds to wait. The
+# key expires once its arrival time has passed: a missing key means "now".
+_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allowed_at = tat - (burst - 1) * interval
+if now < allowed_at then return string.format('%.6f', allowed_at - now) end
+local new = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', new), 'PX', math.ceil((new - now) * 1000) + 1000)
+return '0'
+"""
+
 # KEYS: the key. ARGV: holder. Compare-and-delete.
 _COMPARE_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -425,6 +442,7 @@ class RedisBackend(TaskBackend):
                 ("take_once", _TAKE_ONCE),
                 ("counter_add", _COUNTER_ADD),
                 ("counter_get", _COUNTER_GET),
+                ("rate", _RATE),
             )
         }
         self._client = client
@@ -858,3 +876,7 @@ class RedisBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         async with self._errors() as client:
             await self._call(client.delete(self.key("counter", key)))
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        wait = await self._script("rate", [self.key("rate", key)], [repr(interval), burst])
+        return float(wait)

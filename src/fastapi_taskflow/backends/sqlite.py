@@ -28,6 +28,7 @@ import aiosqlite
 from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError, DamagedDatabaseError
 from ..models import FINISHED_STATUSES
+from ..ratelimit import gcra_step
 from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 from .sql import LEGACY_TABLES
@@ -88,6 +89,7 @@ CREATE TABLE IF NOT EXISTS tf_commands (position INTEGER PRIMARY KEY AUTOINCREME
 CREATE TABLE IF NOT EXISTS tf_schedules (run_key TEXT PRIMARY KEY, run_at REAL NOT NULL,
                                          data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tf_schedules_due ON tf_schedules (run_at);
+CREATE TABLE IF NOT EXISTS tf_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,
                                         expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS tf_counters_expiry ON tf_counters (expires_at);
@@ -753,3 +755,17 @@ class SqliteBackend(TaskBackend):
 
     async def _counter_delete(self, key: str) -> None:
         await self._run("DELETE FROM tf_counters WHERE key = ?", (key,))
+
+    async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
+        # BEGIN IMMEDIATE takes the write lock before the read: processes take turns.
+        async with self._transaction() as db:
+            rows = list(await db.execute_fetchall("SELECT tat FROM tf_rates WHERE key = ?", (key,)))
+            stored = float(rows[0][0]) if rows else None
+            tat, wait = gcra_step(stored, time.time(), interval, burst)
+            if wait == 0.0:
+                await db.execute(
+                    "INSERT INTO tf_rates (key, tat) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+                    (key, tat),
+                )
+            return wait

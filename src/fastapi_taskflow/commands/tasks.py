@@ -16,7 +16,7 @@ import typer
 from ..backends.base import JournalEntry, RecordQuery, TaskBackend
 from ..ids import new_task_id
 from ..models import RETRYABLE_STATUSES, TaskRecord, TaskSource, TaskStatus
-from ..serialization import decode_call, encode_call
+from ..serialization import decode_call, decode_result, encode_call, result_view
 from .common import (
     BackendChoice,
     CommandError,
@@ -105,6 +105,8 @@ def show_task(
         if record is None and entry is None:
             raise CommandError(f"no task with id {task_id!r}", ExitCode.NOT_FOUND)
         data = record.to_dict(include_args=args) if record is not None else entry_dict(entry)
+        if record is not None and record.has_result:
+            data["result"] = shown_result(record)
         if reveal and record is not None and record.encrypted_error is not None:
             data["error"], data["stacktrace"] = reveal_error(record, config)
         if entry is not None:
@@ -344,3 +346,13 @@ def show_journal(entries: list[JournalEntry], as_json: bool) -> None:
 
 def _time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def shown_result(record: TaskRecord) -> Any:
+    """A kept result as the task API shows it; a sealed one stays sealed here."""
+    if record.result_data is None:
+        return {"type": "encrypted"}
+    try:
+        return result_view(decode_result(record.result_data))
+    except ValueError as exc:
+        return {"type": "unreadable", "error": str(exc)}

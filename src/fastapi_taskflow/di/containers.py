@@ -134,7 +134,7 @@ def manager_options(settings: TaskflowSettings) -> dict[str, Any]:
         exclude={"backend", "loggers", "encryption", "queues", "admin"},
     )
     options["queues"] = {
-        name: QueueConfig(concurrency=q.concurrency, max_size=q.max_size)
+        name: QueueConfig(concurrency=q.concurrency, max_size=q.max_size, rate_limit=q.rate_limit)
         for name, q in settings.queues.items()
     } or None
     if settings.log_file is not None:

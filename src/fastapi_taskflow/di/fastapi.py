@@ -204,6 +204,7 @@ def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
     options: dict[str, Any] = {
         "path": admin.path,
         "display_func_args": admin.display_func_args,
+        "display_results": admin.display_results,
         "read_only": admin.read_only,
         "read_only_users": admin.read_only_users,
         "include_in_schema": admin.include_in_schema,

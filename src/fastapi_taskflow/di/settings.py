@@ -280,10 +280,20 @@ class EncryptionSettings(Section):
 
 
 class QueueSettings(Section):
-    """``queues.<name>``: how many of the queue's tasks run at once and how many may wait."""
+    """``queues.<name>``: how many of the queue's tasks run at once, how many may wait, and
+    how often they may start (``rate_limit: 10/s``, also ``/m`` and ``/h``)."""
 
     concurrency: PositiveInt | None = None
     max_size: PositiveInt | None = None
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str | None) -> str | None:
+        from ..ratelimit import parse_rate_limit
+
+        parse_rate_limit(value)  # raises ValueError with what a limit looks like
+        return value
 
 
 class AdminAuthSettings(Section):
@@ -300,6 +310,7 @@ class AdminSettings(Section):
     path: str = "/tasks"
     title: Annotated[str, Field(pattern=r"\S")] | None = None
     display_func_args: bool = False
+    display_results: bool = True
     read_only: bool = False
     # Users who may read but never change anything, whatever ``read_only`` says.
     read_only_users: list[Annotated[str, Field(min_length=1)]] = []
@@ -370,6 +381,9 @@ class TaskflowSettings(BaseSettings):
     barrier_timeout: PositiveFloat = 30.0
     max_buffered: PositiveInt = 100_000
     journal_backpressure: bool = False
+    # Results (docs/task-control.md): the largest encoded value kept, and how long.
+    max_result_bytes: NonNegativeInt = 1024 * 1024
+    result_ttl: PositiveFloat | None = None
     max_size: PositiveInt | None = None
     queues: dict[Annotated[str, Field(min_length=1)], QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()

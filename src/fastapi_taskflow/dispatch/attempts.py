@@ -27,9 +27,11 @@ from .events import AttemptSink, EventHub
 from .job import Job
 from .keys import KeyGuard
 from .queues import QueueSet, QueueState
+from .rates import RateGates, job_limits
 
 if TYPE_CHECKING:
     from ..redaction import ErrorPolicy
+    from ..results import ResultKeeper
     from ..tracing import Tracing
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -55,6 +57,7 @@ class Dispatcher:
         max_concurrent_tasks: int | None,
         default_timeout: float | None,
         on_finished: FinishedCallback,
+        results: ResultKeeper,
         keeps: Callable[[Job], bool] | None = None,
     ) -> None:
         self.store = store
@@ -63,6 +66,8 @@ class Dispatcher:
         self.cipher = cipher
         self.default_timeout = default_timeout
         self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
+        self.results = results
+        self.rates = RateGates(store=store, admit=self._queue, refuse=self._refuse)
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).
@@ -89,7 +94,17 @@ class Dispatcher:
         if job.cancelled or job.record.status is not _PENDING:
             return  # cancelled (or kept at shutdown) while it waited to be submitted
         self.jobs[job.record.task_id] = job
-        self.queues.push(self.queues.resolve(job.record.queue), job, job.record.priority)
+        queue = self.queues.resolve(job.record.queue)
+        if job.options.rate_limit is None and queue.config.rate_limit is None:
+            self.queues.push(queue, job, job.record.priority)
+        else:  # waits for its turn first (each retry too), holding no slot meanwhile
+            self.rates.enter(job, queue, job_limits(job, queue))
+
+    def _queue(self, job: Job, queue: QueueState) -> None:
+        self.queues.push(queue, job, job.record.priority)
+
+    def _refuse(self, job: Job, reason: str) -> None:
+        self.finish_waiting(job, TaskStatus.FAILED, reason)
 
     def _start(self, job: Job, queue: QueueState) -> None:
         assert self._loop is not None
@@ -166,9 +181,9 @@ class Dispatcher:
                     kind = definition.executor
                     timeout = job.options.timeout or self.default_timeout
                     if kind == "async" and timeout is None:
-                        await definition.func(*args, **kwargs)  # nothing to enforce: call it
+                        value = await definition.func(*args, **kwargs)  # nothing to enforce
                     else:
-                        await self.executors.run(
+                        value = await self.executors.run(
                             kind,
                             definition.func,
                             args,
@@ -182,6 +197,8 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self._stopped(job, attempt)
             else:
+                if value is not None:  # most tasks return None and keep nothing
+                    self.results.keep(record, job.options, value)
                 self._finish(job, _SUCCESS, attempt)
             finally:
                 current_sink.reset(token)
@@ -351,6 +368,7 @@ class Dispatcher:
     def finish_waiting(self, job: Job, status: TaskStatus, reason: str) -> None:
         """End a job that is not running (queued, deferred, or in its backoff wait)."""
         self.withdraw(job)
+        job.record.waiting_reason = None
         self._finish(job, status, job.record.retries_used, error=reason)
 
     def withdraw(self, job: Job) -> None:

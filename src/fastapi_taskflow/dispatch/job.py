@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..models import StopReason, TaskRecord
+from ..ratelimit import RateLimit
 from ..registry import TaskDefinition, TaskOptions
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class Job:
     reserved: bool = False
     # Values of redacted arguments, scrubbed from errors and logs (redaction on only).
     secrets: tuple[str, ...] = ()
+    # Rate limits (key, limit) this submission passes before its queue, and how many it has.
+    rate_limits: tuple[tuple[str, RateLimit], ...] = ()
+    rate_step: int = 0
 
     @property
     def running(self) -> bool:

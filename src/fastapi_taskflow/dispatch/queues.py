@@ -146,6 +146,7 @@ class QueueSet:
         new = QueueConfig(
             concurrency=queue.config.concurrency if concurrency is _UNSET else concurrency,  # type: ignore[arg-type]
             max_size=queue.config.max_size if max_size is _UNSET else max_size,  # type: ignore[arg-type]
+            rate_limit=queue.config.rate_limit,
         )
         queue.config = new
         self.pump(queue)

@@ -305,6 +305,7 @@
       nameCell.append(el("progress", { max: 1, value: t.progress, "aria-label": "progress" }));
     }
     if (t.error) nameCell.append(el("div", { class: "sub error-cell", text: t.error }));
+    if (t.status === "pending" && t.waiting_reason) nameCell.append(el("div", { class: "sub waiting", text: t.waiting_reason }));
     return el("tr", {
       "data-id": t.task_id, "data-status": t.status, tabindex: 0,
       onclick: () => openDetail(t.task_id),
@@ -375,6 +376,7 @@
       ["Retries used", t.retries_used], ["Idempotency key", t.idempotency_key || "—"],
       ["Tags", tagList(t.tags)],
     ];
+    if (t.status === "pending" && t.waiting_reason) facts.push(["Waiting for", t.waiting_reason]);
     const dl = el("dl");
     for (const [label, value] of facts) dl.append(el("dt", { text: label }), el("dd", {}, value));
     const parts = [dl];
@@ -387,6 +389,12 @@
     if (t.encrypted) parts.push(el("p", { class: "muted", text: "Encrypted: not shown." }));
     else if ("args" in t) parts.push(el("pre", { class: "args", text: JSON.stringify({ args: t.args, kwargs: t.kwargs }, null, 2) }));
     else parts.push(el("p", { class: "muted", text: "Hidden (display_func_args is off)." }));
+    if (t.status === "success") {
+      parts.push(el("h3", { text: "Result" }));
+      if (!("result" in t)) parts.push(el("p", { class: "muted", text: "Hidden (display_results is off)." }));
+      else if (t.has_result) parts.push(el("pre", { class: "result", text: JSON.stringify(t.result, null, 2) }));
+      else parts.push(el("p", { class: "muted", text: t.result_note || "None (the task returned nothing)." }));
+    }
     if (t.error) parts.push(el("h3", { text: "Error" }), el("pre", { class: "error-text", text: t.error }));
     if (t.stacktrace) parts.push(el("h3", { text: "Stack trace" }), el("pre", { class: "trace", text: t.stacktrace }));
     parts.push(el("h3", { text: "Logs (" + (t.logs || []).length + ")" }));
