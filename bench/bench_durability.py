@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_durability.py [--tasks 20000] [--history 50000]
 
-1. Per-task cost of a no-op task, in memory vs durable SQLite (``requeue_pending=True``: every
-   task journaled at enqueue, record saved and entry removed at the end), in the same run.
+1. Per-task cost of a no-op task, in memory vs durable (``requeue_pending=True``: every task
+   journaled at enqueue, record saved and entry removed at the end) on SQLite, Redis,
+   PostgreSQL and MariaDB (servers started here from throwaway directories), in the same run.
    "run" stops when every task finished; "durable" also waits until every write is committed.
 2. Redis backend: two managers (two instances) on one redis-server, each enqueueing half.
 3. Shutdown time with ``--history`` finished records in history (SQLite), nothing pending:
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,25 +67,74 @@ async def per_task(backend: TaskBackend | None, count: int) -> tuple[float, floa
     finished = time.perf_counter() - start
     await settle(tm)
     durable = time.perf_counter() - start
+    if tm.backend is not None:  # every record reached the backend, or the figure means nothing
+        stored = (await tm.backend.count_by_status()).get("success", 0)
+        assert stored == count, f"{tm.backend.describe()} holds {stored} of {count} records"
     await tm.shutdown()
     return finished / count * 1e6, durable / count * 1e6
 
 
+@contextmanager
+def durable_backends() -> Iterator[dict[str, Callable[[], TaskBackend]]]:
+    """name -> a factory of empty backends, for every durable backend this machine can run
+    (servers started here, on free ports, removed afterwards)."""
+    from fastapi_taskflow.backends.mysql import MySQLBackend
+    from fastapi_taskflow.backends.postgres import PostgresBackend
+    from fastapi_taskflow.backends.redis import RedisBackend
+    from servers import (
+        MariaDBServer,
+        PostgresServer,
+        find_mariadb,
+        find_postgres,
+        find_redis_server,
+        running,
+        running_redis_server,
+    )
+
+    def fresh() -> str:
+        return f"b{uuid.uuid4().hex[:8]}_"
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        made: dict[str, Callable[[], TaskBackend]] = {
+            "SQLite": lambda: SqliteBackend(Path(tmp) / f"{fresh()}.db")
+        }
+        redis_binary = find_redis_server()
+        if redis_binary is not None:
+            redis = stack.enter_context(running_redis_server(redis_binary))
+            made["Redis"] = lambda: RedisBackend(redis.url, prefix=fresh())
+        postgres_bin = find_postgres()
+        if postgres_bin is not None:
+            pg = stack.enter_context(running(PostgresServer(postgres_bin)))
+            made["PostgreSQL"] = lambda: PostgresBackend(pg.url, table_prefix=fresh())
+        mariadb = find_mariadb()
+        if mariadb is not None:
+            maria = stack.enter_context(running(MariaDBServer(*mariadb)))
+            url = maria.create_database("bench")
+            made["MariaDB"] = lambda: MySQLBackend(url, table_prefix=fresh())
+        skipped = {"Redis", "PostgreSQL", "MariaDB"} - made.keys()
+        if skipped:
+            print(f"skipped (no server binary): {', '.join(sorted(skipped))}")
+        yield made
+
+
 async def bench_cost(count: int, rounds: int) -> None:
     memory: list[float] = []
-    run: list[float] = []
-    durable: list[float] = []
-    for _ in range(rounds):
-        memory.append((await per_task(None, count))[0])
-        with tempfile.TemporaryDirectory() as tmp:
-            r, d = await per_task(SqliteBackend(Path(tmp) / "bench.db"), count)
-        run.append(r)
-        durable.append(d)
-    m, r, d = (statistics.median(x) for x in (memory, run, durable))
-    print(f"per task ({count} no-op tasks, median of {rounds}):")
-    print(f"  in memory             {m:7.1f} us")
-    print(f"  SQLite, until run     {r:7.1f} us   ({r / m:.2f}x)")
-    print(f"  SQLite, until durable {d:7.1f} us   ({d / m:.2f}x)")
+    run: dict[str, list[float]] = {}
+    durable: dict[str, list[float]] = {}
+    with durable_backends() as backends:
+        for _ in range(rounds):
+            memory.append((await per_task(None, count))[0])
+            for name, make in backends.items():
+                r, d = await per_task(make(), count)
+                run.setdefault(name, []).append(r)
+                durable.setdefault(name, []).append(d)
+    m = statistics.median(memory)
+    print(f"per task ({count} no-op tasks, requeue_pending=True, median of {rounds}):")
+    print(f"  in memory                     {m:7.1f} us")
+    for name in run:
+        r, d = statistics.median(run[name]), statistics.median(durable[name])
+        print(f"  {name + ', until run':<29} {r:7.1f} us   ({r / m:.2f}x)")
+        print(f"  {name + ', until durable':<29} {d:7.1f} us   ({d / m:.2f}x)")
 
 
 async def bench_redis(count: int) -> None:

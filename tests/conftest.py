@@ -8,7 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers import RedisServer, require_redis_server, running_redis_server
+from servers import (
+    MariaDBServer,
+    PostgresServer,
+    RedisServer,
+    require_mariadb,
+    require_postgres,
+    require_redis_server,
+    running,
+    running_redis_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +41,27 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_prefix() -> str:
     """A key prefix no other test uses, so tests share the server but not their data."""
     return f"tftest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole session (initdb + postgres, ~2 s)."""
+    with running(PostgresServer(require_postgres())) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One throwaway MariaDB for the whole session (mariadb-install-db + mariadbd, ~5 s)."""
+    with running(MariaDBServer(*require_mariadb())) as server:
+        server.create_database("taskflow")
+        yield server
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    """Table names no other test uses, so tests share a SQL server but not their data."""
+    return f"t{uuid.uuid4().hex[:10]}_"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import TaskBackend
+from .compat import REMOVED, RENAMED, ScheduledOnce, removed, renamed
 from .context import get_task_context, set_progress, task_log
 from .errors import (
     BackendError,
@@ -36,8 +37,10 @@ from .ratelimit import RateLimit
 from .registry import TaskOptions, TaskRegistry
 
 if TYPE_CHECKING:
-    from .admin import TaskAdmin
+    from .admin import TaskAdmin, TaskAuthBackend
     from .backends.memory import MemoryBackend
+    from .backends.mysql import MySQLBackend
+    from .backends.postgres import PostgresBackend
     from .backends.redis import RedisBackend
     from .backends.sqlite import SqliteBackend
 
@@ -49,6 +52,7 @@ __all__ = [
     "QueueConfig",
     "RateLimit",
     "TaskAdmin",
+    "TaskAuthBackend",
     "TaskContext",
     "TaskHandle",
     "TaskManager",
@@ -56,12 +60,15 @@ __all__ = [
     "TaskRecord",
     "TaskRegistry",
     "TaskStatus",
+    "ScheduledOnce",
     # inside a task
     "get_task_context",
     "set_progress",
     "task_log",
     # backends
     "MemoryBackend",
+    "MySQLBackend",
+    "PostgresBackend",
     "RedisBackend",
     "SqliteBackend",
     "TaskBackend",
@@ -96,8 +103,22 @@ def __getattr__(name: str) -> Any:
         from .admin import TaskAdmin
 
         return TaskAdmin
-    if name in ("MemoryBackend", "RedisBackend", "SqliteBackend"):
+    if name == "TaskAuthBackend":
+        from .admin.auth import TaskAuthBackend
+
+        return TaskAuthBackend
+    if name in (
+        "MemoryBackend",
+        "RedisBackend",
+        "SqliteBackend",
+        "PostgresBackend",
+        "MySQLBackend",
+    ):
         from . import backends
 
         return getattr(backends, name)
+    if name in RENAMED:
+        return renamed(name, __name__)
+    if name in REMOVED:
+        raise removed(name, __name__)
     raise AttributeError(f"module 'fastapi_taskflow' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from .commands import (
     register_db,
     register_dead_letters,
     register_keys,
+    register_migrate,
     register_run,
     register_tasks,
 )
@@ -50,6 +51,7 @@ def register_config(root: "typer.Typer") -> None:
 
 COMMAND_GROUPS: "list[Callable[[typer.Typer], None]]" = [register_config]
 COMMAND_GROUPS += [register_tasks, register_dead_letters, register_keys, register_run, register_db]
+COMMAND_GROUPS += [register_migrate]
 
 
 def config_check(path: Path | None, output: str = "yaml") -> int:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.background import BackgroundTasks
 
+from .compat import renamed_keyword
 from .dispatch.enqueue import merge_task_kwargs
 from .models import TaskRecord, TaskStatus
 
@@ -113,12 +114,23 @@ class ManagedBackgroundTasks(BackgroundTasks):
 
     def __init__(
         self,
-        manager: TaskControl,
+        manager: TaskControl | None = None,
         request_tasks: BackgroundTasks | None = None,
         *,
         request_scope: MutableMapping[str, Any] | None = None,
+        task_manager: TaskControl | None = None,
+        background_tasks: BackgroundTasks | None = None,
     ) -> None:
         super().__init__()
+        owner = "ManagedBackgroundTasks"
+        if task_manager is not None:
+            manager = renamed_keyword(owner, "task_manager", "manager", task_manager, manager)
+        if background_tasks is not None:
+            request_tasks = renamed_keyword(
+                owner, "background_tasks", "request_tasks", background_tasks, request_tasks
+            )
+        if manager is None:
+            raise TypeError("ManagedBackgroundTasks() needs the TaskManager (manager=)")
         self._manager = manager
         # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
         self._request_tasks = request_tasks

@@ -44,6 +44,7 @@ from .executors import ExecutorSet
 from .fastapi_glue import add_lifespan, route_background_params
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .journal_writes import Commit
+from .legacy import import_legacy
 from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
@@ -460,6 +461,12 @@ class TaskManager:
 
     async def _start_persistence(self, backend: TaskBackend) -> None:
         await backend.open()
+        # Before the first claim, so 0.12's waiting tasks are among what it takes.
+        try:
+            await import_legacy(backend, self.cipher)
+        except BackendError:
+            # Nothing is marked imported: the next start (or `taskflow migrate`) tries again.
+            logger.error("could not import fastapi-taskflow 0.12 data", exc_info=True)
         if not backend.system_of_record:
             logger.warning(
                 "backend %s implements the older contract (system_of_record=False): metrics "

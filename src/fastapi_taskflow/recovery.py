@@ -92,7 +92,7 @@ class Recovery:
     ) -> tuple[str | None, Call]:
         """Why an entry cannot run here (unknown task, unreadable arguments), else its call."""
         if definition is None:
-            return f"unknown task {entry.func_name!r}: not registered in this app", (None, None)
+            return f"{self.registry.why_unknown(entry.func_name)} in this app", (None, None)
         try:
             if not entry.encrypted:
                 return None, decode_call(entry.payload)

@@ -336,14 +336,41 @@ class TaskRegistry:
         return list(self._schedules)
 
     def get(self, name: str) -> TaskDefinition:
-        """The definition registered under ``name``; raises ``UnknownTaskError``."""
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise UnknownTaskError(f"no task is registered under the name {name!r}") from None
+        """The definition registered under ``name``; raises ``UnknownTaskError``.
+
+        A bare function name (``send_email``, as fastapi-taskflow 0.12 stored names) finds the
+        one task of that function name (``app.mail:send_email``); several is an error.
+        """
+        found = self.find(name)
+        if found is None:
+            raise UnknownTaskError(self.why_unknown(name))
+        return found
 
     def find(self, name: str) -> TaskDefinition | None:
-        return self._by_name.get(name)
+        """Like :meth:`get`, but None when no task (or more than one) answers to ``name``."""
+        definition = self._by_name.get(name)
+        if definition is not None:
+            return definition
+        candidates = self._bare_matches(name)
+        return candidates[0] if len(candidates) == 1 else None
+
+    def why_unknown(self, name: str) -> str:
+        """Why ``name`` finds no task, in a sentence that says what to do."""
+        candidates = self._bare_matches(name)
+        if len(candidates) > 1:
+            listed = ", ".join(sorted(d.name for d in candidates))
+            return (
+                f"the bare task name {name!r} (stored by fastapi-taskflow 0.12) matches several"
+                f" tasks: {listed}; give one of them @task(name={name!r})"
+            )
+        return f"no task is registered under the name {name!r}"
+
+    def _bare_matches(self, name: str) -> list[TaskDefinition]:
+        if not name or ":" in name:
+            return []
+        with self._lock:
+            definitions = list(self._by_name.values())
+        return [d for d in definitions if getattr(d.func, "__name__", None) == name]
 
     def definition_for(self, func: Callable[..., Any]) -> TaskDefinition:
         """The registered definition of ``func``, or default options for a plain function."""

@@ -1,6 +1,6 @@
 """The app the crash and outage tests run under uvicorn, configured by environment variables.
 
-TF_BACKEND     ``sqlite:<path>`` or ``redis:<url>|<prefix>``
+TF_BACKEND     a backend spec (app_backends.py): ``sqlite:<path>``, ``redis:<url>|<prefix>``...
 TF_SIDE        a file each task appends ``S <n> <pid>`` (start) and ``E <n> <pid>`` (end) to
 TF_CONCURRENCY max_concurrent_tasks
 TF_HEARTBEAT, TF_LEASE, TF_TASK_SECONDS  lease timings and how long each task takes

@@ -1,6 +1,6 @@
 """The app the multi-instance tests run under uvicorn (several processes on one backend).
 
-TF_BACKEND  ``sqlite:<path>`` or ``redis:<url>|<prefix>``
+TF_BACKEND  a backend spec (app_backends.py): ``sqlite:<path>``, ``redis:<url>|<prefix>``...
 TF_GATES    a folder: a ``hold`` task runs until a file named after its key appears there
 TF_LEASE    the lease in seconds (default 2)
 

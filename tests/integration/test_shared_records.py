@@ -216,13 +216,31 @@ def check_one_system(first: str, second: str, gates: Path, other: str | None = N
     assert task(first, running_id) is None
 
 
-@pytest.mark.redis
-def test_two_processes_on_redis_are_one_system(
-    redis_url: str, redis_prefix: str, gates: Path
-) -> None:
-    """Redis, two uvicorn processes: each task, its progress, the metrics, the live stream and
-    history deletes look the same from either process."""
-    env = {"TF_BACKEND": f"redis:{redis_url}|{redis_prefix}", "TF_GATES": str(gates)}
+@pytest.fixture
+def server_spec(request: pytest.FixtureRequest) -> str:
+    """A backend spec (app_backends.py) on a real server, with a key or table prefix of its own."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return f"redis:{url}|{request.getfixturevalue('redis_prefix')}"
+    prefix = request.getfixturevalue("table_prefix")
+    if request.param == "postgres":
+        return f"postgres:{request.getfixturevalue('postgres_server').url}|{prefix}"
+    return f"mysql:{request.getfixturevalue('mariadb_server').url_for('taskflow')}|{prefix}"
+
+
+@pytest.mark.parametrize(
+    "server_spec",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)
+def test_two_processes_on_a_server_are_one_system(server_spec: str, gates: Path) -> None:
+    """Redis, PostgreSQL or MariaDB, two uvicorn processes: each task, its progress, the
+    metrics, the live stream and history deletes look the same from either process."""
+    env = {"TF_BACKEND": server_spec, "TF_GATES": str(gates)}
     first = AppProcess(env, "records_app:app").start()
     try:
         second = AppProcess(env, "records_app:app").start()

@@ -1,5 +1,6 @@
 """Fixtures shared by the unit tests: an isolated settings folder, and backends for the tests
-that run on every backend (memory, a real SQLite file, a real redis-server)."""
+that run on every backend (memory, a real SQLite file, a real redis-server, PostgreSQL and
+MariaDB)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ import pytest
 from control_helpers import BackendFactory, SharedMemoryBackend
 
 from fastapi_taskflow.backends.base import TaskBackend
+from fastapi_taskflow.backends.mysql import MySQLBackend
+from fastapi_taskflow.backends.postgres import PostgresBackend
 from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 
-REAL = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+REAL = [
+    "memory",
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
 
 
 @pytest.fixture
@@ -33,9 +42,16 @@ async def _factory(
     made: list[TaskBackend] = []
     memory = SharedMemoryBackend()
     url = prefix = ""
-    if kind == "redis":  # resolved before the test body runs (the server is session-wide)
+    # Resolved before the test body runs (the servers are session-wide).
+    if kind == "redis":
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("redis_prefix")
+    elif kind == "postgres":
+        url = request.getfixturevalue("postgres_server").url
+        prefix = request.getfixturevalue("table_prefix")
+    elif kind == "mysql":
+        url = request.getfixturevalue("mariadb_server").url_for("taskflow")
+        prefix = request.getfixturevalue("table_prefix")
 
     def new() -> TaskBackend:
         backend: TaskBackend
@@ -43,8 +59,12 @@ async def _factory(
             backend = memory
         elif kind == "sqlite":
             backend = SqliteBackend(tmp_path / "shared.sqlite3")
-        else:
+        elif kind == "redis":
             backend = RedisBackend(url, prefix=prefix)
+        elif kind == "postgres":
+            backend = PostgresBackend(url, table_prefix=prefix, max_size=4)
+        else:
+            backend = MySQLBackend(url, table_prefix=prefix, max_size=4)
         made.append(backend)
         return backend
 

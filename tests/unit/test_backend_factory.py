@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from fastapi_taskflow import MemoryBackend, RedisBackend, SqliteBackend, TaskManager
+from fastapi_taskflow import (
+    MemoryBackend,
+    MySQLBackend,
+    PostgresBackend,
+    RedisBackend,
+    SqliteBackend,
+    TaskManager,
+)
 from fastapi_taskflow.backends.factory import BACKEND_KINDS, build_backend
 from fastapi_taskflow.errors import ConfigurationError
 
 
 def test_each_kind_builds_its_backend_unopened(tmp_path: Path) -> None:
-    """memory, sqlite and redis each build their class with the options given, not opened."""
+    """Each kind builds its class with the options given, not opened."""
     assert isinstance(build_backend("memory"), MemoryBackend)
     sqlite = build_backend("sqlite", path=tmp_path / "t.db")
     assert isinstance(sqlite, SqliteBackend)
@@ -22,7 +29,12 @@ def test_each_kind_builds_its_backend_unopened(tmp_path: Path) -> None:
     assert isinstance(redis, RedisBackend)
     assert redis.describe() == "redis://:***@host:1/0"
     assert redis.key("records").startswith("app")
-    assert BACKEND_KINDS == ("memory", "sqlite", "redis")
+    postgres = build_backend("postgres", url="postgresql://u:pw@host/db", table_prefix="app_")
+    assert isinstance(postgres, PostgresBackend)
+    assert postgres.describe() == "postgresql://u:***@host/db (tables app_*)"
+    mysql = build_backend("mysql", url="mysql://u:pw@host/db")
+    assert isinstance(mysql, MySQLBackend)
+    assert BACKEND_KINDS == ("memory", "sqlite", "redis", "postgres", "mysql")
 
 
 def test_unknown_kind_is_a_configuration_error() -> None:

@@ -9,6 +9,8 @@ from .base import JournalEntry, RecordPage, RecordQuery, TaskBackend
 __all__ = [
     "JournalEntry",
     "MemoryBackend",
+    "MySQLBackend",
+    "PostgresBackend",
     "RecordPage",
     "RecordQuery",
     "RedisBackend",
@@ -30,4 +32,16 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisBackend
 
         return RedisBackend
+    if name == "PostgresBackend":
+        from .postgres import PostgresBackend
+
+        return PostgresBackend
+    if name == "MySQLBackend":
+        from .mysql import MySQLBackend
+
+        return MySQLBackend
+    if name == "SnapshotBackend":
+        from ..compat import renamed
+
+        return renamed(name, __name__)
     raise AttributeError(name)

@@ -938,3 +938,15 @@ class TaskBackend(ABC):
 
     async def _counter_delete(self, key: str) -> None:
         raise self._missing("shared counters (TaskAdmin's login limits and ended sessions)")
+
+    # Data written by fastapi-taskflow 0.12 (``legacy.py`` imports it once). Not abstract: a
+    # backend with no 0.12 predecessor has none.
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        """Rows of 0.12's ``table`` (``task_snapshots``, ``task_pending_requeue`` or
+        ``task_scheduled_once``) as column -> value, key (``task_id``; ``run_key``) > ``after``
+        ascending, at most ``limit``; [] when there is no such table."""
+        return []
+
+    async def _legacy_delete(self, table: str, keys: list[str]) -> None:
+        """Remove rows of 0.12's ``table`` by key (once they are imported here)."""

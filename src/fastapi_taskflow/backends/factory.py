@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from ..errors import ConfigurationError
 from .base import TaskBackend
 
-BackendKind = Literal["memory", "sqlite", "redis"]
+BackendKind = Literal["memory", "sqlite", "redis", "postgres", "mysql"]
 BACKEND_KINDS: tuple[BackendKind, ...] = get_args(BackendKind)
 
 #: kind -> (module in this package, class name)
@@ -21,6 +21,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "memory": ("memory", "MemoryBackend"),
     "sqlite": ("sqlite", "SqliteBackend"),
     "redis": ("redis", "RedisBackend"),
+    "postgres": ("postgres", "PostgresBackend"),
+    "mysql": ("mysql", "MySQLBackend"),
 }
 
 

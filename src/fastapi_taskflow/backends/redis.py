@@ -53,6 +53,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..compat import renamed_keyword
 from ..errors import BackendError
 from ..models import FINISHED_STATUSES, TaskStatus
 from ..serialization import compact_json
@@ -63,6 +64,16 @@ from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 _FINISHED = sorted(s.value for s in FINISHED_STATUSES)
 _FINISHED_JSON = json.dumps(_FINISHED)
 _BATCH = 500
+#: fastapi-taskflow 0.12's default key prefix (its data is imported from there too).
+LEGACY_PREFIX = "fbtm:snapshots"
+#: 0.12's tables as key infixes: ``<p>:<id>`` hashes in the set ``<p>:_index``, waiting tasks
+#: in ``<p>:_pending:<id>`` listed by the set ``<p>:_pending:_index``, one-off runs in
+#: ``<p>:_scheduled:<run_key>`` listed by the sorted set ``<p>:_scheduled:_index``.
+_LEGACY_INFIX = {
+    "task_snapshots": "",
+    "task_pending_requeue": ":_pending",
+    "task_scheduled_once": ":_scheduled",
+}
 CHANGES_KEPT = 10_000
 
 # Adds (sign 1) or takes away (sign -1) one row's share of the stats (see stats.py).
@@ -376,8 +387,14 @@ class RedisBackend(TaskBackend):
         prefix: str = "taskflow",
         record_ttl: float | None = None,
         socket_timeout: float = 5.0,
+        ttl: float | None = None,
+        **client_options: Any,
     ) -> None:
+        """``client_options`` go to ``redis.asyncio.Redis.from_url`` (``ssl_cert_reqs``...)."""
         super().__init__()
+        if ttl is not None:
+            record_ttl = renamed_keyword("RedisBackend", "ttl", "record_ttl", ttl, record_ttl)
+        self.client_options = client_options
         self.url = url
         self.prefix = prefix
         self.record_ttl = record_ttl
@@ -402,6 +419,7 @@ class RedisBackend(TaskBackend):
             decode_responses=True,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
+            **self.client_options,
         )
         try:
             await cast(Awaitable[Any], client.ping())
@@ -730,6 +748,45 @@ class RedisBackend(TaskBackend):
     async def _set_meta(self, key: str, value: str) -> None:
         async with self._errors() as client:
             await self._call(client.hset(self.key("meta"), key, value))
+
+    # ---- fastapi-taskflow 0.12's keys ----------------------------------------------------------
+
+    def _legacy_prefixes(self) -> list[str]:
+        """Where 0.12 kept its keys: this backend's prefix (0.12 took the same ``prefix=``)
+        and 0.12's default."""
+        return list(dict.fromkeys([self.prefix, LEGACY_PREFIX]))
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        infix = _LEGACY_INFIX[table]
+        async with self._errors() as client:
+            found: dict[str, str] = {}
+            for prefix in self._legacy_prefixes():
+                index = f"{prefix}{infix}:_index"
+                ids = await self._call(
+                    client.zrange(index, 0, -1)
+                    if table == "task_scheduled_once"
+                    else client.smembers(index)
+                )
+                found.update({tid: prefix for tid in ids if tid not in found})
+            page = sorted(t for t in found if after is None or t > after)[:limit]
+            pipe = client.pipeline(transaction=False)
+            for task_id in page:
+                pipe.hgetall(f"{found[task_id]}{infix}:{task_id}")
+            hashes = await pipe.execute() if page else []
+        return [dict(h) for h in hashes if h]
+
+    async def _legacy_delete(self, table: str, task_ids: list[str]) -> None:
+        infix = _LEGACY_INFIX[table]
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            for prefix in self._legacy_prefixes():
+                index = f"{prefix}{infix}:_index"
+                if table == "task_scheduled_once":
+                    pipe.zrem(index, *task_ids)
+                else:
+                    pipe.srem(index, *task_ids)
+                pipe.delete(*(f"{prefix}{infix}:{task_id}" for task_id in task_ids))
+            await pipe.execute()
 
     # ---- instances, commands, one-off schedules ------------------------------------------------
 

@@ -25,13 +25,16 @@ from typing import Any
 
 import aiosqlite
 
+from ..compat import no_effect, renamed_keyword
 from ..errors import BackendError, ConfigurationError, DamagedDatabaseError
 from ..models import FINISHED_STATUSES
 from ..ratelimit import gcra_step
 from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
+from .sql import LEGACY_TABLES
 from .sqlite_check import INTEGRITY_CHECKS, integrity_problems
 
+DEFAULT_PATH = "tasks.db"
 SCHEMA_VERSION = 2
 CHANGES_KEPT = 10_000
 _CHUNK = 500  # ids per IN (...) list: under SQLite's variable limit
@@ -208,13 +211,19 @@ class SqliteBackend(TaskBackend):
 
     def __init__(
         self,
-        path: str | PathLike[str],
+        path: str | PathLike[str] | None = None,
         *,
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         integrity_check: str = "quick",
+        db_path: str | PathLike[str] | None = None,
+        max_workers: int | None = None,
     ) -> None:
         super().__init__()
+        if db_path is not None:
+            path = renamed_keyword("SqliteBackend", "db_path", "path", db_path, path)
+        if max_workers is not None:
+            no_effect("SqliteBackend", "max_workers")
         level = synchronous.upper()
         if level not in SYNCHRONOUS_LEVELS:
             raise ConfigurationError(
@@ -227,7 +236,7 @@ class SqliteBackend(TaskBackend):
             )
         if busy_timeout < 0:
             raise ConfigurationError(f"SqliteBackend busy_timeout={busy_timeout!r}: must be >= 0")
-        self.path = Path(path)
+        self.path = Path(path if path is not None else DEFAULT_PATH)
         self.synchronous = level
         self.busy_timeout = busy_timeout
         self.integrity_check = integrity_check
@@ -638,6 +647,31 @@ class SqliteBackend(TaskBackend):
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    # ---- fastapi-taskflow 0.12's tables in the same file ---------------------------------------
+
+    async def _legacy_page(self, table: str, after: str | None, limit: int) -> list[Row]:
+        key = LEGACY_TABLES[table]
+        async with self._lock, self._errors():
+            db = self._conn()
+            exists = await db.execute_fetchall(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            )
+            if not list(exists):
+                return []
+            cursor = await db.execute(
+                f"SELECT * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                (after or "", limit),
+            )
+            rows = await cursor.fetchall()
+            names = [column[0] for column in cursor.description]
+            await cursor.close()
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def _legacy_delete(self, table: str, keys: list[str]) -> None:
+        key = LEGACY_TABLES[table]
+        async with self._transaction() as db:
+            await db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in keys])
 
     # ---- instances, commands, one-off schedules ------------------------------------------------
 

@@ -40,6 +40,13 @@ def register_run(root: typer.Typer) -> None:
     root.command("run")(run)
 
 
+def register_migrate(root: typer.Typer) -> None:
+    """``taskflow migrate``."""
+    from .migrate import migrate
+
+    root.command("migrate")(migrate)
+
+
 def register_db(root: typer.Typer) -> None:
     """``taskflow db check``."""
     from .db import group

@@ -121,6 +121,10 @@ class BackendChoice:
                 prefix=self.prefix or backend.redis.prefix,
                 socket_timeout=backend.redis.socket_timeout,
             )
+        if backend.kind in ("postgres", "mysql"):
+            from ..di.containers import make_sql_backend
+
+            return make_sql_backend(backend.kind, getattr(backend, backend.kind))
         raise CommandError(
             "the configured backend is 'memory': nothing persists outside the app's process. "
             "Pass --db PATH or --redis URL, or configure backend.kind."

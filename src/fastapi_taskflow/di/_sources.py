@@ -48,7 +48,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 #: Key paths whose values are secrets: never shown, never echoed in an error.
 SECRET_PATHS = ("encryption.keys", "admin.auth.password", "admin.secret_key")
 #: Key paths whose values are URLs that may carry a password: shown masked.
-URL_PATHS = ("backend.redis.url",)
+URL_PATHS = ("backend.redis.url", "backend.postgres.url", "backend.mysql.url")
 
 Path_ = tuple[str | int, ...]
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
-from ..backends.factory import build_backend
+from ..backends.factory import BackendKind, build_backend
 from ..crypto import ArgumentCipher
 from ..executors.threads import make_thread_pool
 from ..loggers.base import TaskObserver
@@ -36,6 +36,8 @@ from .settings import (
     FileLoggerSettings,
     LoggerSettings,
     MemoryLoggerSettings,
+    MySQLSettings,
+    PostgresSettings,
     TaskflowSettings,
 )
 
@@ -47,6 +49,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fastapi_taskflow.di")
 
 # ---- builders (plain functions: each one is easy to call, test and replace) ----------------
+
+
+def make_sql_backend(kind: BackendKind, server: PostgresSettings | MySQLSettings) -> TaskBackend:
+    """The PostgreSQL or MySQL backend ``backend.<kind>`` describes (not opened)."""
+    return build_backend(kind, url=str(server.url), **server.options())
 
 
 async def open_backend(
@@ -199,6 +206,10 @@ class TaskflowContainer(containers.DeclarativeContainer):
             prefix=settings.provided.backend.redis.prefix,
             socket_timeout=settings.provided.backend.redis.socket_timeout,
         ),
+        postgres=providers.Factory(
+            make_sql_backend, "postgres", settings.provided.backend.postgres
+        ),
+        mysql=providers.Factory(make_sql_backend, "mysql", settings.provided.backend.mysql),
     )
     backend = providers.Resource(open_backend, settings, backend_factory)
 

@@ -29,6 +29,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import core_schema
 from pydantic_settings import (
@@ -69,8 +70,10 @@ class Section(BaseModel):
 # ---- backend --------------------------------------------------------------------------------
 
 
-class RedisURL(str):
-    """A Redis URL whose password is masked wherever it is shown."""
+class MaskedURL(str):
+    """A URL whose password is masked wherever it is shown; ``schemes`` are the ones allowed."""
+
+    schemes: tuple[str, ...] = ()
 
     def masked(self) -> str:
         return mask_url(self)
@@ -84,12 +87,28 @@ class RedisURL(str):
         )
 
     @classmethod
+    def parse(cls, value: str) -> MaskedURL:
+        scheme = urlsplit(value).scheme
+        if scheme not in cls.schemes:
+            *others, last = [f"{s}://" for s in cls.schemes]
+            raise ValueError(f"scheme must be {', '.join(others)} or {last}, got {scheme!r}")
+        return cls(value)
+
+    def __repr__(self) -> str:
+        return repr(self.masked())
+
+
+class RedisURL(MaskedURL):
+    """A Redis URL (``redis://``, ``rediss://``, ``unix://``)."""
+
+    schemes = ("redis", "rediss", "unix")
+
+    @classmethod
     def parse(cls, value: str) -> RedisURL:
         from redis.connection import parse_url
 
+        url = super().parse(value)
         parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"scheme must be redis://, rediss:// or unix://, got {parts.scheme!r}")
         try:
             parse_url(value)  # type: ignore[no-untyped-call]  # the parser the backend uses when it connects at startup
         except ValueError as exc:
@@ -98,10 +117,19 @@ class RedisURL(str):
         if parts.scheme != "unix" and db and not db.isdigit():
             # redis-py would silently use database 0 here.
             raise ValueError(f"the database after the host must be a number, got {db!r}")
-        return cls(value)
+        return cls(url)
 
-    def __repr__(self) -> str:
-        return repr(self.masked())
+
+class PostgresURL(MaskedURL):
+    """A PostgreSQL URL (``postgresql://user:password@host:5432/db``)."""
+
+    schemes = ("postgresql", "postgres")
+
+
+class MySQLURL(MaskedURL):
+    """A MySQL or MariaDB URL (``mysql://user:password@host:3306/db``)."""
+
+    schemes = ("mysql", "mariadb")
 
 
 class SqliteSettings(Section):
@@ -120,18 +148,69 @@ class RedisSettings(Section):
     socket_timeout: PositiveFloat = 5.0
 
 
+class SqlServerSettings(Section):
+    """What ``backend.postgres`` and ``backend.mysql`` share: tables and the connection pool."""
+
+    table_prefix: str = "tf_"
+    min_size: PositiveInt = 1
+    max_size: PositiveInt = 10
+    connect_timeout: PositiveFloat = 10.0
+
+    @field_validator("table_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        from ..backends.sql import check_table_prefix
+
+        try:
+            return check_table_prefix(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc).partition(": ")[2]) from None
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> SqlServerSettings:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is above max_size ({self.max_size})")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The backend's keyword arguments besides ``url``."""
+        return {
+            "table_prefix": self.table_prefix,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "connect_timeout": self.connect_timeout,
+        }
+
+
+class PostgresSettings(SqlServerSettings):
+    """``backend.postgres``: the PostgreSQL server shared by the instances of one app."""
+
+    url: PostgresURL = PostgresURL("postgresql://localhost:5432/postgres")
+
+
+class MySQLSettings(SqlServerSettings):
+    """``backend.mysql``: the MySQL 8 / MariaDB 10.6+ server shared by the instances."""
+
+    url: MySQLURL = MySQLURL("mysql://root@localhost:3306/taskflow")
+
+
 class BackendSettings(Section):
     """``backend``: where records and the journal persist. Only ``kind`` is constructed."""
 
     kind: BackendKind = "memory"
     sqlite: SqliteSettings = SqliteSettings()
     redis: RedisSettings = RedisSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    mysql: MySQLSettings = MySQLSettings()
 
     def describe(self) -> str:
         if self.kind == "sqlite":
             return f"sqlite ({self.sqlite.path})"
         if self.kind == "redis":
             return f"redis ({self.redis.url.masked()}, prefix {self.redis.prefix!r})"
+        if self.kind in ("postgres", "mysql"):
+            server: PostgresSettings | MySQLSettings = getattr(self, self.kind)
+            return f"{self.kind} ({server.url.masked()}, tables {server.table_prefix}*)"
         return "memory"
 
 
@@ -393,7 +472,8 @@ class TaskflowSettings(BaseSettings):
         """The effective settings as plain data with every secret masked (for the CLI, logs)."""
         data: dict[str, Any] = self.model_dump(mode="json")
         data["encryption"]["keys"] = ["**********" for _ in self.encryption.keys]
-        data["backend"]["redis"]["url"] = self.backend.redis.url.masked()
+        for kind in ("redis", "postgres", "mysql"):
+            data["backend"][kind]["url"] = getattr(self.backend, kind).url.masked()
         if self.admin.auth is not None:
             data["admin"]["auth"]["password"] = "**********"
         if self.admin.secret_key is not None:

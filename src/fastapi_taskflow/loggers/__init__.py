@@ -6,6 +6,8 @@ events to several observers, isolating their failures. The built-ins write lines
 (:class:`InMemoryLogger`) or forward them to a stdlib logger (:class:`LoggingObserver`).
 """
 
+from typing import Any
+
 from ..models import LifecycleEvent, LogEvent
 from .base import TaskObserver
 from .chain import ObserverChain
@@ -24,3 +26,11 @@ __all__ = [
     "StdoutLogger",
     "TaskObserver",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LoggerChain":
+        from ..compat import renamed
+
+        return renamed(name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
