@@ -31,7 +31,7 @@ from ..serialization import result_view
 from .inputs import MAX_LIMIT, BadInput, record_query, window_start
 from .metrics import PROMETHEUS_HINT, ThroughputSeries, dashboard_metrics, prometheus_text
 from .request_checks import MAX_BODY, read_body
-from .routing import AdminRoute, TaskId
+from .routing import TaskId, admin_router
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
@@ -237,13 +237,7 @@ class TaskApi:
     def router(
         self, path: str, dependencies: list[Any], include_in_schema: bool = True
     ) -> APIRouter:
-        router = APIRouter(
-            prefix=path,
-            tags=["tasks"],
-            dependencies=dependencies,
-            route_class=AdminRoute,
-            include_in_schema=include_in_schema,
-        )
+        router = admin_router(path, dependencies, include_in_schema)
         actor = Depends(self.writable)
         self._reading_routes(router)
         self._changing_routes(router, actor)

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from pydantic import AfterValidator, StringConstraints
 from starlette.types import Message, Receive, Scope, Send
 
@@ -78,6 +78,17 @@ class AdminRoute(APIRoute):
                 )
 
         return route
+
+
+def admin_router(path: str, dependencies: list[Any], include_in_schema: bool) -> APIRouter:
+    """A router for the task API's routes: under ``path``, behind the admin's checks."""
+    return APIRouter(
+        prefix=path,
+        tags=["tasks"],
+        dependencies=dependencies,
+        route_class=AdminRoute,
+        include_in_schema=include_in_schema,
+    )
 
 
 def validation_response(exc: RequestValidationError) -> Response:

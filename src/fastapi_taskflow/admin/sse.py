@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..models import TaskRecord
-from .routing import AdminRoute, TaskId
+from .routing import TaskId, admin_router
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
@@ -328,16 +328,10 @@ def stream_router(
     hub: StreamHub, path: str, dependencies: list[Any], include_in_schema: bool = True
 ) -> Any:
     """``GET {path}/dashboard/stream`` and ``GET {path}/{task_id}/events``."""
-    from fastapi import APIRouter, HTTPException
+    from fastapi import HTTPException
     from fastapi.responses import StreamingResponse
 
-    router = APIRouter(
-        prefix=path,
-        tags=["tasks"],
-        dependencies=dependencies,
-        route_class=AdminRoute,
-        include_in_schema=include_in_schema,
-    )
+    router = admin_router(path, dependencies, include_in_schema)
 
     def respond(body: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(
