@@ -49,13 +49,14 @@ from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
 from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, TaskStatus, utcnow
-from .options import ManagerSettings, MiB
+from .options import ManagerSettings, MiB, check_merged_list_ttl
 from .persistence import DurabilitySettings, Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
 from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .results import DEFAULT_MAX_RESULT_BYTES, ResultKeeper
+from .running import Durability
 from .scheduling import Scheduler
 from .serialization import decode_call, result_view
 from .stats import ClusterStats
@@ -81,7 +82,6 @@ class TaskManager:
         snapshot_backend: TaskBackend | None = None,
         snapshot_interval: float = 60.0,
         requeue_pending: bool = False,
-        merged_list_ttl: float = 5.0,
         loggers: Sequence[TaskObserver] | None = None,
         log_file: str | None = None,
         log_file_max_bytes: int = 10 * MiB,
@@ -122,9 +122,12 @@ class TaskManager:
         instance_tasks_prefix: str | None = None,
         registry_ttl: float = 90.0,
         registry_heartbeat: float = 30.0,
+        # 0.12's cache time of the merged task list: accepted and unused too (see options.py).
+        merged_list_ttl: float = 5.0,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         result_ttl: float | None = None,
     ) -> None:
+        check_merged_list_ttl(merged_list_ttl)
         queue_configs = dict(queues or {})
         if max_size is not None:
             default = queue_configs.get("default", QueueConfig())
@@ -134,7 +137,6 @@ class TaskManager:
         self.settings = ManagerSettings(
             snapshot_interval=snapshot_interval,
             requeue_pending=requeue_pending,
-            merged_list_ttl=merged_list_ttl,
             max_concurrent_tasks=max_concurrent_tasks,
             max_sync_threads=max_sync_threads,
             max_process_workers=max_process_workers,
@@ -157,7 +159,11 @@ class TaskManager:
         )
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
-        self.store = store if store is not None else TaskStore(max_history=max_history)
+        if store is None:
+            self.store = TaskStore(max_history=max_history, on_idle=self._wake_idle)
+        else:
+            self.store = store
+            store.watch_idle(self._wake_idle)
         self.cipher = cipher or (
             ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None
         )
@@ -182,6 +188,10 @@ class TaskManager:
             thread_pool=thread_pool,
             process_pool=process_pool,
         )
+        # Made only when the backend is open: startup() builds it whole, shutdown() drops it.
+        self._durability: Durability | None = None
+        self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
+        tracing_hooks = build_tracing(tracing)
         self._loop_ref = LoopRef()
         self.hub = EventHub(self.store, self.observers, self._loop_ref)
         self.results = ResultKeeper(
@@ -203,6 +213,10 @@ class TaskManager:
             on_finished=self._on_finished,
             results=self.results,
             keeps=self._kept_at_shutdown,
+            on_journaled_start=self._journaled_start,
+            key_guard=self._running_key_guard,
+            tracing=tracing_hooks,
+            privacy=self.privacy,
         )
         self.enqueuer = Enqueuer(
             store=self.store,
@@ -210,22 +224,43 @@ class TaskManager:
             cipher=self.cipher,
             requeue_pending=requeue_pending,
             check_arguments=self.executors.check_arguments,
+            persister=lambda: self.persister,
+            tracing=tracing_hooks,
         )
-        self.persister: Persister | None = None
-        self.privacy = _error_policy(redact, encrypt_errors, self.cipher)
-        self.dispatcher.privacy = self.privacy
-        self.dispatcher.tracing = self.enqueuer.tracing = build_tracing(tracing)
         self.scheduler = Scheduler(self, sweep_interval=self.settings.heartbeat_interval)
         self._started = False
         self._started_at = utcnow()
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
         self._idle: list[asyncio.Future[None]] = []
-        self.store.on_idle = self._wake_idle
-        # Resumes or settles journaled tasks no live instance owns (set up with a backend).
-        self.recovery: Recovery | None = None
-        # This instance among the others on the backend: presence and commands (with a backend).
-        self.cluster: Cluster | None = None
+
+    @property
+    def persister(self) -> Persister | None:
+        """Writes records and the journal to the backend: with a backend, while running."""
+        durability = self._durability
+        return durability.persister if durability is not None else None
+
+    @property
+    def recovery(self) -> Recovery | None:
+        """Resumes or settles journaled tasks no live instance owns: with a backend, running."""
+        durability = self._durability
+        return durability.recovery if durability is not None else None
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """This instance among the others on the backend (presence, commands), while running."""
+        durability = self._durability
+        return durability.cluster if durability is not None else None
+
+    def _running_key_guard(self) -> KeyGuard | None:
+        durability = self._durability
+        return durability.key_guard if durability is not None else None
+
+    def _journaled_start(self, record: TaskRecord) -> None:
+        # Only journaled jobs reach this, and they exist only while the persister does.
+        persister = self.persister
+        if persister is not None:
+            persister.started(record)
 
     @property
     def started(self) -> bool:
@@ -475,7 +510,7 @@ class TaskManager:
             )
         await load_queue_configs(self)
         s = self.settings
-        self.persister = Persister(
+        persister = Persister(
             backend,
             self.store,
             self.instance_id,
@@ -492,31 +527,34 @@ class TaskManager:
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,
         )
-        self.enqueuer.persister = self.persister
-        self.recovery = Recovery(
-            registry=self.registry,
-            store=self.store,
-            persister=self.persister,
-            dispatcher=self.dispatcher,
-            cipher=self.cipher,
-            max_requeues=s.max_requeues,
-            submit=self._submit_if_running,
-        )
-        self.dispatcher.on_journaled_start = self.persister.started
+        key_guard = None
         if backend.shared:
             days = s.retention_days
             ttl = days * 86400.0 if days is not None else None
-            self.dispatcher.key_guard = KeyGuard(backend, self.instance_id, ttl)
-        await self.persister.start()
-        self.cluster = Cluster(
-            backend,
-            self.instance_id,
-            heartbeat_interval=s.heartbeat_interval,
-            lease_ttl=s.lease_ttl,
-            load=self._load,
-            handler=self._on_command,
+            key_guard = KeyGuard(backend, self.instance_id, ttl)
+        self._durability = durability = Durability(
+            persister=persister,
+            recovery=Recovery(
+                registry=self.registry,
+                store=self.store,
+                persister=persister,
+                dispatcher=self.dispatcher,
+                cipher=self.cipher,
+                max_requeues=s.max_requeues,
+                submit=self._submit_if_running,
+            ),
+            cluster=Cluster(
+                backend,
+                self.instance_id,
+                heartbeat_interval=s.heartbeat_interval,
+                lease_ttl=s.lease_ttl,
+                load=self._load,
+                handler=self._on_command,
+            ),
+            key_guard=key_guard,
         )
-        await self.cluster.start()
+        await persister.start()  # claims orphans: recovery is there to take them
+        await durability.cluster.start()
 
     def _load(self) -> Load:
         return Load(len(self.dispatcher.running_jobs()), self.dispatcher.queues.waiting_count())
@@ -526,8 +564,9 @@ class TaskManager:
 
     def _recover_all(self, entries: list[JournalEntry]) -> None:
         """Claimed journal entries (at startup, or from a dead instance while running)."""
-        if self.recovery is not None:
-            self.recovery.recover_all(entries)
+        recovery = self.recovery
+        if recovery is not None:
+            recovery.recover_all(entries)
 
     def _submit_if_running(self, job: Job) -> None:
         if self._loop is not None:
@@ -537,23 +576,22 @@ class TaskManager:
         """Settle every task (finished, kept for requeue, or INTERRUPTED), then close parts."""
         if self._loop is None:
             return
-        if self.persister is not None:
-            self.persister.stop_claiming()
+        durability = self._durability
+        if durability is not None:
+            durability.persister.stop_claiming()
         await self.scheduler.stop()
         self._settle_waiting()
         await self.dispatcher.rates.stop()
         await self._drain_running()
         self.results.stop()
-        if self.cluster is not None:
-            await self.cluster.stop()
-            self.cluster = None
+        if durability is not None:
+            await durability.cluster.stop()
         await self.hub.stop()
-        if self.dispatcher.key_guard is not None:
-            await self.dispatcher.key_guard.drain()
-            self.dispatcher.key_guard = None
-        if self.persister is not None:
-            await self.persister.stop()
-            self.dispatcher.on_journaled_start = None
+        if durability is not None:
+            if durability.key_guard is not None:
+                await durability.key_guard.drain()
+            await durability.persister.stop()
+        self._durability = None
         await self.executors.close()
         if self.backend is not None and self._close_backend:
             await self.backend.close()

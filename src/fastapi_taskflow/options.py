@@ -33,15 +33,18 @@ def _positive(
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def check_merged_list_ttl(value: float) -> None:
+    """0.12's ``merged_list_ttl``: accepted and unused (each page of the task list is one indexed
+    backend query, so there is no merged list to cache), and still refused when invalid."""
+    _positive("merged_list_ttl", value, allow_none=False, allow_zero=True)
+
+
 @dataclass(slots=True)
 class ManagerSettings:
     """Validated manager settings (everything but the injected parts)."""
 
     snapshot_interval: float = 60.0
     requeue_pending: bool = False
-    # Accepted so 0.x configurations still load; it does nothing: each page is an indexed
-    # backend query, so there is no merged list to cache.
-    merged_list_ttl: float = 5.0
     max_concurrent_tasks: int | None = None
     max_sync_threads: int | None = None
     max_process_workers: int | None = None
@@ -71,7 +74,6 @@ class ManagerSettings:
 
     def __post_init__(self) -> None:
         _positive("snapshot_interval", self.snapshot_interval, allow_none=False)
-        _positive("merged_list_ttl", self.merged_list_ttl, allow_none=False, allow_zero=True)
         _positive("max_concurrent_tasks", self.max_concurrent_tasks, integer=True)
         _positive("max_sync_threads", self.max_sync_threads, integer=True)
         _positive("max_process_workers", self.max_process_workers, integer=True)

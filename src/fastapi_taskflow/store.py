@@ -62,7 +62,9 @@ class DurationHistogram:
 class TaskStore:
     """Records by id, counters, bounded finished history, idempotency keys, change feed."""
 
-    def __init__(self, max_history: int = 10_000) -> None:
+    def __init__(
+        self, max_history: int = 10_000, *, on_idle: Callable[[], None] | None = None
+    ) -> None:
         if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
             raise ValueError(f"max_history must be an int >= 0, got {max_history!r}")
         self.max_history = max_history
@@ -74,10 +76,15 @@ class TaskStore:
         self._dirty: dict[str, TaskRecord] = {}
         self._listeners: list[Listener] = []
         # Called when the last active (pending or running) record finishes: what join() awaits.
-        self.on_idle: Callable[[], None] | None = None
+        self._on_idle = on_idle
         self._lock = threading.RLock()
         self.durations = DurationHistogram()
         self.evicted = 0
+
+    def watch_idle(self, on_idle: Callable[[], None]) -> None:
+        """For a store made before its manager (``TaskManager(store=...)``): the manager's
+        ``join()`` callback, which a store the manager builds gets as ``on_idle=``."""
+        self._on_idle = on_idle
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -314,8 +321,8 @@ class TaskStore:
             self._evict()
 
     def _check_idle(self) -> None:
-        if self.on_idle is not None and self.active == 0:
-            self.on_idle()
+        if self._on_idle is not None and self.active == 0:
+            self._on_idle()
 
     def _notify(self, record: TaskRecord) -> None:
         for listener in self._listeners:

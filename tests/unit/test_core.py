@@ -460,6 +460,14 @@ def test_the_0_12_registry_parameters_are_accepted_and_change_nothing() -> None:
     assert legacy.settings == TaskManager().settings
 
 
+def test_merged_list_ttl_is_accepted_unused_and_still_checked() -> None:
+    """0.12's merged_list_ttl changes no setting, and a negative one is refused by name."""
+    assert TaskManager(merged_list_ttl=0).settings == TaskManager().settings
+    assert not hasattr(TaskManager().settings, "merged_list_ttl")
+    with pytest.raises(ValueError, match="merged_list_ttl must be >= 0"):
+        TaskManager(merged_list_ttl=-1)
+
+
 def test_an_unknown_parameter_is_a_type_error() -> None:
     """A misspelt parameter fails like any Python call."""
     with pytest.raises(TypeError, match="snapshot_dbb"):

@@ -211,13 +211,14 @@ def test_dotenv_typo_is_named(isolated: Path) -> None:
 
 
 def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path) -> None:
-    """instance_url and friends in YAML load, reach TaskManager, and leave its settings alone."""
+    """instance_url and friends (merged_list_ttl too) in YAML load, reach TaskManager, and
+    leave its settings alone."""
     from fastapi_taskflow import TaskManager
     from fastapi_taskflow.di.containers import manager_options
 
     text = (
         "instance_url: http://10.0.0.5:8000\ninstance_tasks_prefix: /tasks\n"
-        "registry_ttl: 90\nregistry_heartbeat: 30\n"
+        "registry_ttl: 90\nregistry_heartbeat: 30\nmerged_list_ttl: 2\n"
     )
     write(isolated / "config/taskflow.yaml", text)
     settings = TaskflowSettings()

@@ -357,7 +357,6 @@ class TaskflowSettings(BaseSettings):
     backend: BackendSettings = BackendSettings()
     requeue_pending: bool = False
     snapshot_interval: PositiveFloat = 60.0
-    merged_list_ttl: NonNegativeFloat = 5.0
     retention_days: PositiveFloat | None = None
     retry_replaces_original: bool = True
     max_history: PositiveInt = 10_000
@@ -398,6 +397,9 @@ class TaskflowSettings(BaseSettings):
     instance_tasks_prefix: str | None = None
     registry_ttl: PositiveFloat = 90.0
     registry_heartbeat: PositiveFloat = 30.0
+    # 0.12's cache time of the merged task list, accepted and unused: each page of the task
+    # list is one indexed backend query.
+    merged_list_ttl: NonNegativeFloat = 5.0
 
     def __init__(
         self,

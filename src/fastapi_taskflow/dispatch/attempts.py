@@ -59,6 +59,10 @@ class Dispatcher:
         on_finished: FinishedCallback,
         results: ResultKeeper,
         keeps: Callable[[Job], bool] | None = None,
+        on_journaled_start: Callable[[TaskRecord], None] | None = None,
+        key_guard: Callable[[], KeyGuard | None] = lambda: None,
+        tracing: Tracing | None = None,
+        privacy: ErrorPolicy | None = None,
     ) -> None:
         self.store = store
         self.executors = executors
@@ -72,19 +76,25 @@ class Dispatcher:
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).
         self._keeps = keeps
-        # Set by the manager with a backend: told when a journaled, requeueable job starts.
-        self.on_journaled_start: Callable[[TaskRecord], None] | None = None
-        # Set by the manager when the backend is shared (see dispatch/keys.py).
-        self.key_guard: KeyGuard | None = None
-        # Set by the manager when on: one span per attempt; redaction and sealed errors.
-        self.tracing: Tracing | None = None
-        self.privacy: ErrorPolicy | None = None
+        # Told when a journaled, requeueable job starts (only journaled jobs exist with a backend).
+        self._on_journaled_start = on_journaled_start
+        # The running manager's guard when the backend is shared (see dispatch/keys.py): it
+        # exists only between startup and shutdown, so it is asked for, not held.
+        self._key_guard = key_guard
+        # When on: one span per attempt; redaction and sealed errors.
+        self.tracing = tracing
+        self.privacy = privacy
         # Jitter source, (low, high) -> seconds; replaceable in tests.
         self.jitter: Callable[[float, float], float] = random.uniform
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+
+    @property
+    def key_guard(self) -> KeyGuard | None:
+        """The cross-instance idempotency guard while the manager runs on a shared backend."""
+        return self._key_guard()
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -112,8 +122,8 @@ class Dispatcher:
         # (max_size) counts only those.
         record = job.record
         self.store.mark_running(record, utcnow())
-        if job.requeue and job.journaled and self.on_journaled_start is not None:
-            self.on_journaled_start(record)
+        if job.requeue and job.journaled and self._on_journaled_start is not None:
+            self._on_journaled_start(record)
         if self.hub.observing:
             self.hub.lifecycle(record, _RUNNING, record.retries_used + 1)
         job.slot, job.started = queue, False
@@ -161,8 +171,7 @@ class Dispatcher:
                 return
             # Only keyed tasks on a shared backend pay for the reservation's await.
             if (
-                self.key_guard is not None
-                and record.idempotency_key is not None
+                record.idempotency_key is not None
                 and not job.reserved
                 and not await self._reserve(job)
             ):
@@ -243,9 +252,10 @@ class Dispatcher:
 
     async def _reserve(self, job: Job) -> bool:
         """Cross-instance idempotency, once per task: False when another instance holds the key."""
-        if job.reserved or self.key_guard is None or job.record.idempotency_key is None:
+        guard = self._key_guard()
+        if job.reserved or guard is None or job.record.idempotency_key is None:
             return True
-        holder = await self.key_guard.reserve(job.record)
+        holder = await guard.reserve(job.record)
         job.reserved = True
         if holder is None:
             return True
@@ -347,8 +357,8 @@ class Dispatcher:
         if self.hub.observing:
             self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
-        if self.key_guard is not None and job.reserved:
-            self.key_guard.release(record)
+        if job.reserved and (guard := self._key_guard()) is not None:
+            guard.release(record)
         self._on_finished(job)
 
     # ---- control ---------------------------------------------------------------------------

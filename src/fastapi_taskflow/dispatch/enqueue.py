@@ -58,15 +58,19 @@ class Enqueuer:
         cipher: ArgumentCipher | None,
         requeue_pending: bool,
         check_arguments: Callable[[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]], None],
+        persister: Callable[[], Persister | None] = lambda: None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.cipher = cipher
         self.requeue_pending = requeue_pending
         self.check_arguments = check_arguments
-        self.persister: Persister | None = None
-        # Set by the manager when tracing is on (see tracing.py).
-        self.tracing: Tracing | None = None
+        # The running manager's journal writer with a backend: it exists only between startup
+        # and shutdown, so it is asked for once per enqueue, not held.
+        self._persister = persister
+        # When tracing is on (see tracing.py): the enqueuer's context is the task's parent.
+        self.tracing = tracing
 
     def enqueue(
         self,
@@ -93,8 +97,11 @@ class Enqueuer:
             )
         if definition.executor == "process":
             self.check_arguments(definition.executor, definition.func, args, kwargs)
-        if self.persister is not None and self._journals(definition, opts):
-            self.persister.admit()  # before any record exists: a refusal leaves nothing behind
+        journal = self._persister()
+        if journal is not None and not self._journals(definition, opts):
+            journal = None
+        if journal is not None:
+            journal.admit()  # before any record exists: a refusal leaves nothing behind
         queue_state = self.dispatcher.queues.resolve(queue or opts.queue)
         max_size = queue_state.config.max_size
         record = self._record(
@@ -130,7 +137,7 @@ class Enqueuer:
             self.store.mark_dirty(record)
             raise QueueFullError(record.queue, max_size, record.task_id)
         if created:
-            job = self._job(record, definition, opts)
+            job = self._job(record, definition, opts, journal)
             self.dispatcher.track(job)
             submit(job)
         return record, created
@@ -178,7 +185,13 @@ class Enqueuer:
         requeue = self.requeue_pending or opts.requeue_on_interrupt
         return definition.registered and (requeue or opts.persist)
 
-    def _job(self, record: TaskRecord, definition: TaskDefinition, opts: TaskOptions) -> Job:
+    def _job(
+        self,
+        record: TaskRecord,
+        definition: TaskDefinition,
+        opts: TaskOptions,
+        journal: Persister | None,
+    ) -> Job:
         encrypted = record.encrypted_payload is not None
         job = Job(
             record=record,
@@ -190,9 +203,9 @@ class Enqueuer:
         )
         # Decided once, here: the journal entry and shutdown (manager) both read job.requeue.
         job.requeue = self.requeue_pending or opts.requeue_on_interrupt
-        if self.persister is not None and self._journals(definition, opts):
+        if journal is not None:  # the task is journaled (see _journals)
             job.journaled = True
-            self.persister.journal(journal_entry(record, job.requeue))
+            journal.journal(journal_entry(record, job.requeue))
         return job
 
 
