@@ -680,3 +680,27 @@ async def test_add_task_from_a_worker_thread_is_safe() -> None:
         await manager.join(timeout=5)
     assert sorted(ran) == sorted(f"t{n}" for n in range(20))
     assert all(h.status is TaskStatus.SUCCESS for h in handles)
+
+
+async def test_join_returns_for_a_store_made_before_its_manager() -> None:
+    """A store passed in (built before the manager) still wakes join() when the last task ends."""
+    from fastapi_taskflow.store import TaskStore
+
+    gate = asyncio.Event()
+    tm = TaskManager(store=TaskStore(max_history=10))
+
+    @tm.task()
+    async def wait_for_gate() -> None:
+        await gate.wait()
+
+    await tm.startup()
+    try:
+        handle = tm.add_task(wait_for_gate)
+        joined = asyncio.ensure_future(tm.join(timeout=5))
+        await asyncio.sleep(0)
+        assert not joined.done()
+        gate.set()
+        await joined
+        assert handle.status is TaskStatus.SUCCESS
+    finally:
+        await tm.shutdown()

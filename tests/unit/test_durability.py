@@ -482,3 +482,23 @@ async def test_restarting_the_same_manager_does_not_double_count_history(db: Pat
     assert tm.metrics()["success"] == 6
     assert tm.metrics()["total"] == 6
     await tm.shutdown()
+
+
+async def test_the_running_parts_exist_together_only_while_the_manager_runs(
+    tmp_path: Path,
+) -> None:
+    """With a backend, persister, recovery and cluster appear together at startup and go
+    together at shutdown; without one, none of them is ever made."""
+    tm = TaskManager(snapshot_backend=SqliteBackend(str(tmp_path / "t.db")), **FAST)
+    bare = TaskManager()
+    assert (tm.persister, tm.recovery, tm.cluster) == (None, None, None)
+    await tm.startup()
+    await bare.startup()
+    try:
+        assert tm.persister is not None and tm.recovery is not None and tm.cluster is not None
+        assert tm.recovery.persister is tm.persister
+        assert (bare.persister, bare.recovery, bare.cluster) == (None, None, None)
+    finally:
+        await tm.shutdown()
+        await bare.shutdown()
+    assert (tm.persister, tm.recovery, tm.cluster) == (None, None, None)
