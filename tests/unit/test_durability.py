@@ -495,7 +495,9 @@ async def test_the_running_parts_exist_together_only_while_the_manager_runs(
     await tm.startup()
     await bare.startup()
     try:
-        assert tm.persister is not None and tm.recovery is not None and tm.cluster is not None
+        assert tm.persister is not None
+        assert tm.recovery is not None
+        assert tm.cluster is not None
         assert tm.recovery.persister is tm.persister
         assert (bare.persister, bare.recovery, bare.cluster) == (None, None, None)
     finally:
