@@ -34,3 +34,23 @@ def test_a_directory_at_snapshot_db_is_one_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"refused: cannot open SQLite database {folder}: it is a directory" in done.stdout
     assert done.stderr == ""
+
+
+async def test_two_connections_opening_an_older_file_at_once_both_open(tmp_path: Path) -> None:
+    """Two instances opening one pre-WAL file together (workers starting at once) both open:
+    the switch to WAL that fails at once with "database is locked" is tried again."""
+    import asyncio
+    import sqlite3
+
+    from fastapi_taskflow.backends.sqlite import SqliteBackend
+
+    for attempt in range(60):
+        path = tmp_path / f"old-{attempt}.db"
+        with sqlite3.connect(path) as older:  # a file made in the default rollback-journal mode
+            older.execute("CREATE TABLE task_snapshots (task_id TEXT PRIMARY KEY, data TEXT)")
+        first, second = SqliteBackend(str(path)), SqliteBackend(str(path))
+        try:
+            await asyncio.gather(first.open(), second.open())
+        finally:
+            await first.close()
+            await second.close()

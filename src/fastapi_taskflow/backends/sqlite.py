@@ -259,13 +259,33 @@ class SqliteBackend(TaskBackend):
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
         try:
-            await self._prepare(db)
+            await self._prepare_when_free(db)
         except (OSError, sqlite3.Error, BackendError) as exc:
             await db.close()
             if isinstance(exc, BackendError):
                 raise
             raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from None
         self._db = db
+
+    async def _prepare_when_free(self, db: aiosqlite.Connection) -> None:
+        """``_prepare``, tried again while another connection holds the file.
+
+        Switching a file to WAL fails at once with "database is locked" (SQLite does not call
+        the busy handler there) when another process or connection opens the same file at that
+        moment, as two workers starting together do: wait a little and try again, within
+        ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.01
+        while True:
+            try:
+                await self._prepare(db)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
         await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
