@@ -3,10 +3,6 @@ one SQLite file, running ``cluster_app.py``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,8 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from processes import AppProcess
 
-from servers import RedisServer, free_port
+from servers import RedisServer
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -33,26 +30,15 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     return result
 
 
-class Instance:
-    """One uvicorn process serving cluster_app.py."""
+class Instance(AppProcess):
+    """One uvicorn process serving cluster_app.py, with the instance id it reports."""
 
     def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        self.env = {**os.environ, **env, "PYTHONPATH": str(HERE)}
-        self.workers = workers
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(env, app="cluster_app:app", workers=workers)
         self.instance_id = ""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> Instance:
-        command = [
-            sys.executable, "-m", "uvicorn", "cluster_app:app", "--port", str(self.port),
-            "--log-level", "warning", "--app-dir", str(HERE), "--workers", str(self.workers),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=self.env)
+        super().start()
         self.instance_id = wait_for(self._health, 30, "the app answers /health")
         return self
 
@@ -72,21 +58,6 @@ class Instance:
         # The X-CSRF-Token header is a script's proof of the same origin (the open admin
         # refuses changes without one); the app's own routes ignore it.
         return httpx.post(self.url + path, timeout=10, headers={"X-CSRF-Token": "1"})
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
