@@ -16,7 +16,6 @@ from processes import AppProcess
 
 from servers import RedisServer
 
-HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
