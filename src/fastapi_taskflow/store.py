@@ -16,7 +16,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
@@ -191,11 +190,13 @@ class TaskStore:
 
     # The two transitions every task makes get their own short paths (the per-task hot path).
 
-    def mark_running(self, record: TaskRecord, now: datetime) -> None:
+    # ``now`` is epoch seconds (models.clock): no datetime is built on the task's path.
+
+    def mark_running(self, record: TaskRecord, now: float) -> None:
         with self._lock:
             self._move(record, _RUNNING)
-            if record.start_time is None:
-                record.start_time = now
+            if record.start_moment is None:
+                record.start_moment = now
         if self._listeners:
             self._notify(record)
 
@@ -203,7 +204,7 @@ class TaskStore:
         self,
         record: TaskRecord,
         status: TaskStatus,
-        now: datetime,
+        now: float,
         error: str | None,
         stacktrace: str | None,
     ) -> None:
@@ -211,9 +212,9 @@ class TaskStore:
             if record.status.finished:
                 return
             self._move(record, status)
-            record.end_time = now
-            if record.start_time is None:
-                record.start_time = now
+            record.end_moment = now
+            if record.start_moment is None:
+                record.start_moment = now
             record.error = error
             record.stacktrace = stacktrace
             self._on_finished(record)
