@@ -11,6 +11,12 @@ def _finish(store: TaskStore, record: TaskRecord, at: float) -> None:
     store.mark_finished(record, TaskStatus.SUCCESS, at, None, None)
 
 
+def _run_all(store: TaskStore, records: list[TaskRecord], at: float) -> None:
+    for record in records:
+        store.add(record)
+        _finish(store, record, at)
+
+
 def _ids(store: TaskStore) -> list[str]:
     return sorted(record.task_id for record in store.newest_first())
 
@@ -32,13 +38,9 @@ def test_eviction_follows_the_order_of_finishing_not_of_creation() -> None:
 def test_a_removed_record_leaves_the_finished_order() -> None:
     store = TaskStore(max_history=2)
     records = [TaskRecord(f"t{n}", "job") for n in range(4)]
-    for record in records[:2]:
-        store.add(record)
-        _finish(store, record, 1.0)
+    _run_all(store, records[:2], 1.0)
     assert store.remove("t0") is records[0]
-    for record in records[2:]:
-        store.add(record)
-        _finish(store, record, 2.0)
+    _run_all(store, records[2:], 2.0)
 
     # t0 is gone from the order: the one eviction took t1, the oldest finish still in memory.
     assert _ids(store) == ["t2", "t3"]
@@ -48,9 +50,7 @@ def test_a_removed_record_leaves_the_finished_order() -> None:
 def test_clear_finished_keeps_the_spared_ones_in_their_order() -> None:
     store = TaskStore(max_history=3)
     records = [TaskRecord(f"t{n}", "job") for n in range(4)]
-    for record in records[:3]:
-        store.add(record)
-        _finish(store, record, 1.0)
+    _run_all(store, records[:3], 1.0)
     running = TaskRecord("active", "job")
     store.add(running)
 
@@ -58,8 +58,7 @@ def test_clear_finished_keeps_the_spared_ones_in_their_order() -> None:
 
     assert dropped == ["t1"]
     assert _ids(store) == ["active", "t0", "t2"]
-    store.add(records[3])
-    _finish(store, records[3], 2.0)
+    _run_all(store, records[3:], 2.0)
     store.add(TaskRecord("t4", "job", status=TaskStatus.FAILED))
     assert _ids(store) == ["active", "t2", "t3", "t4"]  # t0 finished first: evicted first
     assert store.clear_finished() == ["t2", "t3", "t4"]
