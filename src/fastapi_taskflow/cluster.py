@@ -28,6 +28,7 @@ from typing import Any
 
 from .backends.base import Command, InstanceInfo, TaskBackend
 from .models import utcnow
+from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow.cluster")
 
@@ -94,15 +95,14 @@ class Cluster:
         backend: TaskBackend,
         instance_id: str,
         *,
-        heartbeat_interval: float,
-        lease_ttl: float,
+        settings: DurabilitySettings,
         load: Callable[[], Load],
         handler: Handler,
     ) -> None:
         self.backend = backend
         self.instance_id = instance_id
-        self.heartbeat_interval = heartbeat_interval
-        self.lease_ttl = lease_ttl
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.lease_ttl = settings.lease_ttl
         self._load = load
         self._handler = handler
         self._info = local_instance(instance_id, utcnow(), Load(0, 0))

@@ -45,6 +45,7 @@ from .errors import WriteBufferFullError
 from .journal_writes import Commit, note_journal_write
 from .loopref import LoopRef
 from .models import TaskRecord
+from .settings import DurabilitySettings
 from .store import TaskStore
 
 logger = logging.getLogger("fastapi_taskflow.persistence")
@@ -52,21 +53,8 @@ logger = logging.getLogger("fastapi_taskflow.persistence")
 ClaimHandler = Callable[[list[JournalEntry]], None]
 CLAIM_BATCH = 500
 HISTORY_CHUNK = 5000
-
-
-@dataclass(slots=True)
-class DurabilitySettings:
-    """Timings and bounds of the journal and history writes; defaults suit most apps."""
-
-    snapshot_interval: float = 60.0
-    heartbeat_interval: float = 10.0
-    lease_ttl: float = 30.0
-    max_buffered: int = 100_000
-    journal_backpressure: bool = False
-    retention_days: float | None = None
-    flush_timeout: float = 10.0
-    prune_interval: float = 3600.0
-    barrier_timeout: float = 30.0
+# Seconds shutdown's last flush waits for a slow backend before what is left is reported lost.
+FLUSH_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -193,7 +181,7 @@ class Persister:
 
     async def _final_flush(self) -> None:
         """Retry the last writes for up to ``flush_timeout`` seconds, then say what is lost."""
-        deadline = time.monotonic() + self.settings.flush_timeout
+        deadline = time.monotonic() + FLUSH_TIMEOUT
         backoff = 0.05
         while True:
             try:

@@ -24,6 +24,7 @@ from .models import TaskRecord, TaskStatus, utcnow
 from .persistence import Persister
 from .registry import TaskDefinition, TaskRegistry
 from .serialization import decode_call
+from .settings import DurabilitySettings
 from .store import TaskStore
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -42,7 +43,7 @@ class Recovery:
         persister: Persister,
         dispatcher: Dispatcher,
         cipher: ArgumentCipher | None,
-        max_requeues: int,
+        settings: DurabilitySettings,
         submit: Callable[[Job], None],
     ) -> None:
         self.registry = registry
@@ -50,7 +51,7 @@ class Recovery:
         self.persister = persister
         self.dispatcher = dispatcher
         self.cipher = cipher
-        self.max_requeues = max_requeues
+        self.max_requeues = settings.max_requeues
         self.submit = submit
         self.problems = 0
 
