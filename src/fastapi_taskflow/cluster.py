@@ -24,11 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Command, InstanceInfo, TaskBackend
 from .models import utcnow
-from .settings import DurabilitySettings
+
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow.cluster")
 

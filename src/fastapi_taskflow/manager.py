@@ -58,13 +58,13 @@ from .results import ResultKeeper
 from .running import Durability
 from .scheduling import Scheduler
 from .serialization import decode_call, result_view
-from .settings import LogFileSettings, ManagerKeywords, ManagerSettings
 from .stats import ClusterStats
 from .store import TaskStore
 from .tracing import build_tracing
 
 if TYPE_CHECKING:
     from .executors.process import ProcessPool
+    from .settings import LogFileSettings, ManagerKeywords, ManagerSettings
 
 logger = logging.getLogger("fastapi_taskflow")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,6 +99,9 @@ class TaskManager:
         """Settings come as keywords (``snapshot_interval=...``; see docs/configuration.md
         for every one and its default) or ready-made as ``settings=``, not both."""
         if settings is None:
+            # Imported on first use: declaring the settings models is most of their cost.
+            from .settings import ManagerSettings
+
             settings = ManagerSettings.from_keywords(
                 queues=queues, max_size=max_size, **settings_keywords
             )

@@ -38,15 +38,17 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import JournalEntry, TaskBackend
 from .errors import WriteBufferFullError
 from .journal_writes import Commit, note_journal_write
 from .loopref import LoopRef
 from .models import TaskRecord
-from .settings import DurabilitySettings
 from .store import TaskStore
+
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow.persistence")
 

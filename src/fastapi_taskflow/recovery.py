@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import JournalEntry
 from .crypto import ArgumentCipher
@@ -24,8 +24,10 @@ from .models import TaskRecord, TaskStatus, utcnow
 from .persistence import Persister
 from .registry import TaskDefinition, TaskRegistry
 from .serialization import decode_call
-from .settings import DurabilitySettings
 from .store import TaskStore
+
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow")
 

@@ -146,12 +146,12 @@ Queues = dict[QueueName, Annotated[QueueConfig, PlainValidator(_queue_config)]]
 class ManagerSettings(Section):
     """Validated manager settings: one section per part, plus the named queues."""
 
-    durability: DurabilitySettings = DurabilitySettings()
-    execution: ExecutionSettings = ExecutionSettings()
-    history: HistorySettings = HistorySettings()
-    results: ResultSettings = ResultSettings()
-    file_log: LogFileSettings = LogFileSettings()
-    queues: Queues = {}
+    durability: DurabilitySettings = Field(default_factory=DurabilitySettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    results: ResultSettings = Field(default_factory=ResultSettings)
+    file_log: LogFileSettings = Field(default_factory=LogFileSettings)
+    queues: Queues = Field(default_factory=dict)
 
     @classmethod
     def from_keywords(
