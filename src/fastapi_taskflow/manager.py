@@ -98,17 +98,7 @@ class TaskManager:
     ) -> None:
         """Settings come as keywords (``snapshot_interval=...``; see docs/configuration.md
         for every one and its default) or ready-made as ``settings=``, not both."""
-        if settings is None:
-            # Imported on first use: declaring the settings models is most of their cost.
-            from .settings import ManagerSettings
-
-            settings = ManagerSettings.from_keywords(
-                queues=queues, max_size=max_size, **settings_keywords
-            )
-        elif settings_keywords or queues is not None or max_size is not None:
-            given = sorted({*settings_keywords, *_given(queues=queues, max_size=max_size)})
-            raise TypeError(f"TaskManager() takes settings= or {', '.join(given)}, not both")
-        self.settings = s = settings
+        self.settings = s = _settings(settings, queues, max_size, dict(settings_keywords))
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
         self.store = store if store is not None else TaskStore(s.history.max_history)
@@ -963,8 +953,23 @@ def _error_policy(
     return ErrorPolicy(redactor, cipher if encrypt_errors else None)
 
 
-def _given(**values: Any) -> list[str]:
-    return [name for name, value in values.items() if value is not None]
+def _settings(
+    settings: ManagerSettings | None,
+    queues: dict[str, QueueConfig] | None,
+    max_size: int | None,
+    keywords: dict[str, Any],
+) -> ManagerSettings:
+    """The tree given as ``settings=``, or built from the keywords; never both."""
+    if settings is None:
+        # Imported on first use: declaring the settings models is most of their cost.
+        from .settings import ManagerSettings
+
+        return ManagerSettings.from_keywords(queues=queues, max_size=max_size, **keywords)
+    given = [*keywords, *(["queues"] if queues is not None else [])]
+    given += ["max_size"] if max_size is not None else []
+    if given:
+        raise TypeError(f"TaskManager() takes settings= or {', '.join(given)}, not both")
+    return settings
 
 
 def _observers(

@@ -135,7 +135,7 @@ class AcceptedUnusedSettings(Section):
 
 def _queue_config(value: Any) -> QueueConfig:
     if not isinstance(value, QueueConfig):
-        raise ValueError(f"must be a QueueConfig, got {value!r}")
+        raise ValueError("must be a QueueConfig")
     return value
 
 
@@ -187,13 +187,6 @@ class ManagerSettings(Section):
         if problems or settings is None:
             raise InvalidConfigurationError(problems)
         return settings
-
-    def flat(self) -> dict[str, Any]:
-        """Every section's keys in one mapping (the names ``TaskManager`` takes)."""
-        values: dict[str, Any] = {}
-        for name in SECTIONS:
-            values.update(getattr(self, name))
-        return values
 
 
 #: The root's sections by field name (``queues`` is no section: it is not flat).

@@ -236,3 +236,22 @@ async def test_the_store_tells_when_it_is_idle_from_any_thread() -> None:
     assert not idle.done()
     await asyncio.to_thread(store.transition, record, TaskStatus.SUCCESS)
     await asyncio.wait_for(idle, timeout=5)
+
+
+def test_the_lease_rule_is_reported_with_the_other_problems(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The section's lease rule is one of the problems of a load, on heartbeat_interval with
+    its source, beside a bad key of another section."""
+    from fastapi_taskflow.errors import InvalidConfigurationError
+
+    path = isolated / "t.yaml"
+    path.write_text("heartbeat_interval: 20\ndrain_timeout: -1\n")
+    monkeypatch.setenv("TASKFLOW_LEASE_TTL", "15")
+    with pytest.raises(InvalidConfigurationError) as caught:
+        TaskflowSettings(path)
+    problems = {problem.path: problem for problem in caught.value.problems}
+    assert set(problems) == {"heartbeat_interval", "drain_timeout"}
+    lease = problems["heartbeat_interval"]
+    assert lease.source == str(path)
+    assert "lease_ttl (15, from environment variable TASKFLOW_LEASE_TTL)" in lease.reason
