@@ -255,3 +255,13 @@ def test_the_lease_rule_is_reported_with_the_other_problems(
     lease = problems["heartbeat_interval"]
     assert lease.source == str(path)
     assert "lease_ttl (15, from environment variable TASKFLOW_LEASE_TTL)" in lease.reason
+
+
+def test_config_check_shows_the_backend_first_and_the_unused_keys_last() -> None:
+    """The effective settings start with backend and end with the 0.12 keys that do nothing."""
+    keys = list(TaskflowSettings.from_mapping({}).masked_dump())
+    assert keys[0] == "backend"
+    assert keys[-len(AcceptedUnusedSettings.model_fields) :] == list(
+        AcceptedUnusedSettings.model_fields
+    )
+    assert set(keys) == set(TaskflowSettings.model_fields)

@@ -341,14 +341,15 @@ class AdminSettings(Section):
 # ---- the settings ---------------------------------------------------------------------------
 
 
+# Pydantic lists the fields of the last base first: the durability keys lead.
 class TaskflowSettings(
     BaseSettings,
-    DurabilitySettings,
-    ExecutionSettings,
-    HistorySettings,
-    ResultSettings,
-    LogFileSettings,
     AcceptedUnusedSettings,
+    LogFileSettings,
+    ResultSettings,
+    HistorySettings,
+    ExecutionSettings,
+    DurabilitySettings,
 ):
     """Everything the container needs to build a ``TaskManager``; see docs/configuration.md."""
 
@@ -455,7 +456,12 @@ class TaskflowSettings(
 
     def masked_dump(self) -> dict[str, Any]:
         """The effective settings as plain data with every secret masked (for the CLI, logs)."""
-        data: dict[str, Any] = self.model_dump(mode="json")
+        dumped: dict[str, Any] = self.model_dump(mode="json")
+        # The backend first (what a reader looks for), the 0.12 keys that do nothing last.
+        unused = AcceptedUnusedSettings.model_fields
+        data = {"backend": dumped.pop("backend")}
+        data.update((key, value) for key, value in dumped.items() if key not in unused)
+        data.update((key, dumped[key]) for key in unused)
         data["encryption"]["keys"] = ["**********" for _ in self.encryption.keys]
         for kind in ("redis", "postgres", "mysql"):
             data["backend"][kind]["url"] = getattr(self.backend, kind).url.masked()
