@@ -96,7 +96,8 @@ def remove_lifespan(app: FastAPI, key: object) -> bool:
     hooks: list[_Hook] = getattr(app.state, _HOOKS_ATTR, None) or []
     for hook in hooks:
         if hook.key is key:
-            return LifespanHook(hooks, hook).remove()
+            hooks.remove(hook)
+            return True
     return False
 
 
