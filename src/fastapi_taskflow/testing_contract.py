@@ -83,6 +83,18 @@ def make_instance(instance_id: str, running: int = 0, waiting: int = 0) -> Insta
     )
 
 
+def audit_entry(entry_id: str, second: int = 0) -> dict[str, Any]:
+    """An audit entry as TaskAdmin stores it."""
+    return {
+        "entry_id": entry_id,
+        "action": "cancel",
+        "task_id": f"task-{entry_id}",
+        "actor": "ann",
+        "timestamp": at(second).isoformat(),
+        "detail": {"result": "ok"},
+    }
+
+
 async def eventually(check: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
@@ -673,6 +685,61 @@ class BackendContract:
             )
         )
         assert [r.run_key for r in await peer.list_scheduled()] == [f"r{i:02d}" for i in range(20)]
+
+    # ---- the audit trail ---------------------------------------------------------------------
+
+    async def test_audit_trail_lists_newest_first_within_its_bound(
+        self, backend: TaskBackend
+    ) -> None:
+        """Entries read newest first, at most ``limit``; an append trims to the newest ``keep``."""
+        for n in range(5):
+            await backend.append_audit(audit_entry(f"e{n}"), keep=3)
+        assert [e["entry_id"] for e in await backend.read_audit(10)] == ["e4", "e3", "e2"]
+        assert [e["entry_id"] for e in await backend.read_audit(2)] == ["e4", "e3"]
+        [newest] = await backend.read_audit(1)
+        assert newest == audit_entry("e4")
+
+    async def test_concurrent_audit_appends_lose_nothing(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Forty appends at once through two backend objects: both read all forty."""
+        ids = [f"e{n:02d}" for n in range(40)]
+        await asyncio.gather(
+            *(
+                (backend if n % 2 else peer).append_audit(audit_entry(i), keep=100)
+                for n, i in enumerate(ids)
+            )
+        )
+        for reader in (backend, peer):
+            assert sorted(e["entry_id"] for e in await reader.read_audit(100)) == ids
+
+    async def test_concurrent_audit_appends_keep_the_bound(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Thirty appends at once with ``keep=10`` leave ten entries, the same for every reader."""
+        await asyncio.gather(
+            *(
+                (backend if n % 2 else peer).append_audit(audit_entry(f"e{n:02d}"), keep=10)
+                for n in range(30)
+            )
+        )
+        kept = [e["entry_id"] for e in await backend.read_audit(100)]
+        assert len(kept) == 10
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == kept
+        await backend.append_audit(audit_entry("last"), keep=10)
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == ["last", *kept[:9]]
+
+    async def test_corrupt_or_repeated_audit_entries_are_read_once(
+        self, backend: TaskBackend
+    ) -> None:
+        """A corrupt stored entry is skipped and counted; one stored twice is listed once."""
+        await backend.append_audit(audit_entry("a"), keep=10)
+        await backend._append_audit(GARBAGE, keep=10)
+        await backend.append_audit(audit_entry("a"), keep=10)
+        await backend.append_audit(audit_entry("b"), keep=10)
+        before = backend.corrupt_rows
+        assert [e["entry_id"] for e in await backend.read_audit(10)] == ["b", "a"]
+        assert backend.corrupt_rows == before + 1
 
     # ---- rate limits -------------------------------------------------------------------------
 
