@@ -22,6 +22,7 @@ backends. See docs/backends.md ("Checking your backend").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from fastapi_taskflow.admin.audit import META_KEY, move_meta_document
 from fastapi_taskflow.backends.base import (
     Command,
     InstanceInfo,
@@ -740,6 +742,29 @@ class BackendContract:
         before = backend.corrupt_rows
         assert [e["entry_id"] for e in await backend.read_audit(10)] == ["b", "a"]
         assert backend.corrupt_rows == before + 1
+
+    async def test_an_old_audit_document_in_meta_is_moved_once(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """The trail an older version kept as one meta document becomes entries (newest first)
+        and the document is emptied; two instances moving it at once move it once."""
+        old = [audit_entry(f"old{n}", second=n) for n in (1, 0, 2)]  # written in any order
+        await backend.set_meta(META_KEY, json.dumps(old))
+        moved = await asyncio.gather(
+            move_meta_document(backend, "i-1", keep=1000),
+            move_meta_document(peer, "i-2", keep=1000),
+        )
+        assert True in moved
+        assert not await peer.get_meta(META_KEY)
+        await backend.append_audit(audit_entry("new", second=30), keep=1000)
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == [
+            "new",
+            "old2",
+            "old1",
+            "old0",
+        ]
+        assert await move_meta_document(peer, "i-2", keep=1000) is True
+        assert len(await backend.read_audit(100)) == 4
 
     # ---- rate limits -------------------------------------------------------------------------
 
