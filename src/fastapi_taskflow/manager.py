@@ -41,7 +41,12 @@ from .dispatch.keys import KeyGuard
 from .dispatch.queues import UNSET
 from .errors import ArgumentDecryptionError, BackendError, ConfigurationError, UnknownTaskError
 from .executors import ExecutorSet
-from .fastapi_glue import add_lifespan, route_background_params
+from .fastapi_glue import (
+    add_lifespan,
+    remove_lifespan,
+    route_background_params,
+    unroute_background_params,
+)
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .journal_writes import Commit
 from .legacy import import_legacy
@@ -388,8 +393,28 @@ class TaskManager:
                 route_background_params(app, self.get_tasks)  # routes added after install()
             await self.startup()
 
-        if add_lifespan(app, self, start, self.shutdown) and self.backend is not None:
+        added = add_lifespan(app, self, start, self.shutdown)
+        if added is not None and self.backend is not None:
             self._add_journal_barrier(app)
+
+    def detach(self, app: FastAPI) -> None:
+        """Undo :meth:`init_app` and :meth:`install` for ``app``, before another manager takes
+        its place: the app's lifespan no longer starts or stops this manager, and the
+        ``BackgroundTasks`` parameters ``install()`` rewired get FastAPI's own again.
+
+        The app then holds this manager only through routes that name it themselves
+        (``Depends(task_manager.get_tasks)``) and, once the app has started, the journal
+        barrier of a manager with a backend (a built middleware stack is fixed). A lifespan
+        under way still shuts it down.
+        """
+        remove_lifespan(app, self)
+        unroute_background_params(app, self.get_tasks)
+        if getattr(app.state, "_taskflow_install", None) is self:
+            delattr(app.state, "_taskflow_install")
+        if app.middleware_stack is None:  # not started: the barrier can still go
+            app.user_middleware[:] = [  # only the barrier is given manager=self
+                entry for entry in app.user_middleware if entry.kwargs.get("manager") is not self
+            ]
 
     def _add_journal_barrier(self, app: FastAPI) -> None:
         """Responses wait for their request's journal writes (see barrier.py)."""
