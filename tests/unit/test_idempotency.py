@@ -223,5 +223,7 @@ def running_key_guard(manager: TaskManager) -> KeyGuard:
     hooks = manager.dispatcher.hooks
     assert hooks is not None
     reservations = [h for h in hooks.hooks if isinstance(h, KeyReservations)]
-    assert len(reservations) == 1 and reservations[0].guard is not None
-    return reservations[0].guard
+    assert len(reservations) == 1
+    guard = reservations[0].guard
+    assert guard is not None
+    return guard

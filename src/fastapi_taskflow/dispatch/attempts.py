@@ -346,7 +346,8 @@ class Dispatcher:
         if self.hub.observing:
             self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
-        self._left(job)
+        if self.hooks is not None:
+            self.hooks.left(job)
         self._on_finished(job)
 
     def _left(self, job: Job) -> None:

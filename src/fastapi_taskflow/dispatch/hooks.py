@@ -12,7 +12,8 @@ test per step. The dispatcher calls the steps a hook overrides, hook after hook,
     after_call      the call returned or raised; the outcome is not recorded yet
     error_fields    (the attempt failed) what is stored of the error
     end             the outcome is on the record (SUCCESS, a final status, or PENDING to retry)
-    left            the job left the dispatcher: ``done``, or ``kept`` at shutdown
+    left            the job left the dispatcher: ``done``, or ``kept`` at shutdown (when an
+                    attempt ends it, as its outcome is recorded: before that attempt's end)
 
 A hook keeps what it needs between steps itself (keyed by the job; ``left`` is the last step
 of every job). Isolation: a hook that raises in ``admit`` or ``begin`` ends the attempt as an
