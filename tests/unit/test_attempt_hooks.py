@@ -22,6 +22,7 @@ from fastapi_taskflow.loopref import LoopRef
 from fastapi_taskflow.models import TaskRecord
 from fastapi_taskflow.registry import TaskDefinition, TaskOptions
 from fastapi_taskflow.results import ResultKeeper
+from fastapi_taskflow.settings import ExecutionSettings, ResultSettings
 from fastapi_taskflow.store import TaskStore
 
 
@@ -30,7 +31,7 @@ class Rig:
 
     def __init__(self, hooks: tuple[AttemptHook, ...]) -> None:
         self.store = TaskStore()
-        self.executors = ExecutorSet()
+        self.executors = ExecutorSet(ExecutionSettings())
         self._finished: dict[str, asyncio.Future[TaskRecord]] = {}
         self.dispatcher = Dispatcher(
             store=self.store,
@@ -38,10 +39,9 @@ class Rig:
             hub=EventHub(self.store, ObserverChain(), LoopRef()),
             cipher=None,
             queues=None,
-            max_concurrent_tasks=None,
-            default_timeout=None,
+            execution=ExecutionSettings(),
             on_finished=self._on_finished,
-            results=ResultKeeper(cipher=None),
+            results=ResultKeeper(cipher=None, settings=ResultSettings()),
             hooks=hooks,
         )
         self.dispatcher.bind(asyncio.get_running_loop())

@@ -179,7 +179,7 @@ class TaskAdmin:
                 await self.prune()
             except Exception:
                 logger.error("pruning old task history failed", exc_info=True)
-            await asyncio.sleep(self.manager.settings.prune_interval)
+            await asyncio.sleep(self.manager.settings.durability.prune_interval)
 
 
 def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[[], TaskManager]:

@@ -30,7 +30,9 @@ from .queues import QueueSet, QueueState
 from .rates import RateGates, job_limits
 
 if TYPE_CHECKING:
+    from ..backends.base import TaskBackend
     from ..results import ResultKeeper
+    from ..settings import ExecutionSettings
 
 logger = logging.getLogger("fastapi_taskflow")
 # Enum member access goes through the metaclass on Python 3.11 (5x a plain attribute): the hot
@@ -52,22 +54,26 @@ class Dispatcher:
         hub: EventHub,
         cipher: ArgumentCipher | None,
         queues: dict[str, QueueConfig] | None,
-        max_concurrent_tasks: int | None,
-        default_timeout: float | None,
+        execution: ExecutionSettings,
         on_finished: FinishedCallback,
         results: ResultKeeper,
         keeps: Callable[[Job], bool] | None = None,
         on_journaled_start: Callable[[TaskRecord], None] | None = None,
+        rate_backend: Callable[[], TaskBackend | None] = lambda: None,
         hooks: Sequence[AttemptHook] = (),
     ) -> None:
         self.store = store
         self.executors = executors
         self.hub = hub
         self.cipher = cipher
-        self.default_timeout = default_timeout
-        self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
+        self.default_timeout = execution.default_timeout
+        self.queues = QueueSet(
+            queues, global_limit=execution.max_concurrent_tasks, start=self._start
+        )
         self.results = results
-        self.rates = RateGates(store=store, admit=self._queue, refuse=self._refuse)
+        self.rates = RateGates(
+            store=store, admit=self._queue, refuse=self._refuse, shared_backend=rate_backend
+        )
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).

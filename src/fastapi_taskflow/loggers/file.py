@@ -14,9 +14,12 @@ import threading
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler, WatchedFileHandler
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .lines import LineObserver
+
+if TYPE_CHECKING:
+    from ..settings import LogFileSettings
 
 logger = logging.getLogger("fastapi_taskflow.loggers")
 
@@ -103,6 +106,18 @@ class FileLogger(LineObserver):
         self._dropped_lock = threading.Lock()
         # Whether the current stall was reported; cleared once the queue has room again.
         self._overflowing = False
+
+    @classmethod
+    def from_settings(cls, settings: LogFileSettings) -> FileLogger:
+        """The ``log_file`` shorthand's logger (``settings.log_file`` must be set)."""
+        assert settings.log_file is not None
+        return cls(
+            settings.log_file,
+            log_lifecycle=settings.log_lifecycle,
+            max_bytes=settings.log_file_max_bytes,
+            backup_count=settings.log_file_backup_count,
+            mode=settings.log_file_mode,
+        )
 
     @property
     def dropped(self) -> int:
