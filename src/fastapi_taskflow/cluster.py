@@ -24,10 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Command, InstanceInfo, TaskBackend
 from .models import utcnow
+
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow.cluster")
 
@@ -94,15 +97,14 @@ class Cluster:
         backend: TaskBackend,
         instance_id: str,
         *,
-        heartbeat_interval: float,
-        lease_ttl: float,
+        settings: DurabilitySettings,
         load: Callable[[], Load],
         handler: Handler,
     ) -> None:
         self.backend = backend
         self.instance_id = instance_id
-        self.heartbeat_interval = heartbeat_interval
-        self.lease_ttl = lease_ttl
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.lease_ttl = settings.lease_ttl
         self._load = load
         self._handler = handler
         self._info = local_instance(instance_id, utcnow(), Load(0, 0))

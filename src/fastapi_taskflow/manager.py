@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import anyio.from_thread
 from fastapi import BackgroundTasks, FastAPI
@@ -49,13 +49,12 @@ from .loggers.base import TaskObserver
 from .loggers.chain import ObserverChain
 from .loopref import LoopRef
 from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, TaskStatus, utcnow
-from .options import ManagerSettings, MiB, check_merged_list_ttl
-from .persistence import DurabilitySettings, Persister
+from .persistence import Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
 from .redaction import ErrorPolicy, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
-from .results import DEFAULT_MAX_RESULT_BYTES, ResultKeeper
+from .results import ResultKeeper
 from .running import Durability
 from .scheduling import Scheduler
 from .serialization import decode_call, result_view
@@ -65,6 +64,7 @@ from .tracing import build_tracing
 
 if TYPE_CHECKING:
     from .executors.process import ProcessPool
+    from .settings import LogFileSettings, ManagerKeywords, ManagerSettings
 
 logger = logging.getLogger("fastapi_taskflow")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,33 +80,10 @@ class TaskManager:
         *,
         snapshot_db: str | None = None,
         snapshot_backend: TaskBackend | None = None,
-        snapshot_interval: float = 60.0,
-        requeue_pending: bool = False,
         loggers: Sequence[TaskObserver] | None = None,
-        log_file: str | None = None,
-        log_file_max_bytes: int = 10 * MiB,
-        log_file_backup_count: int = 5,
-        log_file_mode: str = "rotate",
-        log_lifecycle: bool = False,
         encrypt_args_key: KeyLike | Sequence[KeyLike] | None = None,
-        max_concurrent_tasks: int | None = None,
-        max_sync_threads: int | None = None,
-        max_process_workers: int | None = None,
-        process_shutdown_timeout: float = 30.0,
-        retention_days: float | None = None,
-        retry_replaces_original: bool = True,
         queues: dict[str, QueueConfig] | None = None,
         max_size: int | None = None,
-        max_history: int = 10_000,
-        default_timeout: float | None = None,
-        drain_timeout: float = 30.0,
-        heartbeat_interval: float = 10.0,
-        lease_ttl: float = 30.0,
-        max_requeues: int = 3,
-        prune_interval: float = 3600.0,
-        barrier_timeout: float = 30.0,
-        max_buffered: int = 100_000,
-        journal_backpressure: bool = False,
         registry: TaskRegistry | None = None,
         store: TaskStore | None = None,
         cipher: ArgumentCipher | None = None,
@@ -116,54 +93,15 @@ class TaskManager:
         redact: RedactRule | None = None,
         encrypt_errors: bool = False,
         tracing: Any = False,
-        # fastapi-taskflow 0.12's peer registry: accepted so its apps start unchanged, and
-        # unused, since instances share their state through the backend (docs/durability.md).
-        instance_url: str | None = None,
-        instance_tasks_prefix: str | None = None,
-        registry_ttl: float = 90.0,
-        registry_heartbeat: float = 30.0,
-        # 0.12's cache time of the merged task list: accepted and unused too (see options.py).
-        merged_list_ttl: float = 5.0,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        result_ttl: float | None = None,
+        settings: ManagerSettings | None = None,
+        **settings_keywords: Unpack[ManagerKeywords],
     ) -> None:
-        check_merged_list_ttl(merged_list_ttl)
-        queue_configs = dict(queues or {})
-        if max_size is not None:
-            default = queue_configs.get("default", QueueConfig())
-            queue_configs["default"] = QueueConfig(
-                default.concurrency, max_size, default.rate_limit
-            )
-        self.settings = ManagerSettings(
-            snapshot_interval=snapshot_interval,
-            requeue_pending=requeue_pending,
-            max_concurrent_tasks=max_concurrent_tasks,
-            max_sync_threads=max_sync_threads,
-            max_process_workers=max_process_workers,
-            process_shutdown_timeout=process_shutdown_timeout,
-            retention_days=retention_days,
-            retry_replaces_original=retry_replaces_original,
-            queues=queue_configs,
-            max_history=max_history,
-            default_timeout=default_timeout,
-            drain_timeout=drain_timeout,
-            heartbeat_interval=heartbeat_interval,
-            lease_ttl=lease_ttl,
-            max_requeues=max_requeues,
-            prune_interval=prune_interval,
-            barrier_timeout=barrier_timeout,
-            max_buffered=max_buffered,
-            journal_backpressure=journal_backpressure,
-            max_result_bytes=max_result_bytes,
-            result_ttl=result_ttl,
-        )
+        """Settings come as keywords (``snapshot_interval=...``; see docs/configuration.md
+        for every one and its default) or ready-made as ``settings=``, not both."""
+        self.settings = s = _settings(settings, queues, max_size, dict(settings_keywords))
         self.instance_id = f"{uuid.uuid4().hex[:12]}"
         self.registry = registry if registry is not None else TaskRegistry()
-        if store is None:
-            self.store = TaskStore(max_history=max_history, on_idle=self._wake_idle)
-        else:
-            self.store = store
-            store.watch_idle(self._wake_idle)
+        self.store = store if store is not None else TaskStore(s.history.max_history)
         self.cipher = cipher or (
             ArgumentCipher(encrypt_args_key) if encrypt_args_key is not None else None
         )
@@ -171,22 +109,9 @@ class TaskManager:
             build_backend("sqlite", path=snapshot_db) if snapshot_db else None
         )
         self._close_backend = close_backend
-        self.observers = ObserverChain(
-            _observers(
-                loggers,
-                log_file,
-                log_file_max_bytes,
-                log_file_backup_count,
-                log_file_mode,
-                log_lifecycle,
-            )
-        )
+        self.observers = ObserverChain(_observers(loggers, s.file_log))
         self.executors = ExecutorSet(
-            max_sync_threads=max_sync_threads,
-            max_process_workers=max_process_workers,
-            process_shutdown_timeout=process_shutdown_timeout,
-            thread_pool=thread_pool,
-            process_pool=process_pool,
+            s.execution, thread_pool=thread_pool, process_pool=process_pool
         )
         # Made only when the backend is open: startup() builds it whole, shutdown() drops it.
         self._durability: Durability | None = None
@@ -196,10 +121,9 @@ class TaskManager:
         self.hub = EventHub(self.store, self.observers, self._loop_ref)
         self.results = ResultKeeper(
             cipher=self.cipher,
-            max_result_bytes=max_result_bytes,
-            result_ttl=result_ttl,
+            settings=s.results,
             lookup=self.store.get,
-            tracked_limit=2 * max_history + 1000,
+            tracked_limit=2 * s.history.max_history + 1000,
             on_dropped=self._result_dropped,
         )
         self.dispatcher = Dispatcher(
@@ -207,14 +131,14 @@ class TaskManager:
             executors=self.executors,
             hub=self.hub,
             cipher=self.cipher,
-            queues=queue_configs,
-            max_concurrent_tasks=max_concurrent_tasks,
-            default_timeout=default_timeout,
+            queues=s.queues,
+            execution=s.execution,
             on_finished=self._on_finished,
             results=self.results,
             keeps=self._kept_at_shutdown,
             on_journaled_start=self._journaled_start,
             key_guard=self._running_key_guard,
+            rate_backend=self._running_backend,
             tracing=tracing_hooks,
             privacy=self.privacy,
         )
@@ -222,17 +146,16 @@ class TaskManager:
             store=self.store,
             dispatcher=self.dispatcher,
             cipher=self.cipher,
-            requeue_pending=requeue_pending,
+            requeue_pending=s.durability.requeue_pending,
             check_arguments=self.executors.check_arguments,
             persister=lambda: self.persister,
             tracing=tracing_hooks,
         )
-        self.scheduler = Scheduler(self, sweep_interval=self.settings.heartbeat_interval)
+        self.scheduler = Scheduler(self, sweep_interval=s.durability.heartbeat_interval)
         self._started = False
         self._started_at = utcnow()
         self._prestart: list[Job] = []
         self._waiters: dict[str, list[asyncio.Future[TaskRecord]]] = {}
-        self._idle: list[asyncio.Future[None]] = []
 
     @property
     def persister(self) -> Persister | None:
@@ -255,6 +178,10 @@ class TaskManager:
     def _running_key_guard(self) -> KeyGuard | None:
         durability = self._durability
         return durability.key_guard if durability is not None else None
+
+    def _running_backend(self) -> TaskBackend | None:
+        durability = self._durability
+        return durability.persister.backend if durability is not None else None
 
     def _journaled_start(self, record: TaskRecord) -> None:
         # Only journaled jobs reach this, and they exist only while the persister does.
@@ -487,7 +414,7 @@ class TaskManager:
         await self.hub.start()
         if self.backend is not None:
             await self._start_persistence(self.backend)
-        self.dispatcher.rates.use(self.backend)
+        self.dispatcher.rates.start()
         self._started = True
         prestart, self._prestart = self._prestart, []
         for job in prestart:
@@ -509,29 +436,18 @@ class TaskManager:
                 backend.describe(),
             )
         await load_queue_configs(self)
-        s = self.settings
+        durable = self.settings.durability
         persister = Persister(
             backend,
             self.store,
             self.instance_id,
-            DurabilitySettings(
-                snapshot_interval=s.snapshot_interval,
-                heartbeat_interval=s.heartbeat_interval,
-                lease_ttl=s.lease_ttl,
-                retention_days=s.retention_days,
-                prune_interval=s.prune_interval,
-                barrier_timeout=s.barrier_timeout,
-                max_buffered=s.max_buffered,
-                journal_backpressure=s.journal_backpressure,
-            ),
+            durable,
             loop_ref=self._loop_ref,
             on_claim=self._recover_all,
         )
         key_guard = None
         if backend.shared:
-            days = s.retention_days
-            ttl = days * 86400.0 if days is not None else None
-            key_guard = KeyGuard(backend, self.instance_id, ttl)
+            key_guard = KeyGuard(backend, self.instance_id, durable.retention_seconds)
         self._durability = durability = Durability(
             persister=persister,
             recovery=Recovery(
@@ -540,14 +456,13 @@ class TaskManager:
                 persister=persister,
                 dispatcher=self.dispatcher,
                 cipher=self.cipher,
-                max_requeues=s.max_requeues,
+                settings=durable,
                 submit=self._submit_if_running,
             ),
             cluster=Cluster(
                 backend,
                 self.instance_id,
-                heartbeat_interval=s.heartbeat_interval,
-                lease_ttl=s.lease_ttl,
+                settings=durable,
                 load=self._load,
                 handler=self._on_command,
             ),
@@ -597,8 +512,6 @@ class TaskManager:
             await self.backend.close()
         self._started = False
         self._loop_ref.clear()
-        if self.store.active == 0:
-            self._wake_idle()
 
     def _settle_waiting(self) -> None:
         """Waiting tasks: kept in the journal (requeue) or recorded INTERRUPTED, never dropped."""
@@ -615,7 +528,7 @@ class TaskManager:
     async def _drain_running(self) -> None:
         running = [j.task for j in self.dispatcher.running_jobs() if j.task is not None]
         if running:
-            _, late = await asyncio.wait(running, timeout=self.settings.drain_timeout)
+            _, late = await asyncio.wait(running, timeout=self.settings.execution.drain_timeout)
             for job in self.dispatcher.running_jobs():
                 self.dispatcher.stop_attempt(job, "shutdown")
             if late:
@@ -629,19 +542,7 @@ class TaskManager:
                     await self.hub.drain()
                     if self.store.active == 0:
                         return
-                waiter = asyncio.get_running_loop().create_future()
-                self._idle.append(waiter)
-                await waiter
-
-    def _wake_idle(self) -> None:
-        if self._idle:
-            self._loop_ref.call(self._resolve_idle)
-
-    def _resolve_idle(self) -> None:
-        waiters, self._idle = self._idle, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+                await self.store.when_idle()
 
     # ---- one task ----------------------------------------------------------------------------
 
@@ -726,7 +627,7 @@ class TaskManager:
     @property
     def barrier_timeout(self) -> float:
         """Seconds a response waits for its request's journal commit (see barrier.py)."""
-        return self.settings.barrier_timeout
+        return self.settings.durability.barrier_timeout
 
     async def wait_journaled(self, seq: int, timeout: float) -> Commit:
         """How waiting for journal write ``seq`` ended; committed at once with no persister
@@ -798,7 +699,7 @@ class TaskManager:
             priority=record.priority,
             queue=record.queue,
         )
-        if self.settings.retry_replaces_original:
+        if self.settings.history.retry_replaces_original:
             self.store.remove(task_id)
             if self.persister is not None:
                 self.persister.forget([task_id])
@@ -1052,28 +953,34 @@ def _error_policy(
     return ErrorPolicy(redactor, cipher if encrypt_errors else None)
 
 
+def _settings(
+    settings: ManagerSettings | None,
+    queues: dict[str, QueueConfig] | None,
+    max_size: int | None,
+    keywords: dict[str, Any],
+) -> ManagerSettings:
+    """The tree given as ``settings=``, or built from the keywords; never both."""
+    if settings is None:
+        # Imported on first use: declaring the settings models is most of their cost.
+        from .settings import ManagerSettings
+
+        return ManagerSettings.from_keywords(queues=queues, max_size=max_size, **keywords)
+    given = [*keywords, *(["queues"] if queues is not None else [])]
+    given += ["max_size"] if max_size is not None else []
+    if given:
+        raise TypeError(f"TaskManager() takes settings= or {', '.join(given)}, not both")
+    return settings
+
+
 def _observers(
-    loggers: Sequence[TaskObserver] | None,
-    log_file: str | None,
-    max_bytes: int,
-    backup_count: int,
-    mode: str,
-    log_lifecycle: bool,
+    loggers: Sequence[TaskObserver] | None, file_log: LogFileSettings
 ) -> list[TaskObserver]:
     observers = list(loggers or [])
     for observer in observers:
         if not isinstance(observer, TaskObserver):
             raise TypeError(f"loggers must be TaskObserver instances, got {observer!r}")
-    if log_file is not None:
+    if file_log.log_file is not None:
         from .loggers.file import FileLogger
 
-        observers.append(
-            FileLogger(
-                log_file,
-                log_lifecycle=log_lifecycle,
-                max_bytes=max_bytes,
-                backup_count=backup_count,
-                mode=mode,
-            )
-        )
+        observers.append(FileLogger.from_settings(file_log))
     return observers

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import JournalEntry, TaskBackend
 from .errors import WriteBufferFullError
@@ -47,26 +47,16 @@ from .loopref import LoopRef
 from .models import TaskRecord
 from .store import TaskStore
 
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
+
 logger = logging.getLogger("fastapi_taskflow.persistence")
 
 ClaimHandler = Callable[[list[JournalEntry]], None]
 CLAIM_BATCH = 500
 HISTORY_CHUNK = 5000
-
-
-@dataclass(slots=True)
-class DurabilitySettings:
-    """Timings and bounds of the journal and history writes; defaults suit most apps."""
-
-    snapshot_interval: float = 60.0
-    heartbeat_interval: float = 10.0
-    lease_ttl: float = 30.0
-    max_buffered: int = 100_000
-    journal_backpressure: bool = False
-    retention_days: float | None = None
-    flush_timeout: float = 10.0
-    prune_interval: float = 3600.0
-    barrier_timeout: float = 30.0
+# Seconds shutdown's last flush waits for a slow backend before what is left is reported lost.
+FLUSH_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -193,7 +183,7 @@ class Persister:
 
     async def _final_flush(self) -> None:
         """Retry the last writes for up to ``flush_timeout`` seconds, then say what is lost."""
-        deadline = time.monotonic() + self.settings.flush_timeout
+        deadline = time.monotonic() + FLUSH_TIMEOUT
         backoff = 0.05
         while True:
             try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import JournalEntry
 from .crypto import ArgumentCipher
@@ -25,6 +25,9 @@ from .persistence import Persister
 from .registry import TaskDefinition, TaskRegistry
 from .serialization import decode_call
 from .store import TaskStore
+
+if TYPE_CHECKING:
+    from .settings import DurabilitySettings
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -42,7 +45,7 @@ class Recovery:
         persister: Persister,
         dispatcher: Dispatcher,
         cipher: ArgumentCipher | None,
-        max_requeues: int,
+        settings: DurabilitySettings,
         submit: Callable[[Job], None],
     ) -> None:
         self.registry = registry
@@ -50,7 +53,7 @@ class Recovery:
         self.persister = persister
         self.dispatcher = dispatcher
         self.cipher = cipher
-        self.max_requeues = max_requeues
+        self.max_requeues = settings.max_requeues
         self.submit = submit
         self.problems = 0
 

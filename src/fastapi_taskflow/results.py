@@ -26,10 +26,10 @@ from .serialization import decode_result, encode_result
 if TYPE_CHECKING:
     from .crypto import ArgumentCipher
     from .registry import TaskOptions
+    from .settings import ResultSettings
 
 logger = logging.getLogger("fastapi_taskflow")
 
-DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 EXPIRED_NOTE = "dropped after its result_ttl"
 
 
@@ -40,15 +40,14 @@ class ResultKeeper:
         self,
         *,
         cipher: ArgumentCipher | None,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        result_ttl: float | None = None,
+        settings: ResultSettings,
         lookup: Callable[[str], TaskRecord | None] | None = None,
         tracked_limit: int = 100_000,
         on_dropped: Callable[[TaskRecord], None] | None = None,
     ) -> None:
         self.cipher = cipher
-        self.max_result_bytes = max_result_bytes
-        self.result_ttl = result_ttl
+        self.max_result_bytes = settings.max_result_bytes
+        self.result_ttl = settings.result_ttl
         # Expiring results are tracked by task id and found again in memory (``lookup``):
         # a record that left memory expires on read, and is not kept alive by this heap.
         self._lookup = lookup

@@ -9,6 +9,7 @@ Mutations take a lock because sync routes add tasks from FastAPI's worker thread
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import logging
@@ -62,9 +63,7 @@ class DurationHistogram:
 class TaskStore:
     """Records by id, counters, bounded finished history, idempotency keys, change feed."""
 
-    def __init__(
-        self, max_history: int = 10_000, *, on_idle: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, max_history: int = 10_000) -> None:
         if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 0:
             raise ValueError(f"max_history must be an int >= 0, got {max_history!r}")
         self.max_history = max_history
@@ -75,16 +74,24 @@ class TaskStore:
         self._keys: dict[str, str] = {}
         self._dirty: dict[str, TaskRecord] = {}
         self._listeners: list[Listener] = []
-        # Called when the last active (pending or running) record finishes: what join() awaits.
-        self._on_idle = on_idle
+        # Futures resolved when the last active (pending or running) record finishes: what
+        # join() awaits, each on the loop it was made on (records change from worker threads).
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._lock = threading.RLock()
         self.durations = DurationHistogram()
         self.evicted = 0
 
-    def watch_idle(self, on_idle: Callable[[], None]) -> None:
-        """For a store made before its manager (``TaskManager(store=...)``): the manager's
-        ``join()`` callback, which a store the manager builds gets as ``on_idle=``."""
-        self._on_idle = on_idle
+    def when_idle(self) -> asyncio.Future[None]:
+        """A future (on the running loop) done once no record is pending or running: done at
+        once when none is now."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self.active == 0:
+                waiter.set_result(None)
+            else:
+                self._idle_waiters = [w for w in self._idle_waiters if not w.done()]
+                self._idle_waiters.append(waiter)
+        return waiter
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -321,8 +328,16 @@ class TaskStore:
             self._evict()
 
     def _check_idle(self) -> None:
-        if self._on_idle is not None and self.active == 0:
-            self._on_idle()
+        if not self._idle_waiters:
+            return
+        with self._lock:
+            if self.active != 0:
+                return
+            waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            loop = waiter.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
 
     def _notify(self, record: TaskRecord) -> None:
         for listener in self._listeners:
@@ -373,3 +388,8 @@ class TaskStore:
                 self.evicted += 1
                 if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
                     del self._keys[record.idempotency_key]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

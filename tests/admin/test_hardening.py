@@ -555,3 +555,40 @@ async def test_backend_without_counters_falls_back_to_this_process(caplog):
     await counters.delete("k")
     assert await counters.get("k") == (0, 0.0)
     assert len([r for r in caplog.records if "no shared counters" in r.getMessage()]) == 1
+
+
+# ---- 8. open streams end with their session ----------------------------------------------------
+
+
+async def test_an_open_stream_ends_when_its_session_is_logged_out(make_env, open_sse):
+    """A dashboard stream opened with a session closes once that session is logged out; a
+    stream of another, live session stays open."""
+    async with make_env(**AUTH) as env:
+        ended_session = await _bearer(env.client)
+        live_session = await _bearer(env.client)
+        path = "/tasks/dashboard/stream"
+        async with (
+            open_sse(env.asgi, path, ended_session) as (status, ended_stream),
+            open_sse(env.asgi, path, live_session) as (_, live_stream),
+        ):
+            assert status == 200
+            assert (await ended_stream.next())[0] == "hello"
+            assert (await live_stream.next())[0] == "hello"
+            assert await env.admin.hub.end_lapsed_sessions() == 0
+
+            await env.client.post("/tasks/auth/logout", headers=ended_session)
+            assert await env.admin.hub.end_lapsed_sessions() == 1
+
+            assert await ended_stream.next() is None
+            env.add(jobs.succeed)
+            assert (await live_stream.until(lambda name, data: name == "delta")) is not None
+
+
+async def test_a_stream_opened_with_an_api_token_is_not_a_session(make_env, open_sse):
+    """API tokens have no logout: their streams are left open by the session check."""
+    async with make_env(api_tokens={"ci": "t" * 32}) as env:
+        headers = {"Authorization": "Bearer " + "t" * 32}
+        async with open_sse(env.asgi, "/tasks/dashboard/stream", headers) as (status, stream):
+            assert status == 200
+            assert (await stream.next())[0] == "hello"
+            assert await env.admin.hub.end_lapsed_sessions() == 0

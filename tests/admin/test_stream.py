@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import admin_jobs as jobs
+import pytest
 
 from fastapi_taskflow.admin.sse import _Client
 
@@ -154,3 +155,36 @@ async def test_streams_end_when_the_server_is_stopping():
     finally:
         signal.signal(signal.SIGINT, previous)
         await hub.close()
+
+
+async def test_the_ticker_ends_a_stream_whose_session_lapsed():
+    """Every session_recheck seconds the ticker asks whether each stream's session is live,
+    and closes the stream once it is not."""
+    from fastapi_taskflow import TaskManager
+    from fastapi_taskflow.admin.sessions import Identity
+    from fastapi_taskflow.admin.sse import StreamHub
+
+    live = asyncio.Event()
+    live.set()
+    asked: list[str] = []
+
+    async def session_valid(identity: Identity) -> bool:
+        asked.append(identity.user)
+        return live.is_set()
+
+    manager = TaskManager()
+    await manager.startup()
+    hub = StreamHub(lambda: manager, tick=0.01, session_valid=session_valid, session_recheck=0.02)
+    identity = Identity("alice", "cookie", csrf="session-1", expires=None, stamp="x")
+    client = hub.subscribe(identity=identity)
+    body = hub.stream(client, [])
+    try:
+        assert await anext(body) == b"retry: 3000\n\n"
+        live.clear()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(anext(body), 5)
+        assert set(asked) == {"alice"}
+    finally:
+        await body.aclose()
+        await hub.close()
+        await manager.shutdown()

@@ -464,7 +464,7 @@ def test_merged_list_ttl_is_accepted_unused_and_still_checked() -> None:
     """0.12's merged_list_ttl changes no setting, and a negative one is refused by name."""
     assert TaskManager(merged_list_ttl=0).settings == TaskManager().settings
     assert not hasattr(TaskManager().settings, "merged_list_ttl")
-    with pytest.raises(ValueError, match="merged_list_ttl must be >= 0"):
+    with pytest.raises(ValueError, match="merged_list_ttl: Input should be greater than or equal"):
         TaskManager(merged_list_ttl=-1)
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.di import TaskflowContainer, TaskflowSettings
-from fastapi_taskflow.di.containers import manager_options
 from fastapi_taskflow.errors import ConfigurationError
 
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -21,11 +20,11 @@ def test_durability_keys_become_manager_settings() -> None:
     settings = TaskflowSettings(
         prune_interval=60, barrier_timeout=5, max_buffered=1000, journal_backpressure=True
     )
-    manager = TaskManager(**manager_options(settings))
-    assert manager.settings.prune_interval == 60
-    assert manager.settings.barrier_timeout == 5
-    assert manager.settings.max_buffered == 1000
-    assert manager.settings.journal_backpressure is True
+    manager = TaskManager(settings=settings.manager_settings())
+    assert manager.settings.durability.prune_interval == 60
+    assert manager.settings.durability.barrier_timeout == 5
+    assert manager.settings.durability.max_buffered == 1000
+    assert manager.settings.durability.journal_backpressure is True
 
 
 def test_a_bad_durability_value_names_its_key() -> None:

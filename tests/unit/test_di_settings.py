@@ -214,7 +214,6 @@ def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path
     """instance_url and friends (merged_list_ttl too) in YAML load, reach TaskManager, and
     leave its settings alone."""
     from fastapi_taskflow import TaskManager
-    from fastapi_taskflow.di.containers import manager_options
 
     text = (
         "instance_url: http://10.0.0.5:8000\ninstance_tasks_prefix: /tasks\n"
@@ -223,7 +222,7 @@ def test_the_0_12_registry_keys_load_from_yaml_and_change_nothing(isolated: Path
     write(isolated / "config/taskflow.yaml", text)
     settings = TaskflowSettings()
     assert settings.instance_url == "http://10.0.0.5:8000"
-    manager = TaskManager(**manager_options(settings))
+    manager = TaskManager(settings=settings.manager_settings())
     assert manager.settings == TaskManager().settings
 
 

@@ -351,7 +351,13 @@ async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
     the heartbeat failure says the lease may expire; back up: the buffer drains and the
     journal entries of active tasks are written again."""
     backend = FlakyBackend()
-    tm = TaskManager(snapshot_backend=backend, requeue_pending=True, snapshot_interval=0.05, **FAST)
+    tm = TaskManager(
+        snapshot_backend=backend,
+        requeue_pending=True,
+        snapshot_interval=0.05,
+        max_buffered=30,
+        **FAST,
+    )
     gate = asyncio.Event()
 
     @tm.task(name="jobs.blocker")
@@ -365,8 +371,6 @@ async def test_outage_buffers_writes_and_drains_when_the_backend_returns(
     caplog.set_level(logging.WARNING)
     await tm.startup()
     try:
-        assert tm.persister is not None
-        tm.persister.settings.max_buffered = 30
         held = tm.add_task(blocker)
         await wait_until(lambda: held.task_id in backend.journal_ids())
         backend.down = True

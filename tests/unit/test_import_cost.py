@@ -27,6 +27,13 @@ def test_importing_the_package_loads_no_backend_driver() -> None:
     assert "fastapi_taskflow.backends.sqlite" not in loaded
 
 
+def test_importing_the_package_declares_no_settings_model() -> None:
+    """The settings tree (pydantic models, costly to declare) loads with the first manager."""
+    assert "fastapi_taskflow.settings" not in _modules_after("import fastapi_taskflow")
+    loaded = _modules_after("import fastapi_taskflow as t\nt.TaskManager()")
+    assert "fastapi_taskflow.settings" in loaded
+
+
 def test_backend_names_still_resolve_from_the_package() -> None:
     """fastapi_taskflow.RedisBackend and SqliteBackend import their modules when asked for."""
     loaded = _modules_after(

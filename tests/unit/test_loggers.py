@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -519,3 +520,47 @@ async def test_logging_observer_logs_lifecycle_at_the_status_level(
     assert record.levelno == logging.ERROR
     assert record.status == "failed"
     assert record.error == "boom"
+
+
+async def test_a_stalled_disk_drops_lines_past_max_queued_and_warns_once(
+    tmp_path: Path, file_loggers: list[FileLogger], caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the writer is stuck, lines past max_queued are dropped and counted, with one
+    warning; once the disk catches up, new lines are written again."""
+    gate, writing = threading.Event(), threading.Event()
+    written: list[str] = []
+
+    class StuckDisk(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            writing.set()
+            gate.wait(timeout=10)
+            written.append(record.getMessage())
+
+    class SlowFileLogger(FileLogger):
+        def open_handler(self) -> logging.Handler:
+            return StuckDisk()
+
+    observer = SlowFileLogger(tmp_path / "tasks.log", max_queued=3, format="text")
+    file_loggers.append(observer)
+    await observer.startup()
+    await observer.on_log(log_event("line 0"))
+    assert await asyncio.to_thread(writing.wait, 10)  # the writer holds line 0, stuck
+    for number in range(1, 10):
+        await observer.on_log(log_event(f"line {number}"))
+    gate.set()
+    await observer.flush()
+    await observer.on_log(log_event("after"))
+    await observer.flush()
+
+    # One line was taken by the stuck writer, three waited, the other six were dropped.
+    assert observer.dropped == 6
+    assert len(written) == 5
+    assert "after" in written[-1]
+    warnings = [r for r in caplog.records if "new lines are dropped" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_max_queued_must_be_positive() -> None:
+    """max_queued=0 would drop every line: refused with the reason."""
+    with pytest.raises(ValueError, match="max_queued must be an int >= 1"):
+        FileLogger("x.log", max_queued=0)

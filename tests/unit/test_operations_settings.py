@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from fastapi_taskflow import ConfigurationError, TaskManager
-from fastapi_taskflow.di.containers import build_cipher, manager_options
+from fastapi_taskflow import ConfigurationError
+from fastapi_taskflow.di.containers import build_cipher, make_task_manager
 from fastapi_taskflow.di.settings import TaskflowSettings
 
 
@@ -22,7 +22,7 @@ def test_yaml_operations_keys_build_a_redacting_tracing_manager(tmp_path: Path) 
         f"encryption:\n  keys: ['{Fernet.generate_key().decode()}']\n"
     )
     settings = TaskflowSettings(path)
-    manager = TaskManager(**manager_options(settings), cipher=build_cipher(settings.encryption))
+    manager = make_task_manager(settings, cipher=build_cipher(settings.encryption))
     assert manager.privacy is not None
     assert manager.privacy.redactor is not None
     assert manager.privacy.redactor.matches("db_password", "x")
@@ -38,6 +38,6 @@ def test_encrypt_errors_without_keys_is_a_configuration_error() -> None:
 
 def test_defaults_leave_redaction_and_tracing_off() -> None:
     """Without the keys, the manager has no redaction, sealing or tracing."""
-    manager = TaskManager(**manager_options(TaskflowSettings.from_mapping({})))
+    manager = make_task_manager(TaskflowSettings.from_mapping({}))
     assert manager.privacy is None
     assert manager.dispatcher.tracing is None

@@ -18,7 +18,6 @@ from fastapi_taskflow import (
     TaskStatus,
 )
 from fastapi_taskflow.backends.base import TaskBackend
-from fastapi_taskflow.di.containers import manager_options
 from fastapi_taskflow.di.settings import TaskflowSettings
 from fastapi_taskflow.ratelimit import gcra_step, parse_rate_limit
 
@@ -235,7 +234,7 @@ async def test_queue_rate_limit_spaces_every_task_of_the_queue() -> None:
 def test_yaml_queue_rate_limit_reaches_the_queue() -> None:
     """queues.<name>.rate_limit in settings becomes the queue's RateLimit."""
     settings = TaskflowSettings.from_mapping({"queues": {"mail": {"rate_limit": "10/m"}}})
-    queues = manager_options(settings)["queues"]
+    queues = settings.manager_settings().queues
     assert queues["mail"].rate == RateLimit(10, per=60.0)
 
 

@@ -25,7 +25,6 @@ from fastapi_taskflow import (
     UnknownTaskError,
 )
 from fastapi_taskflow.backends.base import record_to_row, row_to_record
-from fastapi_taskflow.di.containers import manager_options
 from fastapi_taskflow.di.settings import TaskflowSettings
 from fastapi_taskflow.keyrotation import rotate_keys
 from fastapi_taskflow.models import TaskRecord
@@ -344,8 +343,7 @@ async def test_another_instance_reads_the_result_from_the_backend() -> None:
 def test_yaml_result_settings_reach_the_manager() -> None:
     """max_result_bytes and result_ttl in settings become the manager's."""
     settings = TaskflowSettings.from_mapping({"max_result_bytes": 2048, "result_ttl": 60})
-    options = manager_options(settings)
-    manager = TaskManager(**{k: options[k] for k in ("max_result_bytes", "result_ttl")})
+    manager = TaskManager(settings=settings.manager_settings())
     assert (manager.results.max_result_bytes, manager.results.result_ttl) == (2048, 60)
     with pytest.raises(ConfigurationError, match="max_result_bytes"):
         TaskflowSettings.from_mapping({"max_result_bytes": -5})

@@ -190,11 +190,11 @@ class AdminAuth:
         else:
             cookie = request.cookies.get(COOKIE_NAME)
             identity = self.signer.verify(cookie) if cookie else None
-        if identity is None or not await self._still_valid(identity):
+        if identity is None or not await self.still_valid(identity):
             return None
         return identity
 
-    async def _still_valid(self, identity: Identity) -> bool:
+    async def still_valid(self, identity: Identity) -> bool:
         """Not logged out, and the user's credentials are still the ones it was issued for."""
         if await self.sessions.ended(identity):
             return False

@@ -97,7 +97,7 @@ class TaskAdmin:
         )
         self.audit = AuditLog(current)
         self.series = ThroughputSeries()
-        self.hub = StreamHub(current, metrics=self._metrics)
+        self.hub = StreamHub(current, metrics=self._metrics, session_valid=self.auth.still_valid)
         self._own_auth = bool(dependencies)
         self._prune_task: asyncio.Task[None] | None = None
         user_deps = list(dependencies or [])
@@ -179,7 +179,7 @@ class TaskAdmin:
                 await self.prune()
             except Exception:
                 logger.error("pruning old task history failed", exc_info=True)
-            await asyncio.sleep(self.manager.settings.prune_interval)
+            await asyncio.sleep(self.manager.settings.durability.prune_interval)
 
 
 def _current(task_manager: TaskManager | Callable[[], TaskManager]) -> Callable[[], TaskManager]:

@@ -11,6 +11,10 @@ Other instances: with a backend that keeps a change feed (``system_of_record``),
 reads the feed after its cursor and adds the tasks other instances changed (their records read
 in one round trip), so a dashboard on any instance shows every instance's changes, coalesced the
 same way, about a tick after they are committed.
+
+Sessions: a stream opened with a session (cookie or bearer) ends when that session does. The
+ticker checks the sessions of open streams every few seconds; a logout on any instance, a changed
+password or an expiry closes the stream, and the browser's reconnect then meets the 401.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
+
 from ..models import TaskRecord
 from .routing import TaskId, admin_router
 
 if TYPE_CHECKING:
     from ..manager import TaskManager
     from ..store import TaskStore
+    from .sessions import Identity
 
 logger = logging.getLogger("fastapi_taskflow.admin")
 
 ROW_ERROR_CHARS = 300
 MAX_ROWS_PER_TICK = 200
 FINAL_GRACE_TICKS = 1
+# Seconds between checks that the sessions of open streams are still live.
+SESSION_RECHECK = 5.0
 
 _SENTINEL = b""
 
@@ -92,11 +101,19 @@ def event(name: str, data: Any) -> bytes:
 
 
 class _Client:
-    __slots__ = ("queue", "task_id")
+    __slots__ = ("identity", "queue", "task_id")
 
-    def __init__(self, task_id: str | None, size: int) -> None:
+    def __init__(self, task_id: str | None, size: int, identity: Identity | None = None) -> None:
         self.task_id = task_id
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
+        # Who opened the stream: a session's stream ends when the session does.
+        self.identity = identity
+
+    def end(self) -> None:
+        """Close the stream after what it was sent so far (the queue's backlog is dropped)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_SENTINEL)
 
     def offer(self, payload: bytes) -> None:
         try:
@@ -119,9 +136,15 @@ class StreamHub:
         heartbeat: float = 15.0,
         metrics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         client_queue: int = 256,
+        session_valid: Callable[[Identity], Awaitable[bool]] | None = None,
+        session_recheck: float = SESSION_RECHECK,
     ) -> None:
         self._current_manager = current_manager
         self.tick = tick
+        # A stream outlives the request that opened it: its session is checked again every
+        # ``session_recheck`` seconds, so a logout (on any instance) or an expiry ends it.
+        self._session_valid = session_valid
+        self.session_recheck = session_recheck
         self.heartbeat = heartbeat
         self.metrics = metrics or (lambda: self.manager.read_metrics())
         self.client_queue = client_queue
@@ -163,9 +186,9 @@ class StreamHub:
     def client_count(self) -> int:
         return len(self._clients)
 
-    def subscribe(self, task_id: str | None = None) -> _Client:
+    def subscribe(self, task_id: str | None = None, identity: Identity | None = None) -> _Client:
         self._listen()
-        client = _Client(task_id, self.client_queue)
+        client = _Client(task_id, self.client_queue, identity)
         self._clients.add(client)
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.get_running_loop().create_task(self._run())
@@ -192,6 +215,26 @@ class StreamHub:
             with contextlib.suppress(asyncio.QueueFull):
                 client.queue.put_nowait(_SENTINEL)
 
+    async def end_lapsed_sessions(self) -> int:
+        """End the streams whose session ended (logout, new password, expiry); how many."""
+        valid = self._session_valid
+        if valid is None:
+            return 0
+        verdicts: dict[str | None, bool] = {}  # one check per session, however many streams
+        ended = 0
+        for client in list(self._clients):
+            identity = client.identity
+            if identity is None or identity.via not in ("cookie", "bearer"):
+                continue  # api tokens and the app's own auth are not sessions we can end
+            verdict = verdicts.get(identity.csrf)
+            if verdict is None:
+                expired = identity.expires is not None and identity.expires <= time.time()
+                verdict = verdicts[identity.csrf] = not expired and await valid(identity)
+            if not verdict:
+                client.end()
+                ended += 1
+        return ended
+
     async def stream(self, client: _Client, first: list[bytes]) -> AsyncIterator[bytes]:
         """The body of one SSE response: ``first`` events, then deltas and heartbeats."""
         try:
@@ -216,6 +259,7 @@ class StreamHub:
 
     async def _run(self) -> None:
         last_metrics = 0.0
+        last_session_check = time.monotonic()
         self._feed_cursor = None
         try:
             await self._read_feed()  # the starting point: changes from now on
@@ -228,6 +272,9 @@ class StreamHub:
                     return
                 remote = await self._read_feed()
                 now = time.monotonic()
+                if now - last_session_check >= self.session_recheck:
+                    last_session_check = now
+                    await self.end_lapsed_sessions()
                 send_metrics = now - last_metrics >= 1.0
                 if await self.flush(send_metrics, remote):
                     last_metrics = now if send_metrics else last_metrics
@@ -355,8 +402,8 @@ def stream_router(
         response_model=None,
         responses=sse_doc,
     )
-    async def dashboard_stream() -> StreamingResponse:
-        client = hub.subscribe()
+    async def dashboard_stream(request: Request) -> StreamingResponse:
+        client = hub.subscribe(identity=_identity(request))
         hello = event("hello", {"metrics": await hub.metrics(), "tick": hub.tick})
         return respond(hub.stream(client, [hello]))
 
@@ -366,7 +413,7 @@ def stream_router(
         response_model=None,
         responses=sse_doc,
     )
-    async def task_events(task_id: TaskId) -> StreamingResponse:
+    async def task_events(task_id: TaskId, request: Request) -> StreamingResponse:
         record = await hub.manager.get_record(task_id)
         if record is None:
             raise HTTPException(status_code=404, detail="Task not found")
@@ -377,9 +424,15 @@ def stream_router(
                 yield first
 
             return respond(once())
-        client = hub.subscribe(task_id)
+        client = hub.subscribe(task_id, _identity(request))
         # It may have finished between the read above and subscribing: look once more.
         hub._on_change(record)
         return respond(hub.stream(client, [first]))
 
     return router
+
+
+def _identity(request: Request) -> Identity | None:
+    """Who the admin's guard let in (None when the app's own dependencies guard the routes)."""
+    identity: Identity | None = getattr(request.state, "taskflow_identity", None)
+    return identity

@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import ENV_FILE_SENTINEL
 
 from ..errors import ConfigProblem, InvalidConfigurationError
+from ..settings import SHORTER_THAN, SHORTER_THAN_MESSAGE, error_reason
 from ..urls import mask_url
 
 logger = logging.getLogger("fastapi_taskflow.di")
@@ -334,14 +335,15 @@ class SourceReport:
         settings_cls = self.settings_cls
         recorded = self.recorded_problems()
         problems = list(recorded)
-        for item in exc.errors(include_url=False, include_context=False):
+        for item in exc.errors(include_url=False):
             raw_loc = tuple(item["loc"])
             parts, parent = walk_schema(settings_cls, raw_loc)
             path = format_path(parts)
             source = self.source_of(parts)
             if any(_covers(p, path, source) for p in recorded):
                 continue
-            problems.append(ConfigProblem(path, source, describe_error(item, path, parent)))
+            reason = describe_error(item, path, parent, self.source_of)
+            problems.append(ConfigProblem(path, source, reason))
         return InvalidConfigurationError(problems)
 
     def source_of(self, parts: Path_) -> str:
@@ -420,7 +422,12 @@ def match_depth(data: Any, parts: Path_) -> int:
 # ---- describing pydantic errors -------------------------------------------------------------
 
 
-def describe_error(item: Any, path: str, parent: type[BaseModel] | None) -> str:
+def describe_error(
+    item: Any,
+    path: str,
+    parent: type[BaseModel] | None,
+    source_of: Callable[[Path_], str],
+) -> str:
     kind = item["type"]
     if kind == "extra_forbidden":
         key = str(item["loc"][-1])
@@ -429,7 +436,14 @@ def describe_error(item: Any, path: str, parent: type[BaseModel] | None) -> str:
         if close:
             return f"unknown key {key!r} (did you mean {close[0]!r}?)"
         return f"unknown key {key!r}; known keys: {', '.join(known)}"
-    reason = str(item["msg"]).removeprefix("Value error, ")
+    if kind == SHORTER_THAN:  # a rule between two keys: say where the other value came from
+        context = item["ctx"]
+        other_source = f", from {source_of((context['other'],))}"
+        item = {
+            **item,
+            "msg": SHORTER_THAN_MESSAGE.format(**{**context, "other_source": other_source}),
+        }
+    reason = error_reason(item)
     if kind == "missing":
         return "this key is required"
     shown = _shown_input(item.get("input"), path)

@@ -126,20 +126,17 @@ def build_cipher(encryption: EncryptionSettings) -> ArgumentCipher | None:
     return ArgumentCipher(keys) if keys else None
 
 
-def manager_options(settings: TaskflowSettings) -> dict[str, Any]:
-    """The ``TaskManager`` keyword arguments that come straight from settings."""
-    from ..models import QueueConfig
+def make_task_manager(settings: TaskflowSettings, **parts: Any) -> TaskManager:
+    """The ``TaskManager`` ``settings`` describe, given its ``parts`` (backend, store, pools...)."""
+    from ..manager import TaskManager
 
-    options = settings.model_dump(
-        exclude={"backend", "loggers", "encryption", "queues", "admin"},
+    return TaskManager(
+        settings=settings.manager_settings(),
+        redact=settings.redact,
+        encrypt_errors=settings.encrypt_errors,
+        tracing=settings.tracing,
+        **parts,
     )
-    options["queues"] = {
-        name: QueueConfig(concurrency=q.concurrency, max_size=q.max_size, rate_limit=q.rate_limit)
-        for name, q in settings.queues.items()
-    } or None
-    if settings.log_file is not None:
-        options["log_file"] = str(settings.log_file)
-    return options
 
 
 async def run_task_manager(
@@ -154,10 +151,8 @@ async def run_task_manager(
     process_pool: ProcessPool | None,
 ) -> AsyncIterator[TaskManager]:
     """The manager's lifetime: started after its parts, stopped (drained) before them."""
-    from ..manager import TaskManager
-
-    manager = TaskManager(
-        **manager_options(settings),
+    manager = make_task_manager(
+        settings,
         snapshot_backend=backend,
         registry=registry,
         store=store,

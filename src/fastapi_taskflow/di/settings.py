@@ -18,12 +18,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     GetCoreSchemaHandler,
-    NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -41,6 +37,17 @@ from pydantic_settings import (
 
 from ..backends.factory import BackendKind
 from ..errors import ConfigProblem, ConfigurationError
+from ..settings import (
+    SECTION_OF_KEY,
+    AcceptedUnusedSettings,
+    DurabilitySettings,
+    ExecutionSettings,
+    HistorySettings,
+    LogFileSettings,
+    ManagerSettings,
+    ResultSettings,
+    Section,
+)
 from ..urls import mask_url
 from ._sources import (
     ENV_PREFIX,
@@ -58,13 +65,6 @@ CONFIG_ENV_VAR = "TASKFLOW_CONFIG"
 __all__ = ["SECRET_PATHS", "URL_PATHS", "TaskflowSettings", "load_settings"]
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class Section(BaseModel):
-    """A group of settings; unknown keys are errors, not silently ignored."""
-
-    # inf/nan would pass ``> 0`` checks here and be refused by the manager at startup.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---- backend --------------------------------------------------------------------------------
@@ -341,7 +341,16 @@ class AdminSettings(Section):
 # ---- the settings ---------------------------------------------------------------------------
 
 
-class TaskflowSettings(BaseSettings):
+# Pydantic lists the fields of the last base first: the durability keys lead.
+class TaskflowSettings(
+    BaseSettings,
+    AcceptedUnusedSettings,
+    LogFileSettings,
+    ResultSettings,
+    HistorySettings,
+    ExecutionSettings,
+    DurabilitySettings,
+):
     """Everything the container needs to build a ``TaskManager``; see docs/configuration.md."""
 
     model_config = SettingsConfigDict(
@@ -354,35 +363,12 @@ class TaskflowSettings(BaseSettings):
         allow_inf_nan=False,
     )
 
+    # The manager's flat keys (snapshot_interval, max_history...) come from the sections this
+    # class inherits (settings.py), with their types, ranges and defaults. The keys below are
+    # the YAML-shaped ones, built into parts by the container.
     backend: BackendSettings = BackendSettings()
-    requeue_pending: bool = False
-    snapshot_interval: PositiveFloat = 60.0
-    retention_days: PositiveFloat | None = None
-    retry_replaces_original: bool = True
-    max_history: PositiveInt = 10_000
-    default_timeout: PositiveFloat | None = None
     loggers: list[LoggerSettings] = []
-    log_file: Path | None = None
-    log_file_max_bytes: PositiveInt = 10 * 1024 * 1024
-    log_file_backup_count: PositiveInt = 5
-    log_file_mode: Literal["rotate", "watched"] = "rotate"
-    log_lifecycle: bool = False
-    max_concurrent_tasks: PositiveInt | None = None
-    max_sync_threads: PositiveInt | None = None
-    max_process_workers: PositiveInt | None = None
-    process_shutdown_timeout: NonNegativeFloat = 30.0
-    drain_timeout: NonNegativeFloat = 30.0
-    heartbeat_interval: PositiveFloat = 10.0
-    lease_ttl: PositiveFloat = 30.0
-    max_requeues: NonNegativeInt = 3
-    # Durability under slow or damaged storage (docs/durability.md).
-    prune_interval: PositiveFloat = 3600.0
-    barrier_timeout: PositiveFloat = 30.0
-    max_buffered: PositiveInt = 100_000
-    journal_backpressure: bool = False
-    # Results (docs/task-control.md): the largest encoded value kept, and how long.
-    max_result_bytes: NonNegativeInt = 1024 * 1024
-    result_ttl: PositiveFloat | None = None
+    # Backpressure for the default queue (0.12's name), folded into queues.default.
     max_size: PositiveInt | None = None
     queues: dict[Annotated[str, Field(min_length=1)], QueueSettings] = {}
     encryption: EncryptionSettings = EncryptionSettings()
@@ -391,15 +377,6 @@ class TaskflowSettings(BaseSettings):
     redact: list[Annotated[str, Field(min_length=1)]] = []
     encrypt_errors: bool = False
     tracing: bool = False
-    # fastapi-taskflow 0.12's peer registry, accepted so its config files load; unused: the
-    # instances share their state through the backend.
-    instance_url: str | None = None
-    instance_tasks_prefix: str | None = None
-    registry_ttl: PositiveFloat = 90.0
-    registry_heartbeat: PositiveFloat = 30.0
-    # 0.12's cache time of the merged task list, accepted and unused: each page of the task
-    # list is one indexed backend query.
-    merged_list_ttl: NonNegativeFloat = 5.0
 
     def __init__(
         self,
@@ -433,13 +410,6 @@ class TaskflowSettings(BaseSettings):
         def problem(key: str, reason: str) -> None:
             problems.append(ConfigProblem(key, source_of((key,)), reason))
 
-        if self.heartbeat_interval >= self.lease_ttl:
-            problem(
-                "heartbeat_interval",
-                f"must be shorter than lease_ttl ({self.lease_ttl:g}, from "
-                f"{source_of(('lease_ttl',))}), or live instances lose their tasks to others "
-                f"(got {self.heartbeat_interval:g})",
-            )
         if self.encrypt_errors and not self.encryption.keys:
             problem("encrypt_errors", "needs encryption.keys (the first key seals errors)")
         if self.tracing:
@@ -450,6 +420,20 @@ class TaskflowSettings(BaseSettings):
             except ConfigurationError as exc:
                 problem("tracing", str(exc))
         return problems
+
+    def manager_settings(self) -> ManagerSettings:
+        """The manager's settings tree: the inherited sections' keys as they are, queues as
+        ``QueueConfig`` and ``max_size`` folded into the default queue."""
+        from ..models import QueueConfig
+
+        queues = {
+            name: QueueConfig(
+                concurrency=q.concurrency, max_size=q.max_size, rate_limit=q.rate_limit
+            )
+            for name, q in self.queues.items()
+        }
+        flat = {key: getattr(self, key) for key in SECTION_OF_KEY}
+        return ManagerSettings.from_keywords(queues=queues, max_size=self.max_size, **flat)
 
     @classmethod
     def settings_customise_sources(
@@ -472,7 +456,12 @@ class TaskflowSettings(BaseSettings):
 
     def masked_dump(self) -> dict[str, Any]:
         """The effective settings as plain data with every secret masked (for the CLI, logs)."""
-        data: dict[str, Any] = self.model_dump(mode="json")
+        dumped: dict[str, Any] = self.model_dump(mode="json")
+        # The backend first (what a reader looks for), the 0.12 keys that do nothing last.
+        unused = AcceptedUnusedSettings.model_fields
+        data = {"backend": dumped.pop("backend")}
+        data.update((key, value) for key, value in dumped.items() if key not in unused)
+        data.update((key, dumped[key]) for key in unused)
         data["encryption"]["keys"] = ["**********" for _ in self.encryption.keys]
         for kind in ("redis", "postgres", "mysql"):
             data["backend"][kind]["url"] = getattr(self.backend, kind).url.masked()

@@ -30,8 +30,10 @@ from .queues import QueueSet, QueueState
 from .rates import RateGates, job_limits
 
 if TYPE_CHECKING:
+    from ..backends.base import TaskBackend
     from ..redaction import ErrorPolicy
     from ..results import ResultKeeper
+    from ..settings import ExecutionSettings
     from ..tracing import Tracing
 
 logger = logging.getLogger("fastapi_taskflow")
@@ -54,13 +56,13 @@ class Dispatcher:
         hub: EventHub,
         cipher: ArgumentCipher | None,
         queues: dict[str, QueueConfig] | None,
-        max_concurrent_tasks: int | None,
-        default_timeout: float | None,
+        execution: ExecutionSettings,
         on_finished: FinishedCallback,
         results: ResultKeeper,
         keeps: Callable[[Job], bool] | None = None,
         on_journaled_start: Callable[[TaskRecord], None] | None = None,
         key_guard: Callable[[], KeyGuard | None] = lambda: None,
+        rate_backend: Callable[[], TaskBackend | None] = lambda: None,
         tracing: Tracing | None = None,
         privacy: ErrorPolicy | None = None,
     ) -> None:
@@ -68,10 +70,14 @@ class Dispatcher:
         self.executors = executors
         self.hub = hub
         self.cipher = cipher
-        self.default_timeout = default_timeout
-        self.queues = QueueSet(queues, global_limit=max_concurrent_tasks, start=self._start)
+        self.default_timeout = execution.default_timeout
+        self.queues = QueueSet(
+            queues, global_limit=execution.max_concurrent_tasks, start=self._start
+        )
         self.results = results
-        self.rates = RateGates(store=store, admit=self._queue, refuse=self._refuse)
+        self.rates = RateGates(
+            store=store, admit=self._queue, refuse=self._refuse, shared_backend=rate_backend
+        )
         self.jobs: dict[str, Job] = {}
         self._on_finished = on_finished
         # Whether shutdown keeps a stopped job for the next start (its journal entry stays).

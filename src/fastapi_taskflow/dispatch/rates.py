@@ -167,21 +167,33 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class RateGates:
     """Every gate of one dispatcher; ``admit`` is where a rate-limited job enters."""
 
-    def __init__(self, *, store: TaskStore, admit: Admit, refuse: Refuse) -> None:
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        admit: Admit,
+        refuse: Refuse,
+        shared_backend: Callable[[], TaskBackend | None] = lambda: None,
+    ) -> None:
         self.store = store
         self._admit = admit
         self.refuse = refuse
-        # Per process until the manager starts with a backend (``use``): the same rules.
-        self.backend: TaskBackend = MemoryBackend()
+        # The running manager's backend (shared with the instances on it) exists only between
+        # startup and shutdown, so it is asked for; without one, this process's own counts.
+        self._shared_backend = shared_backend
+        self._local_backend = MemoryBackend()
         self.sequence = itertools.count()
         self.stopping = False
         self._gates: dict[str, _Gate] = {}
 
-    def use(self, backend: TaskBackend | None) -> None:
-        """At startup: take starts from ``backend`` (shared with the instances on it), or
-        keep this process's own when there is none."""
-        if backend is not None:
-            self.backend = backend
+    @property
+    def backend(self) -> TaskBackend:
+        """Where starts are taken from: the shared backend while running with one."""
+        shared = self._shared_backend()
+        return shared if shared is not None else self._local_backend
+
+    def start(self) -> None:
+        """At startup: pumps may run again (``stop`` ended them at the last shutdown)."""
         self.stopping = False
 
     def enter(self, job: Job, queue: QueueState, limits: tuple[tuple[str, RateLimit], ...]) -> None:

@@ -13,6 +13,7 @@ from ..errors import TaskTimeoutError
 from .threads import make_thread_pool, run_in_thread
 
 if TYPE_CHECKING:
+    from ..settings import ExecutionSettings
     from .process import ProcessPool
 
 __all__ = ["ExecutorSet"]
@@ -23,22 +24,21 @@ class ExecutorSet:
 
     def __init__(
         self,
+        settings: ExecutionSettings,
         *,
-        max_sync_threads: int | None = None,
-        max_process_workers: int | None = None,
-        process_shutdown_timeout: float = 30.0,
         thread_pool: ThreadPoolExecutor | None = None,
         process_pool: ProcessPool | None = None,
     ) -> None:
+        threads = settings.max_sync_threads
         # A pool handed in belongs to whoever made it (the DI container): never shut it down here.
-        self._owns_threads = thread_pool is None and max_sync_threads is not None
+        self._owns_threads = thread_pool is None and threads is not None
         self.thread_pool = thread_pool or (
-            make_thread_pool(max_sync_threads) if max_sync_threads is not None else None
+            make_thread_pool(threads) if threads is not None else None
         )
         self._owns_processes = process_pool is None
         self._process_pool = process_pool
-        self._max_process_workers = max_process_workers
-        self._process_shutdown_timeout = process_shutdown_timeout
+        self._max_process_workers = settings.max_process_workers
+        self._process_shutdown_timeout = settings.process_shutdown_timeout
 
     @property
     def process_pool(self) -> ProcessPool:

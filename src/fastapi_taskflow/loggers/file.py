@@ -14,14 +14,19 @@ import threading
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler, WatchedFileHandler
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .lines import LineObserver
+
+if TYPE_CHECKING:
+    from ..settings import LogFileSettings
 
 logger = logging.getLogger("fastapi_taskflow.loggers")
 
 FileMode = Literal["rotate", "watched"]
 MODES: tuple[FileMode, ...] = ("rotate", "watched")
+# Lines waiting for the writer thread before new ones are dropped (about 30 MB of JSON lines).
+DEFAULT_MAX_QUEUED = 100_000
 
 
 class _RaisingRotatingHandler(RotatingFileHandler):
@@ -67,6 +72,10 @@ class FileLogger(LineObserver):
     If the file cannot be opened or written (read-only directory, full disk) the error is logged
     once on the ``fastapi_taskflow.loggers`` logger and later lines are dropped and counted in
     :attr:`dropped`; tasks never see the error. A new :meth:`startup` tries again.
+
+    At most ``max_queued`` lines wait for the writer thread: past that (a disk that stalls for
+    long under a steady flow of events) new lines are dropped and counted, and a warning says so
+    once per stall, instead of the queue growing until the process runs out of memory.
     """
 
     def __init__(
@@ -78,12 +87,16 @@ class FileLogger(LineObserver):
         mode: str = "rotate",
         format: str = "json",
         min_level: str = "info",
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         super().__init__(min_level=min_level, log_lifecycle=log_lifecycle, format=format)
         self.path = _check_path(path)
         self.max_bytes = _check_size("max_bytes", max_bytes)
         self.backup_count = _check_size("backup_count", backup_count)
         self.mode = _check_mode(mode)
+        if _check_size("max_queued", max_queued) == 0:
+            raise ValueError("max_queued must be an int >= 1, got 0")
+        self.max_queued = max_queued
         # SimpleQueue.put never blocks, so handing a line over costs the loop almost nothing.
         self._queue: queue.SimpleQueue[str | _Marker] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -91,6 +104,20 @@ class FileLogger(LineObserver):
         self._failed = False
         self._dropped = 0
         self._dropped_lock = threading.Lock()
+        # Whether the current stall was reported; cleared once the queue has room again.
+        self._overflowing = False
+
+    @classmethod
+    def from_settings(cls, settings: LogFileSettings) -> FileLogger:
+        """The ``log_file`` shorthand's logger (``settings.log_file`` must be set)."""
+        assert settings.log_file is not None
+        return cls(
+            settings.log_file,
+            log_lifecycle=settings.log_lifecycle,
+            max_bytes=settings.log_file_max_bytes,
+            backup_count=settings.log_file_backup_count,
+            mode=settings.log_file_mode,
+        )
 
     @property
     def dropped(self) -> int:
@@ -141,6 +168,19 @@ class FileLogger(LineObserver):
             self._count_drop()
             return
         # Lines given before startup() wait in the queue and are written once it runs.
+        # qsize() is one C call: the bound costs the loop almost nothing per line.
+        if self._queue.qsize() >= self.max_queued:
+            self._count_drop()
+            if not self._overflowing:
+                self._overflowing = True
+                logger.warning(
+                    "FileLogger %s: %d lines wait for the disk; new lines are dropped until "
+                    "it catches up",
+                    self.path,
+                    self.max_queued,
+                )
+            return
+        self._overflowing = False
         self._queue.put(line)
 
     def open_handler(self) -> logging.Handler:
