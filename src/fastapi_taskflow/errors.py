@@ -122,6 +122,17 @@ class WorkerCrashedError(TaskflowError):
         self.shutdown = shutdown
 
 
+class IllegalTransitionError(TaskflowError, RuntimeError):
+    """Raised when the dispatcher tries a move between job states that its diagram does not
+    have (dispatch/job.py): a bug in taskflow, never something a task did."""
+
+    def __init__(self, task_id: str, state: str, to: str) -> None:
+        super().__init__(f"task {task_id}: a job cannot move from {state!r} to {to!r}")
+        self.task_id = task_id
+        self.state = state
+        self.to = to
+
+
 class TaskFailedError(TaskflowError):
     """Raised when a task whose result is awaited failed, was cancelled, rejected or interrupted."""
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, MutableMapping
-from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.background import BackgroundTasks
 
 from .compat import renamed_keyword
 from .dispatch.enqueue import merge_task_kwargs
+from .fastapi_glue import request_exit_stack
 from .models import TaskRecord, TaskStatus
 
 # Held tasks started per turn of the event loop when a request's response has gone out.
@@ -134,11 +134,9 @@ class ManagedBackgroundTasks(BackgroundTasks):
         self._manager = manager
         # The request's own BackgroundTasks (the one FastAPI runs after the response), if any.
         self._request_tasks = request_tasks
-        # FastAPI's per-request exit stack: it closes after the response and its background
-        # tasks, which is where held tasks that nothing started are settled (``_request_ended``).
-        self._request_stack: AsyncExitStack | None = (
-            request_scope.get("fastapi_inner_astack") if request_scope is not None else None
-        )
+        # Read when the first task is held: its exit stack closes after the response and its
+        # background tasks, which is where held tasks that nothing started are settled.
+        self._request_scope = request_scope
         # Jobs held until the response is sent, then started together by ``__call__``.
         self._held: list[Job] = []
         # The response was sent (``__call__`` ran): later tasks start at once, never held.
@@ -182,11 +180,13 @@ class ManagedBackgroundTasks(BackgroundTasks):
             request_tasks = self._request_tasks
             if request_tasks is not None and request_tasks is not self:
                 request_tasks.tasks.append(self)
-            if self._request_stack is not None:
-                self._request_stack.push(self._request_ended)
-            # Both now hold this object until the request ends; references back to them would
+            scope = self._request_scope
+            stack = request_exit_stack(scope) if scope is not None else None
+            if stack is not None:
+                stack.push(self._request_ended)
+            # The request now holds this object until it ends; references back to it would
             # make cycles that only the garbage collector frees, one per request.
-            self._request_tasks = self._request_stack = None
+            self._request_tasks = self._request_scope = None
         self._held.append(job)
 
     # What a Starlette BackgroundTask exposes (FastAPI's runner names its telemetry after

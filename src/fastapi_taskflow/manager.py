@@ -36,12 +36,18 @@ from .crypto import ArgumentCipher, KeyLike
 from .dispatch.attempts import Dispatcher
 from .dispatch.enqueue import Enqueuer, merge_task_kwargs
 from .dispatch.events import EventHub
+from .dispatch.hooks import AttemptHook
 from .dispatch.job import Job
-from .dispatch.keys import KeyGuard
+from .dispatch.keys import KeyGuard, KeyReservations
 from .dispatch.queues import UNSET
 from .errors import ArgumentDecryptionError, BackendError, ConfigurationError, UnknownTaskError
 from .executors import ExecutorSet
-from .fastapi_glue import add_lifespan, route_background_params
+from .fastapi_glue import (
+    add_lifespan,
+    remove_lifespan,
+    route_background_params,
+    unroute_background_params,
+)
 from .handles import ManagedBackgroundTasks, TaskHandle
 from .journal_writes import Commit
 from .legacy import import_legacy
@@ -52,7 +58,7 @@ from .models import RETRYABLE_STATUSES, QueueConfig, TaskRecord, TaskSource, Tas
 from .persistence import Persister
 from .queries import merged_page, metrics_snapshot, queue_snapshot
 from .recovery import Recovery
-from .redaction import ErrorPolicy, Redactor, RedactRule
+from .redaction import ErrorPolicy, RedactionHook, Redactor, RedactRule
 from .registry import TaskDefinition, TaskOptions, TaskRegistry, resolve_executor
 from .results import ResultKeeper
 from .running import Durability
@@ -60,7 +66,7 @@ from .scheduling import Scheduler
 from .serialization import decode_call, result_view
 from .stats import ClusterStats
 from .store import TaskStore
-from .tracing import build_tracing
+from .tracing import Tracing, TracingHook, build_tracing
 
 if TYPE_CHECKING:
     from .executors.process import ProcessPool
@@ -137,10 +143,10 @@ class TaskManager:
             results=self.results,
             keeps=self._kept_at_shutdown,
             on_journaled_start=self._journaled_start,
-            key_guard=self._running_key_guard,
             rate_backend=self._running_backend,
-            tracing=tracing_hooks,
-            privacy=self.privacy,
+            hooks=_attempt_hooks(
+                tracing_hooks, self.privacy, self._running_key_guard, self.backend
+            ),
         )
         self.enqueuer = Enqueuer(
             store=self.store,
@@ -388,8 +394,28 @@ class TaskManager:
                 route_background_params(app, self.get_tasks)  # routes added after install()
             await self.startup()
 
-        if add_lifespan(app, self, start, self.shutdown) and self.backend is not None:
+        added = add_lifespan(app, self, start, self.shutdown)
+        if added is not None and self.backend is not None:
             self._add_journal_barrier(app)
+
+    def detach(self, app: FastAPI) -> None:
+        """Undo :meth:`init_app` and :meth:`install` for ``app``, before another manager takes
+        its place: the app's lifespan no longer starts or stops this manager, and the
+        ``BackgroundTasks`` parameters ``install()`` rewired get FastAPI's own again.
+
+        The app then holds this manager only through routes that name it themselves
+        (``Depends(task_manager.get_tasks)``) and, once the app has started, the journal
+        barrier of a manager with a backend (a built middleware stack is fixed). A lifespan
+        under way still shuts it down.
+        """
+        remove_lifespan(app, self)
+        unroute_background_params(app, self.get_tasks)
+        if getattr(app.state, "_taskflow_install", None) is self:
+            delattr(app.state, "_taskflow_install")
+        if app.middleware_stack is None:  # not started: the barrier can still go
+            app.user_middleware[:] = [  # only the barrier is given manager=self
+                entry for entry in app.user_middleware if entry.kwargs.get("manager") is not self
+            ]
 
     def _add_journal_barrier(self, app: FastAPI) -> None:
         """Responses wait for their request's journal writes (see barrier.py)."""
@@ -940,6 +966,23 @@ def _with_options(definition: TaskDefinition, options: TaskOptions | None) -> Ta
     if options.executor is not None and options.executor != executor:
         executor = resolve_executor(definition.func, options.executor)
     return replace(definition, options=options, executor=executor)
+
+
+def _attempt_hooks(
+    tracing: Tracing | None,
+    privacy: ErrorPolicy | None,
+    key_guard: Callable[[], KeyGuard | None],
+    backend: TaskBackend | None,
+) -> tuple[AttemptHook, ...]:
+    """The attempt hooks of the features that are on (none: the attempt's plain path)."""
+    hooks: list[AttemptHook] = []
+    if tracing is not None:
+        hooks.append(TracingHook(tracing))
+    if privacy is not None:
+        hooks.append(RedactionHook(privacy))
+    if backend is not None and backend.shared:  # keys across instances (dispatch/keys.py)
+        hooks.append(KeyReservations(key_guard))
+    return tuple(hooks)
 
 
 def _error_policy(

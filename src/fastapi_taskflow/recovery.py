@@ -136,7 +136,14 @@ class Recovery:
             self.store.add(record)
         self.persister.adopt(entry)
         job = Job(
-            record, definition, definition.options, args, kwargs, journaled=True, requeue=True
+            record,
+            definition,
+            definition.options,
+            args,
+            kwargs,
+            self.dispatcher.hub,
+            journaled=True,
+            requeue=True,
         )
         self.dispatcher.track(job)
         self.submit(job)

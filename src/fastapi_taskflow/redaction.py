@@ -13,21 +13,27 @@ encrypted: everyone sees ``"ValueError (details encrypted)"``; :meth:`ErrorPolic
 (``TaskManager.reveal_error``) decrypts for an authenticated user.
 
 Redaction changes what is *shown*: the stored arguments stay intact so retries and requeues
-work. Storage secrecy is the job of ``encrypt_args_key``.
+work. Storage secrecy is the job of ``encrypt_args_key``. In attempts, :class:`RedactionHook`
+(an attempt hook, dispatch/hooks.py) applies the policy to errors, logs and progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .crypto import ArgumentCipher
+from .dispatch.hooks import AttemptHook, ErrorFields
 from .errors import ArgumentDecryptionError
 from .models import TaskRecord
+
+if TYPE_CHECKING:
+    from .dispatch.job import Job
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -215,3 +221,27 @@ class ErrorPolicy:
             logger.warning("task %s: its sealed error cannot be decrypted", record.task_id)
             return record.error, record.stacktrace
         return clear.get("error"), clear.get("stacktrace")
+
+
+class RedactionHook(AttemptHook):
+    """The attempt hook: learns each task's secret values from its clear arguments, then
+    scrubs (and seals, if configured) its errors and filters its logs and progress."""
+
+    def __init__(self, policy: ErrorPolicy) -> None:
+        self.policy = policy
+        # Secret values of the jobs that reached their call, until they leave.
+        self._secrets: dict[Job, tuple[str, ...]] = {}
+
+    def before_call(self, job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.policy.redactor is None:
+            return  # sealing only: nothing to scrub or filter
+        secrets = self.policy.secrets(job.definition.func, args, kwargs)
+        self._secrets[job] = secrets
+        job.log_filter = functools.partial(self.policy.log_fields, secrets)
+
+    def error_fields(self, job: Job, exc: BaseException, fields: ErrorFields) -> ErrorFields:
+        error, stacktrace, _ = fields
+        return self.policy.error_fields(self._secrets.get(job, ()), exc, error, stacktrace)
+
+    def left(self, job: Job) -> None:
+        self._secrets.pop(job, None)

@@ -22,6 +22,7 @@ backends. See docs/backends.md ("Checking your backend").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from fastapi_taskflow.admin.audit import META_KEY, move_meta_document
 from fastapi_taskflow.backends.base import (
     Command,
     InstanceInfo,
@@ -81,6 +83,18 @@ def make_instance(instance_id: str, running: int = 0, waiting: int = 0) -> Insta
         running=running,
         waiting=waiting,
     )
+
+
+def audit_entry(entry_id: str, second: int = 0) -> dict[str, Any]:
+    """An audit entry as TaskAdmin stores it."""
+    return {
+        "entry_id": entry_id,
+        "action": "cancel",
+        "task_id": f"task-{entry_id}",
+        "actor": "ann",
+        "timestamp": at(second).isoformat(),
+        "detail": {"result": "ok"},
+    }
 
 
 async def eventually(check: Callable[[], Awaitable[T]], within: float = 5.0) -> T:
@@ -673,6 +687,84 @@ class BackendContract:
             )
         )
         assert [r.run_key for r in await peer.list_scheduled()] == [f"r{i:02d}" for i in range(20)]
+
+    # ---- the audit trail ---------------------------------------------------------------------
+
+    async def test_audit_trail_lists_newest_first_within_its_bound(
+        self, backend: TaskBackend
+    ) -> None:
+        """Entries read newest first, at most ``limit``; an append trims to the newest ``keep``."""
+        for n in range(5):
+            await backend.append_audit(audit_entry(f"e{n}"), keep=3)
+        assert [e["entry_id"] for e in await backend.read_audit(10)] == ["e4", "e3", "e2"]
+        assert [e["entry_id"] for e in await backend.read_audit(2)] == ["e4", "e3"]
+        [newest] = await backend.read_audit(1)
+        assert newest == audit_entry("e4")
+
+    async def test_concurrent_audit_appends_lose_nothing(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Forty appends at once through two backend objects: both read all forty."""
+        ids = [f"e{n:02d}" for n in range(40)]
+        await asyncio.gather(
+            *(
+                (backend if n % 2 else peer).append_audit(audit_entry(i), keep=100)
+                for n, i in enumerate(ids)
+            )
+        )
+        for reader in (backend, peer):
+            assert sorted(e["entry_id"] for e in await reader.read_audit(100)) == ids
+
+    async def test_concurrent_audit_appends_keep_the_bound(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Thirty appends at once with ``keep=10`` leave ten entries, the same for every reader."""
+        await asyncio.gather(
+            *(
+                (backend if n % 2 else peer).append_audit(audit_entry(f"e{n:02d}"), keep=10)
+                for n in range(30)
+            )
+        )
+        kept = [e["entry_id"] for e in await backend.read_audit(100)]
+        assert len(kept) == 10
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == kept
+        await backend.append_audit(audit_entry("last"), keep=10)
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == ["last", *kept[:9]]
+
+    async def test_corrupt_or_repeated_audit_entries_are_read_once(
+        self, backend: TaskBackend
+    ) -> None:
+        """A corrupt stored entry is skipped and counted; one stored twice is listed once."""
+        await backend.append_audit(audit_entry("a"), keep=10)
+        await backend._append_audit(GARBAGE, keep=10)
+        await backend.append_audit(audit_entry("a"), keep=10)
+        await backend.append_audit(audit_entry("b"), keep=10)
+        before = backend.corrupt_rows
+        assert [e["entry_id"] for e in await backend.read_audit(10)] == ["b", "a"]
+        assert backend.corrupt_rows == before + 1
+
+    async def test_an_old_audit_document_in_meta_is_moved_once(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """The trail an older version kept as one meta document becomes entries (newest first)
+        and the document is emptied; two instances moving it at once move it once."""
+        old = [audit_entry(f"old{n}", second=n) for n in (1, 0, 2)]  # written in any order
+        await backend.set_meta(META_KEY, json.dumps(old))
+        moved = await asyncio.gather(
+            move_meta_document(backend, "i-1", keep=1000),
+            move_meta_document(peer, "i-2", keep=1000),
+        )
+        assert True in moved
+        assert not await peer.get_meta(META_KEY)
+        await backend.append_audit(audit_entry("new", second=30), keep=1000)
+        assert [e["entry_id"] for e in await peer.read_audit(100)] == [
+            "new",
+            "old2",
+            "old1",
+            "old0",
+        ]
+        assert await move_meta_document(peer, "i-2", keep=1000) is True
+        assert len(await backend.read_audit(100)) == 4
 
     # ---- rate limits -------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ a :class:`Tracing` is built, so apps without tracing pay nothing.
 * At enqueue, the current context (W3C ``traceparent``/``tracestate`` and baggage) is injected
   into a small dict kept on the record and in its journal entry, so requeues after a restart
   keep it. Scheduled firings capture nothing: each starts its own trace.
-* Each attempt is a span ``taskflow.attempt <func_name>`` whose parent is that context. It is
-  the current span while the function runs: async tasks see it directly, thread tasks through
+* Each attempt is a span ``taskflow.attempt <func_name>`` whose parent is that context
+  (:class:`TracingHook`, an attempt hook the manager gives the dispatcher). It is the current
+  span while the function runs: async tasks see it directly, thread tasks through
   the copied context variables, process tasks through a carrier sent with the job and attached
   in the worker (see :func:`attached`).
 """
@@ -17,16 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .dispatch.hooks import AttemptHook, Carrier
 from .errors import ConfigurationError
 from .models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
     from .dispatch.job import Job
 
-Carrier = dict[str, str]
 SPAN_PREFIX = "taskflow.attempt"
 
 
@@ -86,7 +86,8 @@ class Tracing:
 
 
 class AttemptSpan:
-    """One attempt's span: current inside ``with``, ended by :meth:`end` with the outcome."""
+    """One attempt's span: current between :meth:`attach` and :meth:`detach`, ended by
+    :meth:`end` with the outcome."""
 
     __slots__ = ("_ctx", "_error_type", "_span", "_token", "_tracing")
 
@@ -97,19 +98,16 @@ class AttemptSpan:
         self._token: Any = None
         self._error_type: str | None = None
 
-    def __enter__(self) -> AttemptSpan:
+    def attach(self) -> None:
         self._token = self._tracing._context.attach(self._ctx)
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, Exception):
-            self._error_type = type(exc).__qualname__
-        self._tracing._context.detach(self._token)
+    def detach(self, error: BaseException | None) -> None:
+        """The call is over (``error``: what it raised): the span is no longer current."""
+        if isinstance(error, Exception):
+            self._error_type = type(error).__qualname__
+        if self._token is not None:
+            self._tracing._context.detach(self._token)
+            self._token = None
 
     def carrier(self) -> Carrier | None:
         """This span's context as a carrier, for a worker process."""
@@ -121,6 +119,7 @@ class AttemptSpan:
         """Record the outcome (the record's redacted error, never the raw one) and end."""
         from opentelemetry.trace import Status, StatusCode
 
+        self.detach(None)  # still current if the attempt ended before its call
         span = self._span
         status = "retrying" if record.status is TaskStatus.PENDING else record.status.value
         span.set_attribute("taskflow.status", status)
@@ -137,25 +136,31 @@ class AttemptSpan:
         span.end()
 
 
-class _NoSpan:
-    """The attempt span when tracing is off: every method does nothing."""
+class TracingHook(AttemptHook):
+    """The attempt hook: each attempt runs inside its span; process tasks get its carrier."""
 
-    __slots__ = ()
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+        self._spans: dict[Job, AttemptSpan] = {}  # the attempts under way
 
-    def __enter__(self) -> _NoSpan:
-        return self
+    def begin(self, job: Job) -> None:
+        span = self.tracing.start_attempt(job, job.attempt)
+        self._spans[job] = span
+        span.attach()
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def worker_context(self, job: Job) -> Carrier | None:
+        span = self._spans.get(job)
+        return span.carrier() if span is not None else None
 
-    def carrier(self) -> Carrier | None:
-        return None
+    def after_call(self, job: Job, error: BaseException | None) -> None:
+        span = self._spans.get(job)
+        if span is not None:
+            span.detach(error)
 
-    def end(self, record: TaskRecord) -> None:
-        return None
-
-
-NO_SPAN = _NoSpan()
+    def end(self, job: Job) -> None:
+        span = self._spans.pop(job, None)
+        if span is not None:
+            span.end(job.record)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from fastapi_taskflow import (
     TaskHandle,
     TaskManager,
     TaskObserver,
+    TaskRecord,
     TaskStatus,
     task_log,
 )
@@ -44,6 +45,17 @@ async def client_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             yield client
+
+
+async def post_and_settle(app: FastAPI, manager: TaskManager) -> TaskRecord:
+    """POST /go with the app's lifespan running, and the record of the task id it answers once
+    the manager has settled."""
+    async with client_for(app) as client:
+        response = await client.post("/go")
+        await manager.join(timeout=5)
+    record = manager.store.get(response.json()["id"])
+    assert record is not None
+    return record
 
 
 def noting_app() -> tuple[TaskManager, FastAPI, list[str], Callable[..., Any]]:
@@ -222,11 +234,7 @@ async def test_tasks_still_start_when_a_response_brings_its_own_background() -> 
         handle = tasks.add_task(note, "managed")
         return JSONResponse({"id": handle}, background=BackgroundTask(plain_background))
 
-    async with client_for(app) as client:
-        response = await client.post("/go")
-        await manager.join(timeout=5)
-        record = manager.store.get(response.json()["id"])
-    assert record is not None
+    record = await post_and_settle(app, manager)
     assert record.status is TaskStatus.SUCCESS
     assert sorted(ran) == ["managed", "response's own"]
 
@@ -257,6 +265,28 @@ async def test_tasks_of_a_request_that_raised_are_cancelled_with_the_reason() ->
     assert handle.status is TaskStatus.CANCELLED
     assert "HTTPException" in (handle.record.error or "")
     assert manager.metrics()["pending"] == 0
+
+
+async def test_without_fastapis_request_exit_stack_tasks_still_start_after_the_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a FastAPI that gives routes no exit stack, only the settling of requests that never
+    ran their background tasks is lost: tasks still start once the response is out."""
+    from fastapi_taskflow import fastapi_glue
+
+    monkeypatch.setattr(fastapi_glue, "_REQUEST_STACK_KEY", "no_such_scope_key")
+    monkeypatch.setattr(fastapi_glue, "_missing_stack_warned", True)
+    manager, app, ran, note = noting_app()
+
+    @app.post("/go")
+    async def go(
+        tasks: ManagedBackgroundTasks = Depends(manager.get_tasks),  # noqa: B008
+    ) -> dict[str, str]:
+        return {"id": tasks.add_task(note, "after the response")}
+
+    record = await post_and_settle(app, manager)
+    assert record.status is TaskStatus.SUCCESS
+    assert ran == ["after the response"]
 
 
 async def test_a_large_burst_starts_in_slices_so_the_loop_keeps_turning() -> None:

@@ -10,6 +10,7 @@ from cryptography.fernet import Fernet
 from fastapi_taskflow import ConfigurationError
 from fastapi_taskflow.di.containers import build_cipher, make_task_manager
 from fastapi_taskflow.di.settings import TaskflowSettings
+from fastapi_taskflow.tracing import TracingHook
 
 
 def test_yaml_operations_keys_build_a_redacting_tracing_manager(tmp_path: Path) -> None:
@@ -27,7 +28,8 @@ def test_yaml_operations_keys_build_a_redacting_tracing_manager(tmp_path: Path) 
     assert manager.privacy.redactor is not None
     assert manager.privacy.redactor.matches("db_password", "x")
     assert manager.privacy.error_cipher is not None
-    assert manager.dispatcher.tracing is not None
+    assert manager.dispatcher.hooks is not None
+    assert any(isinstance(h, TracingHook) for h in manager.dispatcher.hooks.hooks)
 
 
 def test_encrypt_errors_without_keys_is_a_configuration_error() -> None:
@@ -40,4 +42,4 @@ def test_defaults_leave_redaction_and_tracing_off() -> None:
     """Without the keys, the manager has no redaction, sealing or tracing."""
     manager = make_task_manager(TaskflowSettings.from_mapping({}))
     assert manager.privacy is None
-    assert manager.dispatcher.tracing is None
+    assert manager.dispatcher.hooks is None  # no feature on: the attempt's plain path

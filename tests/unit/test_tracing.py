@@ -274,7 +274,7 @@ async def test_tracing_is_off_by_default_and_never_imports_opentelemetry(
     handle = manager.add_task(job)
     await manager.join()
     await manager.shutdown()
-    assert manager.dispatcher.tracing is None
+    assert manager.dispatcher.hooks is None
     assert handle.record.trace_context is None
     assert handle.status.value == "success"
 

@@ -16,7 +16,9 @@ Four kinds of data live in a backend:
 * **instances**: each live instance's description (host, pid, counts), expiring with its lease;
 * **commands**: a short-lived channel every instance reads from a position (cursor), so a
   cancel or a queue change sent on one instance reaches the one that runs the task;
-* **rate limits**: one GCRA state per limit, taken atomically (see ``ratelimit.py``).
+* **rate limits**: one GCRA state per limit, taken atomically (see ``ratelimit.py``);
+* **the audit trail**: TaskAdmin's log of actions, appended one entry at a time and trimmed to
+  the newest entries in the same atomic step, so instances recording at once all land.
 
 A backend with ``system_of_record = True`` is where the truth lives when several instances
 share it (see ARCHITECTURE.md): every task has a row from enqueue (PENDING) through RUNNING (with
@@ -728,28 +730,53 @@ class TaskBackend(ABC):
         if taken is None:
             return None
         run_at, data = taken
-        document = self._schedule_document(run_key, data)
+        document = self._json_object(data, f"one-off run {run_key}")
         return ScheduledRun(run_key, run_at, document) if document is not None else None
 
     async def list_scheduled(self, before: float | None = None) -> list[ScheduledRun]:
         """Saved runs (due before ``before``, epoch seconds, when given), soonest first."""
         runs = []
         for run_key, run_at, data in await self._list_schedules(before):
-            document = self._schedule_document(run_key, data)
+            document = self._json_object(data, f"one-off run {run_key}")
             if document is not None:
                 runs.append(ScheduledRun(run_key, run_at, document))
         return runs
 
-    def _schedule_document(self, run_key: str, data: str | bytes) -> dict[str, Any] | None:
+    def _json_object(self, data: str | bytes, what: str) -> dict[str, Any] | None:
+        """``data`` as a JSON object; None (counted as corrupt, logged) when it is not one."""
         try:
             document = json.loads(data)
             if not isinstance(document, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             self.corrupt_rows += 1
-            logger.warning("skipping corrupt one-off run %s: %s", run_key, exc)
+            logger.warning("skipping corrupt %s: %s", what, exc)
             return None
         return document
+
+    # ---- the audit trail -------------------------------------------------------------------------
+
+    async def append_audit(self, entry: Mapping[str, Any], keep: int) -> None:
+        """Add ``entry`` (a JSON object with an ``entry_id``) as the newest and drop all but the
+        newest ``keep``, atomically: appends from every instance at once all land."""
+        if keep < 1:
+            raise ValueError(f"keep={keep}: keep at least the entry just appended")
+        await self._append_audit(compact_json(dict(entry)), keep)
+
+    async def read_audit(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries, newest first. An entry stored twice (a migration run
+        again after a crash) is listed once; corrupt ones are skipped and counted."""
+        entries: list[dict[str, Any]] = []
+        seen: set[Any] = set()
+        for data in await self._read_audit(limit):
+            entry = self._json_object(data, "audit entry")
+            if entry is None:
+                continue
+            entry_id = entry.get("entry_id")
+            if entry_id is None or entry_id not in seen:
+                seen.add(entry_id)
+                entries.append(entry)
+        return entries
 
     # ---- counters: state every instance must agree on (login limits, ended sessions) --------
 
@@ -923,6 +950,15 @@ class TaskBackend(ABC):
         interval`` store ``max(tat, now) + interval`` and return 0.0; else store nothing and
         return the seconds until that holds. Use one clock for every caller (the server's)."""
         raise self._missing("rate limits (rate_limit= on a task or a queue)")
+
+    async def _append_audit(self, data: str, keep: int) -> None:
+        """Store ``data`` after every entry stored so far and delete all but the newest
+        ``keep``, in one atomic step (concurrent callers never overwrite one another)."""
+        raise self._missing("the audit trail (TaskAdmin's audit log across instances)")
+
+    async def _read_audit(self, limit: int) -> Sequence[str | bytes]:
+        """The data of the newest ``limit`` entries, newest (last stored) first."""
+        raise self._missing("the audit trail (TaskAdmin's audit log across instances)")
 
     def _missing(self, feature: str) -> NotImplementedError:
         return NotImplementedError(f"{self.describe()} does not implement {feature}")

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,7 @@ class MemoryBackend(TaskBackend):
         self._schedules: dict[str, tuple[float, str]] = {}  # run_key -> (run_at, data)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
         self._rates: dict[str, float] = {}  # rate limit key -> theoretical arrival time
+        self._audit: list[str] = []  # oldest first
 
     def describe(self) -> str:
         return "memory"
@@ -428,6 +429,15 @@ class MemoryBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         with self._mutex:
             self._counters.pop(key, None)
+
+    async def _append_audit(self, data: str, keep: int) -> None:
+        with self._mutex:
+            self._audit.append(data)
+            del self._audit[: max(0, len(self._audit) - keep)]
+
+    async def _read_audit(self, limit: int) -> Sequence[str | bytes]:
+        with self._mutex:
+            return list(reversed(self._audit[-limit:])) if limit > 0 else []
 
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         with self._mutex:

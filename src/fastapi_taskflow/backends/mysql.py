@@ -70,7 +70,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}positions (
         name VARCHAR(64) NOT NULL PRIMARY KEY, value BIGINT NOT NULL)"""
     + _TABLE,
-    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0)"
+    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0), ('audit', 0)"
     " ON DUPLICATE KEY UPDATE name = name",
     """CREATE TABLE IF NOT EXISTS {t}commands (
         position BIGINT NOT NULL PRIMARY KEY, sent_at DOUBLE NOT NULL, data LONGTEXT NOT NULL)"""
@@ -89,6 +89,9 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}changes (
         position BIGINT NOT NULL PRIMARY KEY, origin VARCHAR(191) NOT NULL,
         ids LONGTEXT NOT NULL)"""
+    + _TABLE,
+    """CREATE TABLE IF NOT EXISTS {t}audit (
+        position BIGINT NOT NULL PRIMARY KEY, data LONGTEXT NOT NULL)"""
     + _TABLE,
     """CREATE TABLE IF NOT EXISTS {t}rates (
         name VARCHAR(512) NOT NULL PRIMARY KEY, tat DOUBLE NOT NULL)"""

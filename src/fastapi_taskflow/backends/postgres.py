@@ -63,7 +63,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS {t}instances (
         instance_id TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS {t}positions (name TEXT PRIMARY KEY, value BIGINT NOT NULL)""",
-    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0)"
+    "INSERT INTO {t}positions (name, value) VALUES ('commands', 0), ('changes', 0), ('audit', 0)"
     " ON CONFLICT DO NOTHING",
     """CREATE TABLE IF NOT EXISTS {t}commands (
         position BIGINT PRIMARY KEY, sent_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)""",
@@ -77,6 +77,7 @@ _SCHEMA = [
         PRIMARY KEY (bucket, status))""",
     """CREATE TABLE IF NOT EXISTS {t}changes (
         position BIGINT PRIMARY KEY, origin TEXT NOT NULL, ids TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {t}audit (position BIGINT PRIMARY KEY, data TEXT NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS {t}rates (name TEXT PRIMARY KEY, tat DOUBLE PRECISION NOT NULL)",
     """CREATE TABLE IF NOT EXISTS {t}counters (
         name TEXT PRIMARY KEY, value BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",

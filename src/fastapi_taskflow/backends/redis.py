@@ -28,6 +28,7 @@ key                            type    holds
 ``P:once:at``                  zset    run_key, score ``run_at`` (soonest first)
 ``P:counter:<key>``           string  a counter (``counter_add``), with its ``PX`` expiry
 ``P:rate:<limit key>``         string  a rate limit's theoretical arrival time (GCRA), seconds
+``P:audit``                    list    TaskAdmin's audit entries as JSON, newest first (trimmed)
 =============================  ======  ============================================================
 
 Stats, throughput and the change feed are written by the script that writes the rows, so they
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -876,6 +877,21 @@ class RedisBackend(TaskBackend):
     async def _counter_delete(self, key: str) -> None:
         async with self._errors() as client:
             await self._call(client.delete(self.key("counter", key)))
+
+    async def _append_audit(self, data: str, keep: int) -> None:
+        # MULTI/EXEC: no other client's push runs between this push and its trim.
+        async with self._errors() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.lpush(self.key("audit"), data)
+            pipe.ltrim(self.key("audit"), 0, keep - 1)
+            await pipe.execute()
+
+    async def _read_audit(self, limit: int) -> Sequence[str | bytes]:
+        if limit <= 0:
+            return []
+        async with self._errors() as client:
+            found = await self._call(client.lrange(self.key("audit"), 0, limit - 1))
+        return [str(data) for data in found]
 
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         wait = await self._script("rate", [self.key("rate", key)], [repr(interval), burst])

@@ -35,7 +35,9 @@ from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
 
 logger = logging.getLogger("fastapi_taskflow.backends")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 1 -> 2 added the audit table and its position row: the dialect's schema statements create
+# them (they run whenever the stored version is older), so that step has no statements.
 #: ``MIGRATIONS[v]``: the statements that take a version ``v`` database to ``v + 1``.
 MIGRATIONS: dict[int, list[str]] = {}
 
@@ -665,6 +667,22 @@ class SqlBackend(TaskBackend):
             [before] if before is not None else [],
         )
         return [(row[0], float(row[1]), row[2]) for row in rows]
+
+    # ---- the audit trail ---------------------------------------------------------------------
+
+    async def _append_audit(self, data: str, keep: int) -> None:
+        # The position row's lock makes appends take turns: positions are then consecutive,
+        # and the newest ``keep`` of them are exactly the entries kept.
+        async with self.session() as s:
+            position = await self._next_position(s, "audit")
+            await s.execute(
+                self.sql("INSERT INTO {t}audit (position, data) VALUES (?, ?)"), [position, data]
+            )
+            await s.execute(self.sql("DELETE FROM {t}audit WHERE position <= ?"), [position - keep])
+
+    async def _read_audit(self, limit: int) -> Sequence[str | bytes]:
+        rows = await self.fetch("SELECT data FROM {t}audit ORDER BY position DESC LIMIT ?", [limit])
+        return [row[0] for row in rows]
 
     # ---- rate limits and counters ----------------------------------------------------------
 

@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS tf_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tf_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL,
                                         expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS tf_counters_expiry ON tf_counters (expires_at);
+CREATE TABLE IF NOT EXISTS tf_audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, data TEXT NOT NULL);
 """
 
 # An expired counter starts again from the amount instead of adding to its old value.
@@ -775,6 +776,19 @@ class SqliteBackend(TaskBackend):
 
     async def _counter_delete(self, key: str) -> None:
         await self._run("DELETE FROM tf_counters WHERE key = ?", (key,))
+
+    async def _append_audit(self, data: str, keep: int) -> None:
+        # BEGIN IMMEDIATE: appends of every process take turns, so the newest ``keep`` sequence
+        # numbers are exactly the entries kept.
+        async with self._transaction() as db:
+            cursor = await db.execute("INSERT INTO tf_audit (data) VALUES (?)", (data,))
+            newest = cursor.lastrowid
+            await cursor.close()
+            await db.execute("DELETE FROM tf_audit WHERE seq <= ?", (int(newest or 0) - keep,))
+
+    async def _read_audit(self, limit: int) -> Sequence[str | bytes]:
+        rows = await self._fetch("SELECT data FROM tf_audit ORDER BY seq DESC LIMIT ?", (limit,))
+        return [row[0] for row in rows]
 
     async def _take_rate_token(self, key: str, interval: float, burst: int) -> float:
         # BEGIN IMMEDIATE takes the write lock before the read: processes take turns.

@@ -20,7 +20,7 @@ from dependency_injector import providers
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Path, Request
 
 from ..errors import ConfigurationError
-from ..fastapi_glue import add_lifespan, hooks_around
+from ..fastapi_glue import LifespanHook, add_lifespan, hooks_around
 from ..handles import ManagedBackgroundTasks, TaskHandle
 from ..manager import TaskManager
 from .containers import start_resources, stop_resources
@@ -32,6 +32,8 @@ logger = logging.getLogger("fastapi_taskflow.di")
 
 STATE_KEY = "taskflow_container"
 _ADMIN_MOUNTED = "_taskflow_admin_mounted"
+# The lifespan hook of the container install() put on the app, taken off when another replaces it.
+_INSTALLED_HOOK = "_taskflow_installed_hook"
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 P = ParamSpec("P")
@@ -139,7 +141,8 @@ def install(app: FastAPI, container: Any) -> None:
     """Bind ``container`` to ``app`` and run its resources around the app's own lifespan.
 
     Mounts ``TaskAdmin`` at startup when the ``admin.enabled`` setting is true. Works whether
-    or not the app has a ``lifespan=`` of its own; calling it twice is harmless.
+    or not the app has a ``lifespan=`` of its own; calling it twice is harmless. Installing
+    another container replaces the one before: the app runs one container's resources.
     """
     validate(container)
     bind(app, container)
@@ -150,7 +153,12 @@ def install(app: FastAPI, container: Any) -> None:
     async def shutdown() -> None:
         await stop_resources(container)
 
-    add_lifespan(app, container, startup, shutdown)
+    hook = add_lifespan(app, container, startup, shutdown)
+    if hook is not None:
+        replaced: LifespanHook | None = getattr(app.state, _INSTALLED_HOOK, None)
+        if replaced is not None:
+            replaced.remove()
+        setattr(app.state, _INSTALLED_HOOK, hook)
 
 
 def validate(container: Any) -> None:
@@ -181,24 +189,25 @@ async def _start(app: FastAPI, container: Any) -> None:
     settings = taskflow.settings()
     if settings.admin.enabled:
         try:
-            _mount_admin(app, taskflow, settings.admin)
+            _mount_admin(app, settings.admin)
         except BaseException:
             await stop_resources(container)
             raise
 
 
-def _mount_admin(app: FastAPI, taskflow: Any, admin: AdminSettings) -> None:
+def _mount_admin(app: FastAPI, admin: AdminSettings) -> None:
     """Mount the dashboard and task API once per app, as the ``admin:`` settings say.
 
-    The admin asks the container for the manager on each use (each lifespan run builds a new
-    one); the container's resources start and stop it, so the admin does not.
+    The admin asks the container bound to the app for the manager on each use (each lifespan
+    run builds a new one, and install() may bind another container); the container's resources
+    start and stop it, so the admin does not.
     """
     if getattr(app.state, _ADMIN_MOUNTED, False):
         return
     from ..admin import TaskAdmin
 
     def current_manager() -> TaskManager:
-        manager: TaskManager = resolve_now(taskflow.task_manager)
+        manager: TaskManager = resolve_now(getattr(app.state, STATE_KEY).task_manager)
         return manager
 
     options: dict[str, Any] = {

@@ -3,43 +3,41 @@
 Each attempt: decrypt arguments, set the task context, run on the executor under the timeout,
 then SUCCESS, a retry (the slot is released during the backoff wait) or FAILED. Cancellation and
 shutdown arrive as asyncio cancellation of the attempt and are told apart by ``Job.stop_reason``.
+Where a job is, and which move comes next, is its state (dispatch/job.py); optional features
+(tracing, redaction, idempotency keys) are attempt hooks (dispatch/hooks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import current_sink
 from ..crypto import ArgumentCipher
-from ..errors import ArgumentDecryptionError, WorkerCrashedError
+from ..errors import ArgumentDecryptionError, IllegalTransitionError, WorkerCrashedError
 from ..executors import ExecutorSet
 from ..models import QueueConfig, StopReason, TaskRecord, TaskStatus, utcnow
 from ..serialization import decode_call
 from ..store import TaskStore
-from ..tracing import NO_SPAN
-from .events import AttemptSink, EventHub
-from .job import Job
-from .keys import KeyGuard
+from .events import EventHub
+from .hooks import AttemptHook, ErrorFields, HookSteps
+from .job import ATTEMPTING, OVER, WAITING, Job
 from .queues import QueueSet, QueueState
 from .rates import RateGates, job_limits
 
 if TYPE_CHECKING:
     from ..backends.base import TaskBackend
-    from ..redaction import ErrorPolicy
     from ..results import ResultKeeper
     from ..settings import ExecutionSettings
-    from ..tracing import Tracing
 
 logger = logging.getLogger("fastapi_taskflow")
 # Enum member access goes through the metaclass on Python 3.11 (5x a plain attribute): the hot
 # path reads these module constants instead.
-_PENDING, _RUNNING, _SUCCESS = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCESS
+_RUNNING, _SUCCESS = TaskStatus.RUNNING, TaskStatus.SUCCESS
 
 # Called once per job as it leaves the dispatcher: finished, or kept PENDING at shutdown.
 FinishedCallback = Callable[[Job], None]
@@ -61,10 +59,8 @@ class Dispatcher:
         results: ResultKeeper,
         keeps: Callable[[Job], bool] | None = None,
         on_journaled_start: Callable[[TaskRecord], None] | None = None,
-        key_guard: Callable[[], KeyGuard | None] = lambda: None,
         rate_backend: Callable[[], TaskBackend | None] = lambda: None,
-        tracing: Tracing | None = None,
-        privacy: ErrorPolicy | None = None,
+        hooks: Sequence[AttemptHook] = (),
     ) -> None:
         self.store = store
         self.executors = executors
@@ -84,12 +80,9 @@ class Dispatcher:
         self._keeps = keeps
         # Told when a journaled, requeueable job starts (only journaled jobs exist with a backend).
         self._on_journaled_start = on_journaled_start
-        # The running manager's guard when the backend is shared (see dispatch/keys.py): it
-        # exists only between startup and shutdown, so it is asked for, not held.
-        self._key_guard = key_guard
-        # When on: one span per attempt; redaction and sealed errors.
-        self.tracing = tracing
-        self.privacy = privacy
+        # The optional features' steps (dispatch/hooks.py); None when no feature is on, so the
+        # attempt tests one local per step instead of walking empty tuples.
+        self.hooks = HookSteps(hooks) if hooks else None
         # Jitter source, (low, high) -> seconds; replaceable in tests.
         self.jitter: Callable[[float, float], float] = random.uniform
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,18 +90,16 @@ class Dispatcher:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    @property
-    def key_guard(self) -> KeyGuard | None:
-        """The cross-instance idempotency guard while the manager runs on a shared backend."""
-        return self._key_guard()
-
     # ---- admission -------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Put a PENDING job in its queue. Event-loop thread only."""
+        """Put a held job, or one whose backoff is over, in its queue. Event-loop thread only."""
         job.retry_timer = None
-        if job.cancelled or job.record.status is not _PENDING:
+        state = job.state
+        if state in OVER:
             return  # cancelled (or kept at shutdown) while it waited to be submitted
+        if state != "held" and state != "backoff":
+            raise IllegalTransitionError(job.task_id, state, "submitted")
         self.jobs[job.record.task_id] = job
         queue = self.queues.resolve(job.record.queue)
         if job.options.rate_limit is None and queue.config.rate_limit is None:
@@ -124,6 +115,8 @@ class Dispatcher:
 
     def _start(self, job: Job, queue: QueueState) -> None:
         assert self._loop is not None
+        job.move("starting")
+        job.queue = queue
         # RUNNING from the moment it holds a slot: PENDING means "waiting", and backpressure
         # (max_size) counts only those.
         record = job.record
@@ -132,7 +125,6 @@ class Dispatcher:
             self._on_journaled_start(record)
         if self.hub.observing:
             self.hub.lifecycle(record, _RUNNING, record.retries_used + 1)
-        job.slot, job.started = queue, False
         # No done callback (it costs a loop callback per task): the attempt frees its slot in a
         # ``finally``, and stop_attempt() settles an attempt cancelled before it began. No task
         # name either: set_name costs as much as creating the task.
@@ -140,23 +132,28 @@ class Dispatcher:
 
     def _attempt_ended(self, job: Job) -> None:
         job.task = None
-        queue, job.slot = job.slot, None
+        queue, job.queue = job.queue, None
         if queue is not None:
             self.queues.release(queue)
 
     def stop_attempt(self, job: Job, reason: StopReason) -> None:
-        """Cancel a job's attempt for ``reason`` ("cancel" or "shutdown")."""
+        """Ask a job's attempt to stop for ``reason`` ("cancel" or "shutdown"); a second ask
+        cancels its task again but keeps the first reason."""
         task = job.task
-        if task is None or task.done():
+        state = job.state
+        if task is None or state not in ATTEMPTING:
             return
-        job.stop_reason = reason
         task.cancel()
-        if not job.started:  # its body will never run: free the slot and settle it here
+        if state == "starting":  # its body will never run: free the slot and settle it here
+            job.stop_reason = reason
             self._attempt_ended(job)
-            if not job.record.status.finished and job.retry_timer is None:
-                self._never_started(job)
+            self._never_started(job)
+        elif state == "running":
+            job.move("stopping")
+            job.stop_reason = reason
 
     def _never_started(self, job: Job) -> None:
+        """Stopped before its call began: kept for the next start, CANCELLED or INTERRUPTED."""
         if job.stop_reason == "shutdown" and self._kept(job, job.record.retries_used):
             return
         status = TaskStatus.CANCELLED if job.stop_reason == "cancel" else TaskStatus.INTERRUPTED
@@ -169,110 +166,99 @@ class Dispatcher:
 
         One coroutine per attempt on purpose: an extra await layer costs a coroutine per task.
         """
-        job.started = True
-        record = job.record
-        attempt = record.retries_used + 1
+        hooks = self.hooks
         try:
-            if record.status is not _RUNNING:
-                return
-            # Only keyed tasks on a shared backend pay for the reservation's await.
-            if (
-                record.idempotency_key is not None
-                and not job.reserved
-                and not await self._reserve(job)
-            ):
-                return
-            sink = AttemptSink(self.hub, record, attempt)
-            span = self.tracing.start_attempt(job, attempt) if self.tracing is not None else NO_SPAN
-            token = current_sink.set(sink)
+            job.move("running")
+            attempt = job.attempt = job.record.retries_used + 1
+            if hooks is not None and (admission := hooks.admission(job)) is not None:
+                refusal = await admission
+                if refusal is not None:
+                    self._finish(job, TaskStatus.CANCELLED, 0, error=refusal)
+                    return
+            token = current_sink.set(job)  # the job is the sink of its attempts
             try:
-                with span:
-                    args, kwargs = job.args, job.kwargs
-                    if args is None or kwargs is None:  # encrypted: decrypted here, per attempt
-                        args, kwargs = self._decrypted_arguments(job)
-                    if self.privacy is not None:
-                        self._protect(job, sink, args, kwargs)
-                    definition = job.definition
-                    kind = definition.executor
-                    timeout = job.options.timeout or self.default_timeout
-                    if kind == "async" and timeout is None:
-                        value = await definition.func(*args, **kwargs)  # nothing to enforce
-                    else:
-                        value = await self.executors.run(
-                            kind,
-                            definition.func,
-                            args,
-                            kwargs,
-                            sink=sink,
-                            timeout=timeout,
-                            trace_carrier=span.carrier() if kind == "process" else None,
-                        )
-            except Exception as exc:
-                self._failed(job, attempt, exc)
-            except asyncio.CancelledError:
-                self._stopped(job, attempt)
-            else:
-                if value is not None:  # most tasks return None and keep nothing
-                    self.results.keep(record, job.options, value)
-                self._finish(job, _SUCCESS, attempt)
+                if hooks is not None:
+                    for begin in hooks.begin:
+                        begin(job)
+                try:
+                    value = await self._call(job, hooks)
+                except Exception as exc:
+                    if hooks is not None:
+                        hooks.after_call(job, exc)
+                    self._failed(job, exc)
+                except asyncio.CancelledError as exc:
+                    if hooks is not None:
+                        hooks.after_call(job, exc)
+                    self._stopped(job)
+                else:
+                    if hooks is not None:
+                        hooks.after_call(job, None)
+                    if value is not None:  # most tasks return None and keep nothing
+                        self.results.keep(job.record, job.options, value)
+                    self._finish(job, _SUCCESS, attempt)
             finally:
                 current_sink.reset(token)
-                span.end(record)
+                if hooks is not None:
+                    hooks.end(job)
         except asyncio.CancelledError:
-            # Cancelled outside the task's own call (e.g. during the key reservation).
-            if not record.status.finished and job.retry_timer is None:
+            # Cancelled outside the task's own call (e.g. while a hook admitted it).
+            if job.state == "running" or job.state == "stopping":
                 self._never_started(job)
             raise
-        except Exception as exc:  # a bug in this loop, not in the task: never leave it RUNNING
+        except Exception as exc:  # a bug in this loop or a hook, not in the task
             logger.error("task %s: internal error in the attempt loop", job.task_id, exc_info=exc)
-            self._fail(job, attempt, exc)
+            if job.state not in OVER:  # never leave it RUNNING (nor waiting for a retry)
+                self._take_out(job)
+                self._fail(job, job.attempt, exc)
         finally:
             self._attempt_ended(job)
 
-    def _failed(self, job: Job, attempt: int, exc: Exception) -> None:
+    def _call(self, job: Job, hooks: HookSteps | None) -> Awaitable[Any]:
+        """The attempt's call, not yet awaited: arguments decrypted, hooks told, executor chosen
+        (a plain function, not a coroutine: no await layer of its own)."""
+        args, kwargs = job.args, job.kwargs
+        if args is None or kwargs is None:  # encrypted: decrypted here, per attempt
+            args, kwargs = self._decrypted_arguments(job)
+        if hooks is not None:
+            for before_call in hooks.before_call:
+                before_call(job, args, kwargs)
+        definition = job.definition
+        kind = definition.executor
+        timeout = job.options.timeout or self.default_timeout
+        if kind == "async" and timeout is None:  # nothing to enforce: the coroutine itself
+            return definition.func(*args, **kwargs)  # type: ignore[no-any-return]
+        return self.executors.run(
+            kind,
+            definition.func,
+            args,
+            kwargs,
+            sink=job,
+            timeout=timeout,
+            trace_carrier=hooks.carrier(job) if hooks is not None and kind == "process" else None,
+        )
+
+    def _failed(self, job: Job, exc: Exception) -> None:
         """The attempt raised: a retry after the backoff, or FAILED."""
-        if isinstance(exc, ArgumentDecryptionError):
-            self._fail(job, attempt, exc)  # no key will appear between retries
+        if job.state == "stopping":
+            self._stopped(job)  # asked to stop, it raised on its way out: never retried
+        elif isinstance(exc, ArgumentDecryptionError):
+            self._fail(job, job.attempt, exc)  # no key will appear between retries
         elif isinstance(exc, WorkerCrashedError) and exc.shutdown:
             # The pool closed under it: the app is stopping, not the task failing.
+            job.move("stopping")
             job.stop_reason = "shutdown"
-            self._stopped(job, attempt)
+            self._stopped(job)
         elif self._should_retry(job, exc):
-            self._retry_later(job, attempt, exc)
+            self._retry_later(job, exc)
         else:
-            self._fail(job, attempt, exc)
+            self._fail(job, job.attempt, exc)
 
-    def _protect(
-        self, job: Job, sink: AttemptSink, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Learn the values to scrub from this attempt's errors and logs."""
-        assert self.privacy is not None
-        job.secrets = self.privacy.secrets(job.definition.func, args, kwargs)
-        sink.redact = functools.partial(self.privacy.log_fields, job.secrets)
-
-    def _error_fields(self, job: Job, exc: BaseException) -> tuple[str, str | None, bytes | None]:
-        """(error, stack trace, sealed error) as stored: redacted, and sealed if configured."""
-        if self.privacy is None:
-            return _describe(exc), _trace(exc), None
-        return self.privacy.error_fields(job.secrets, exc, _describe(exc), _trace(exc))
-
-    async def _reserve(self, job: Job) -> bool:
-        """Cross-instance idempotency, once per task: False when another instance holds the key."""
-        guard = self._key_guard()
-        if job.reserved or guard is None or job.record.idempotency_key is None:
-            return True
-        holder = await guard.reserve(job.record)
-        job.reserved = True
-        if holder is None:
-            return True
-        self._finish(
-            job,
-            TaskStatus.CANCELLED,
-            0,
-            error=f"duplicate: idempotency key {job.record.idempotency_key!r} is held "
-            f"by task {holder} on another instance",
-        )
-        return False
+    def _error_fields(self, job: Job, exc: BaseException) -> ErrorFields:
+        """(error, stack trace, sealed error) as stored: as the hooks make them (redacted,
+        sealed) when any is on."""
+        fields: ErrorFields = (_describe(exc), _trace(exc), None)
+        hooks = self.hooks
+        return hooks.error_fields(job, exc, fields) if hooks is not None else fields
 
     def _decrypted_arguments(self, job: Job) -> tuple[tuple[Any, ...], dict[str, Any]]:
         payload = job.record.encrypted_payload
@@ -289,10 +275,11 @@ class Dispatcher:
             exc, job.options.retry_on
         )
 
-    def _retry_later(self, job: Job, attempt: int, exc: Exception) -> None:
+    def _retry_later(self, job: Job, exc: Exception) -> None:
         """Back to PENDING; resubmitted after the backoff, holding no slot meanwhile."""
         record = job.record
         error, stacktrace, sealed = self._error_fields(job, exc)
+        job.move("backoff")
         self.store.transition(
             record,
             TaskStatus.PENDING,
@@ -301,7 +288,7 @@ class Dispatcher:
             stacktrace=stacktrace,
             encrypted_error=sealed,
         )
-        self.hub.lifecycle(record, TaskStatus.FAILED, attempt, retrying=True)
+        self.hub.lifecycle(record, TaskStatus.FAILED, job.attempt, retrying=True)
         delay = job.options.retry_delay(record.retries_used)
         if job.options.jitter:
             delay += self.jitter(0, job.options.jitter)
@@ -314,8 +301,9 @@ class Dispatcher:
             job, TaskStatus.FAILED, attempt, error=error, stacktrace=stacktrace, sealed=sealed
         )
 
-    def _stopped(self, job: Job, attempt: int) -> None:
+    def _stopped(self, job: Job) -> None:
         reason = job.stop_reason
+        attempt = job.attempt
         if reason == "cancel":
             self._finish(job, TaskStatus.CANCELLED, attempt, error="cancelled while running")
         elif reason == "shutdown":
@@ -333,8 +321,9 @@ class Dispatcher:
         """Shutdown stopped a job that runs again at the next start: back to PENDING (it
         waits for that start), and its idempotency key stays reserved (same task id)."""
         record = job.record
-        if self._keeps is None or record.status.finished or not self._keeps(job):
+        if self._keeps is None or not self._keeps(job):
             return False
+        job.move("kept")
         self.store.transition(
             record,
             TaskStatus.PENDING,
@@ -342,6 +331,7 @@ class Dispatcher:
         )
         self.hub.lifecycle(record, TaskStatus.INTERRUPTED, attempt, retrying=True)
         self.jobs.pop(record.task_id, None)
+        self._left(job)
         self._on_finished(job)
         return True
 
@@ -355,17 +345,20 @@ class Dispatcher:
         stacktrace: str | None = None,
         sealed: bytes | None = None,
     ) -> None:
+        job.move("done")
         record = job.record
-        if record.status.finished:
-            return
         record.encrypted_error = sealed
         self.store.mark_finished(record, status, utcnow(), error, stacktrace)
         if self.hub.observing:
             self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)
-        if job.reserved and (guard := self._key_guard()) is not None:
-            guard.release(record)
+        if self.hooks is not None:
+            self.hooks.left(job)
         self._on_finished(job)
+
+    def _left(self, job: Job) -> None:
+        if self.hooks is not None:
+            self.hooks.left(job)
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -373,26 +366,38 @@ class Dispatcher:
         """Cancel a pending or running task. Returns False when it is already finished/unknown.
         ``reason`` is the error of a task that had not started."""
         job = self.jobs.get(task_id)
-        if job is None or job.record.status.finished:
+        if job is None or job.state in OVER:
             return False
-        if job.running:  # its attempt (or stop_attempt, if it never began) records it
+        if job.state in ATTEMPTING:  # its attempt (or stop_attempt, if it never began) records it
             self.stop_attempt(job, "cancel")
         else:
             self.finish_waiting(job, TaskStatus.CANCELLED, reason)
         return True
 
     def finish_waiting(self, job: Job, status: TaskStatus, reason: str) -> None:
-        """End a job that is not running (queued, deferred, or in its backoff wait)."""
-        self.withdraw(job)
+        """End a job that has not started (held, rate-waiting, queued, or in its backoff wait);
+        one that is no longer waiting is left alone."""
+        if job.state not in WAITING:
+            return
+        self._take_out(job)
         job.record.waiting_reason = None
         self._finish(job, status, job.record.retries_used, error=reason)
 
     def withdraw(self, job: Job) -> None:
-        """A job that is not running will not start here: out of its queue and backoff wait."""
-        job.cancelled = True
-        self.queues.withdraw(job)
-        if job.retry_timer is not None:
-            job.retry_timer.cancel()
+        """Shutdown keeps a waiting job for the next start: out of its queue and backoff wait
+        (its journal entry stays; the manager saves its PENDING record)."""
+        self._take_out(job)
+        job.move("kept")
+        self._left(job)
+
+    def _take_out(self, job: Job) -> None:
+        """Out of its queue's count and its backoff wait; a gate or heap that still lists it
+        skips it once its state has moved on."""
+        if job.state == "queued":
+            self.queues.withdraw(job)
+        timer = job.retry_timer
+        if timer is not None:
+            timer.cancel()
             job.retry_timer = None
 
     def track(self, job: Job) -> None:
@@ -401,12 +406,10 @@ class Dispatcher:
 
     def running_jobs(self) -> list[Job]:
         # list(...) copies in one C call: sync routes may track() jobs from worker threads.
-        return [j for j in list(self.jobs.values()) if j.running]
+        return [j for j in list(self.jobs.values()) if j.state in ATTEMPTING]
 
     def waiting_jobs(self) -> list[Job]:
-        return [
-            j for j in list(self.jobs.values()) if not j.running and not j.record.status.finished
-        ]
+        return [j for j in list(self.jobs.values()) if j.state in WAITING]
 
 
 def _describe(exc: BaseException) -> str:

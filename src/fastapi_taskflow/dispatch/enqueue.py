@@ -200,6 +200,7 @@ class Enqueuer:
             # Encrypted arguments are decrypted inside the attempt, never kept in clear here.
             args=None if encrypted else record.args,
             kwargs=None if encrypted else record.kwargs,
+            hub=self.dispatcher.hub,
         )
         # Decided once, here: the journal entry and shutdown (manager) both read job.requeue.
         job.requeue = self.requeue_pending or opts.requeue_on_interrupt

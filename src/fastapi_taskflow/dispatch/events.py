@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..loggers.chain import ObserverChain
@@ -177,37 +176,3 @@ class EventHub:
                 logger.warning(
                     "observers caught up; %d events dropped since start", self.dropped_events
                 )
-
-
-class AttemptSink:
-    """The TaskSink of one attempt: what ``task_log``/``set_progress`` call inside the task."""
-
-    __slots__ = ("_context", "_last", "attempt", "hub", "record", "redact")
-
-    def __init__(self, hub: EventHub, record: TaskRecord, attempt: int) -> None:
-        self.hub = hub
-        self.record = record
-        self.attempt = attempt
-        self._context: TaskContext | None = None
-        self._last = 0.0
-        # (message, extra) -> redacted (message, extra); set when redaction is on.
-        self.redact: Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
-
-    @property
-    def context(self) -> TaskContext:
-        # Built on first use: most tasks never ask for their context.
-        if self._context is None:
-            record = self.record
-            self._context = TaskContext(record.task_id, record.func_name, self.attempt, record.tags)
-        return self._context
-
-    def log(self, message: str, level: str, extra: dict[str, Any]) -> None:
-        if self.redact is not None:
-            message, extra = self.redact(message, extra)
-        self.hub.log(self.record, self.context, message, level, extra)
-
-    def progress(self, fraction: float, message: str | None) -> None:
-        if self.redact is not None and message:
-            # Scrubbed like a log message: it is stored and shown in the list and streams.
-            message = self.redact(message, {})[0]
-        self._last = self.hub.progress(self.record, fraction, message, self._last)

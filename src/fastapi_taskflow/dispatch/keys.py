@@ -10,15 +10,24 @@ a task that shutdown keeps for the next start is not ended, so it keeps its key 
 
 A backend error while reserving fails open (the task runs, a warning is logged and counted):
 losing work is worse than the rare duplicate during an outage.
+
+:class:`KeyReservations` is the attempt hook (dispatch/hooks.py) that does this for the
+dispatcher; the manager gives it only when its backend is shared.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..backends.base import TaskBackend
 from ..models import IDEMPOTENCY_BLOCKING, TaskRecord
+from .hooks import AttemptHook
+
+if TYPE_CHECKING:
+    from .job import Job
 
 logger = logging.getLogger("fastapi_taskflow")
 
@@ -76,3 +85,46 @@ class KeyGuard:
         """Wait for releases still in flight (before the backend closes; tests)."""
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
+
+
+class KeyReservations(AttemptHook):
+    """The hook: a keyed task reserves its key before its first attempt here, and frees it
+    when it ends without success (not when shutdown keeps it: same task id next start)."""
+
+    def __init__(self, guard: Callable[[], KeyGuard | None]) -> None:
+        # The running manager's guard: it exists only between startup and shutdown, so it is
+        # asked for, not held.
+        self._guard = guard
+        # Jobs whose reservation was asked for (or was not needed), until they leave.
+        self._reserved: set[Job] = set()
+
+    @property
+    def guard(self) -> KeyGuard | None:
+        """The guard while the manager runs (None before startup and after shutdown)."""
+        return self._guard()
+
+    def admit(self, job: Job) -> Awaitable[str | None] | None:
+        if job.record.idempotency_key is None or job in self._reserved:
+            return None  # only keyed tasks pay for the reservation's await, and once
+        guard = self._guard()
+        if guard is None:
+            return None
+        return self._reserve(guard, job)
+
+    async def _reserve(self, guard: KeyGuard, job: Job) -> str | None:
+        holder = await guard.reserve(job.record)
+        self._reserved.add(job)
+        if holder is None:
+            return None
+        return (
+            f"duplicate: idempotency key {job.record.idempotency_key!r} is held "
+            f"by task {holder} on another instance"
+        )
+
+    def left(self, job: Job) -> None:
+        if job not in self._reserved:
+            return
+        self._reserved.discard(job)
+        guard = self._guard()
+        if job.state == "done" and guard is not None:
+            guard.release(job.record)

@@ -28,7 +28,7 @@ class QueueState:
     name: str
     config: QueueConfig
     waiting: list[tuple[int, int, Any]] = field(default_factory=list)
-    # Jobs in ``waiting`` that will start: cancelled ones stay in the heap until popped.
+    # Jobs in ``waiting`` that will start: withdrawn ones stay in the heap until popped.
     waiting_count: int = 0
     running: int = 0
     started: int = 0
@@ -90,18 +90,19 @@ class QueueSet:
             self._admit(job, queue)
             return
         # heapq is a min-heap: negate so higher priority comes out first.
+        job.move("queued")
+        job.queue = queue
         heapq.heappush(queue.waiting, (-(priority or 0), next(self._sequence), job))
         queue.waiting_count += 1
-        job.waiting_in = queue
         self.pump(queue)
 
     def pump(self, queue: QueueState) -> None:
         while queue.waiting and queue.has_room() and self._global_room():
             _, _, job = heapq.heappop(queue.waiting)
-            if job.cancelled:
-                continue  # uncounted when it was withdrawn
+            if job.state != "queued":
+                continue  # withdrawn (and uncounted) while it waited
             queue.waiting_count -= 1
-            job.waiting_in = None
+            job.queue = None
             self._admit(job, queue)
 
     def _admit(self, job: Any, queue: QueueState) -> None:
@@ -111,13 +112,12 @@ class QueueSet:
         self._start(job, queue)
 
     def withdraw(self, job: Any) -> None:
-        """A job will not start (cancelled, or kept at shutdown): stop counting it as waiting.
-
-        It stays in its heap (no search) and is skipped when popped: set ``job.cancelled``.
+        """A queued job will not start (cancelled, or kept at shutdown): stop counting it as
+        waiting. It stays in its heap (no search) and is skipped when popped, its state moved on.
         """
-        queue = job.waiting_in
+        queue = job.queue
         if queue is not None:
-            job.waiting_in = None
+            job.queue = None
             queue.waiting_count -= 1
 
     def pump_all(self) -> None:

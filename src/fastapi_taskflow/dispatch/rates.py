@@ -66,14 +66,14 @@ class _Gate:
         if self.pump is None:
             self.pump = asyncio.get_running_loop().create_task(self._run())
 
-    def _drop_cancelled(self) -> None:
-        while self.waiting and self.waiting[0][2].cancelled:
+    def _drop_withdrawn(self) -> None:
+        while self.waiting and self.waiting[0][2].state != "rate_waiting":
             heapq.heappop(self.waiting)
 
     async def _run(self) -> None:
         try:
             while not self.gates.stopping:
-                self._drop_cancelled()
+                self._drop_withdrawn()
                 if not self.waiting:
                     self.unmarked = []
                     return
@@ -107,7 +107,7 @@ class _Gate:
             self.pump = None
 
     def _let_one_through(self) -> None:
-        self._drop_cancelled()
+        self._drop_withdrawn()
         if not self.waiting:
             return  # the job it was taken for was cancelled meanwhile
         _, _, job, queue = heapq.heappop(self.waiting)
@@ -124,7 +124,7 @@ class _Gate:
         logger.error("rate limit %s: %s", self.key, reason)
         waiting, self.waiting, self.unmarked = self.waiting, [], []
         for _, _, job, _ in waiting:
-            if not job.cancelled:
+            if job.state == "rate_waiting":
                 self.gates.refuse(job, reason)
 
     def _mark(self, reason: str) -> None:
@@ -139,7 +139,7 @@ class _Gate:
         """``job`` waits in this gate now (it may have passed since it was listed)."""
         step = job.rate_step
         return (
-            not job.cancelled
+            job.state == "rate_waiting"
             and step < len(job.rate_limits)
             and job.rate_limits[step][0] == self.key
         )
@@ -198,6 +198,7 @@ class RateGates:
 
     def enter(self, job: Job, queue: QueueState, limits: tuple[tuple[str, RateLimit], ...]) -> None:
         """``job`` waits for each of ``limits`` in turn, then joins ``queue``."""
+        job.move("rate_waiting")
         job.rate_limits = limits
         job.rate_step = 0
         self._next(job, queue)
@@ -215,7 +216,7 @@ class RateGates:
 
     def passed(self, job: Job, queue: QueueState) -> None:
         job.rate_step += 1
-        if not job.cancelled:
+        if job.state == "rate_waiting":
             self._next(job, queue)
 
     async def stop(self) -> None:
