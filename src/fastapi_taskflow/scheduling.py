@@ -575,7 +575,9 @@ class Scheduler:
 
     async def _acquire(self, lock: str, ttl: float) -> bool:
         """Take a slot's lock when instances share the backend; alone, every slot is ours."""
-        backend = self.backend
+        # The manager's backend, not self.backend: a firing still in flight while stop() waits
+        # for it must take the lock too, or it fires a slot another instance already fired.
+        backend = self.manager.backend
         if backend is None or not backend.shared:
             return True
         return await backend.acquire_lock(lock, self.manager.instance_id, ttl)
