@@ -9,7 +9,6 @@ starts (a fresh table prefix per test). The tests themselves live in
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sql import SqlBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.testing_contract import GARBAGE, BackendContract
+from sqlite_files import sqlite_file
 
 
 async def _open(backend: TaskBackend) -> TaskBackend:
@@ -88,13 +88,12 @@ class TestBuiltinBackends(BackendContract):
     ) -> None:
         """Bypass the backend: a raw INSERT, raw Redis commands, or the primitive."""
         if isinstance(backend, SqliteBackend):
-            with sqlite3.connect(backend.path) as db:
+            with sqlite_file(backend.path) as db:
                 db.execute(
                     "INSERT INTO tf_records (task_id, func_name, status, queue, created_at, data)"
                     " VALUES (?, 'x', 'success', 'default', ?, ?)",
                     (task_id, created_at, GARBAGE),
                 )
-            db.close()
         elif isinstance(backend, RedisBackend):
             client = aioredis.Redis.from_url(backend.url)
             try:

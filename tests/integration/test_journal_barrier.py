@@ -19,6 +19,7 @@ from asgi_calls import empty_body, post_scope
 from fastapi_taskflow import ManagedBackgroundTasks, TaskManager, TaskStatus
 from fastapi_taskflow.backends.base import RecordQuery
 from fastapi_taskflow.barrier import JournalBarrier
+from sqlite_files import sqlite_file
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Answer:
 
 def _journal_ids(path: Path) -> set[str]:
     """The committed journal, read by a third connection (WAL readers do not wait for locks)."""
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         return {row[0] for row in db.execute("SELECT task_id FROM tf_journal")}
 
 

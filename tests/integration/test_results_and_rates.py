@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import result_tasks
 from fastapi_taskflow import RateLimit, TaskManager
 from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
+from sqlite_files import sqlite_file
 
 WORKER = Path(__file__).with_name("rate_worker.py")
 
@@ -135,9 +135,8 @@ async def test_sqlite_file_from_before_rate_limits_gets_its_table(tmp_path: Path
     backend = SqliteBackend(path)
     await backend.open()
     await backend.close()
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         db.execute("DROP TABLE tf_rates")
-    db.close()
     reopened = SqliteBackend(path)
     await reopened.open()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from fastapi_taskflow.backends.base import RecordQuery
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.errors import BackendError, ConfigurationError
 from fastapi_taskflow.models import TaskRecord, TaskStatus
+from sqlite_files import sqlite_file
 
 
 @pytest.fixture
@@ -70,9 +70,8 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     backend = SqliteBackend(tmp_path / "tasks.db")
     await backend.open()
     await backend.close()
-    with sqlite3.connect(backend.path) as db:
+    with sqlite_file(backend.path) as db:
         db.execute("UPDATE tf_schema SET version = 99")
-    db.close()
     with pytest.raises(BackendError, match="schema version 99"):
         await backend.open()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from fastapi_taskflow.cli import build_app
 from fastapi_taskflow.commands.common import ExitCode
 from fastapi_taskflow.errors import ConfigurationError, DamagedDatabaseError
 from fastapi_taskflow.serialization import encode_call
+from sqlite_files import sqlite_file
 
 
 async def _journaled_file(path: Path, count: int = 400) -> None:
@@ -32,7 +32,7 @@ async def _journaled_file(path: Path, count: int = 400) -> None:
 
 def _damage_table(path: Path, table: str) -> None:
     """Overwrite the root page of ``table`` with garbage, as a bad sector or a stray write."""
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         (root,) = db.execute(
             "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
         ).fetchone()

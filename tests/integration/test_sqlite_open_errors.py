@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from sqlite_files import sqlite_file
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
@@ -40,13 +42,12 @@ async def test_two_connections_opening_an_older_file_at_once_both_open(tmp_path:
     """Two instances opening one pre-WAL file together (workers starting at once) both open:
     the switch to WAL that fails at once with "database is locked" is tried again."""
     import asyncio
-    import sqlite3
 
     from fastapi_taskflow.backends.sqlite import SqliteBackend
 
     for attempt in range(60):
         path = tmp_path / f"old-{attempt}.db"
-        with sqlite3.connect(path) as older:  # a file made in the default rollback-journal mode
+        with sqlite_file(path) as older:  # a file made in the default rollback-journal mode
             older.execute("CREATE TABLE task_snapshots (task_id TEXT PRIMARY KEY, data TEXT)")
         first, second = SqliteBackend(str(path)), SqliteBackend(str(path))
         try:

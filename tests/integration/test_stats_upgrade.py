@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi_taskflow.backends.redis import RedisBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.models import TaskStatus
+from sqlite_files import sqlite_file
 
 # The record table of schema version 1 (no duration column, no stats tables).
 V1_SCHEMA = """
@@ -43,7 +43,7 @@ async def test_a_version_1_sqlite_file_gets_its_stats_on_open(tmp_path: Path) ->
     """Opening a schema-1 file adds the duration column and counts its rows once."""
     path = tmp_path / "old.db"
     start = 1735732800.0  # 2025-01-01T12:00:00Z
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         db.executescript(V1_SCHEMA)
         db.executemany(
             "INSERT INTO tf_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -53,7 +53,6 @@ async def test_a_version_1_sqlite_file_gets_its_stats_on_open(tmp_path: Path) ->
                 v1_row("c", "pending", "default", start, None),
             ],
         )
-    db.close()
     backend = SqliteBackend(path)
     await backend.open()
     try:

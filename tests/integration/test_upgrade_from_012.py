@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import pickle
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -33,6 +32,7 @@ from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.cli import build_app
 from fastapi_taskflow.legacy import import_legacy
 from servers import MariaDBServer, PostgresServer
+from sqlite_files import sqlite_file
 
 SNAPSHOT_COLUMNS = (
     "task_id", "func_name", "status", "created_at", "start_time", "end_time", "duration",
@@ -154,12 +154,11 @@ def sqlite_writer(path: Path) -> Writer:
         pending: list[dict[str, Any]],
         once: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> None:
-        with sqlite3.connect(path) as db:
+        with sqlite_file(path) as db:
             for statement in _DDL:
                 db.execute(statement)
             for table, columns, rows in _tables(history, pending, list(once)):
                 db.executemany(_insert(table, columns), [[r[c] for c in columns] for r in rows])
-        db.close()
 
     return write
 
@@ -429,10 +428,9 @@ def test_taskflow_migrate_imports_on_demand_and_reports_counts(
             await backend.close()
 
     assert asyncio.run(journaled()) == ["old-wait"]
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         kept = db.execute("SELECT COUNT(*) FROM task_snapshots").fetchone()[0]
         waiting_left = db.execute("SELECT COUNT(*) FROM task_pending_requeue").fetchone()[0]
-    db.close()
     assert (kept, waiting_left) == (2, 0)  # history left for a rollback; waiting ones moved
 
 

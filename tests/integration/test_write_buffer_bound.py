@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fastapi_taskflow import TaskManager, WriteBufferFullError
+from sqlite_files import sqlite_file
 
 
 async def test_a_slow_backend_keeps_the_buffer_within_its_bound(
@@ -45,7 +46,7 @@ async def test_a_slow_backend_keeps_the_buffer_within_its_bound(
     await manager.persister.drain()
     dropped = manager.metrics()["dropped_writes"]
     await manager.shutdown()
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         written = db.execute("SELECT COUNT(*) FROM tf_records").fetchone()[0]
     assert peak <= 500
     assert dropped >= 1500
@@ -97,6 +98,6 @@ async def test_journaled_tasks_past_the_bound_are_refused_not_buffered(
     assert metrics["total"] == len(accepted)
     assert metrics["success"] == len(accepted)
     assert any("WriteBufferFullError" in r.getMessage() for r in caplog.records)
-    with sqlite3.connect(path) as db:
+    with sqlite_file(path) as db:
         (written,) = db.execute("SELECT COUNT(*) FROM tf_records").fetchone()
     assert written == len(accepted)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from fastapi_taskflow import QueueConfig, TaskAdmin, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.backends.base import TaskBackend
+from sqlite_files import sqlite_file
 
 # Quick heartbeats, so instances see one another at once; a lease of 40 heartbeats, so a loaded
 # machine (parallel test workers) stalling a process for a second does not let it lapse: no test
@@ -320,7 +321,6 @@ async def test_cancel_of_a_task_no_live_instance_holds_is_a_409(
 
 async def test_sqlite_commands_older_than_a_minute_are_pruned(tmp_path: Any) -> None:
     """Each send deletes SQLite command rows older than a minute."""
-    import sqlite3
 
     from fastapi_taskflow.backends.base import Command
     from fastapi_taskflow.backends.sqlite import SqliteBackend
@@ -328,13 +328,11 @@ async def test_sqlite_commands_older_than_a_minute_are_pruned(tmp_path: Any) -> 
     backend = SqliteBackend(tmp_path / "c.sqlite3")
     await backend.open()
     try:
-        with sqlite3.connect(backend.path) as db:
+        with sqlite_file(backend.path) as db:
             db.execute("INSERT INTO tf_commands (sent_at, data) VALUES (0, '{}')")
-        db.close()
         await backend.send_command(Command("queue", "x"))
-        with sqlite3.connect(backend.path) as db:
+        with sqlite_file(backend.path) as db:
             assert db.execute("SELECT COUNT(*) FROM tf_commands").fetchone() == (1,)
-        db.close()
     finally:
         await backend.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.errors import BackendError
 from fastapi_taskflow.models import TaskRecord
 from fastapi_taskflow.serialization import encode_call
+from sqlite_files import sqlite_file
 
 FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.3, "drain_timeout": 0.0}
 
@@ -304,9 +304,8 @@ async def test_corrupt_rows_are_skipped_named_and_counted(
     )
     await backend.drop_owner("dead")
     await backend.close()
-    with sqlite3.connect(db) as raw:
+    with sqlite_file(db) as raw:
         raw.execute("INSERT INTO tf_journal (task_id, owner, data) VALUES ('bad', NULL, '{x')")
-    raw.close()
     caplog.set_level(logging.WARNING)
     seen: list[Any] = []
     tm, _, _ = build(db, seen, encrypt_args_key=key)
