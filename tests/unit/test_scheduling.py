@@ -12,10 +12,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from control_helpers import BackendFactory, running, wait_until
+from control_helpers import BackendFactory, SharedMemoryBackend, running, wait_until
 
 from fastapi_taskflow import QueueConfig, TaskManager, TaskRegistry, TaskStatus
-from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, slot_label
+from fastapi_taskflow.backends.base import TaskBackend
+from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, Scheduler, slot_label
 
 
 def scheduled(tm: TaskManager) -> list[object]:
@@ -136,6 +137,96 @@ async def test_shared_backend_fires_each_slot_on_one_instance(
     ):
         await wait_until(lambda: len(fired) >= 5)
     assert len(fired) == len(set(fired))
+
+
+class FrozenClock:
+    """A wall clock stopped at ``now``, counting how often the scheduler reads it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+class RecordingHost:
+    """What a manager gives its scheduler; each firing's slot is recorded, nothing runs."""
+
+    def __init__(self, registry: TaskRegistry, backend: TaskBackend, instance_id: str) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.cipher = None
+        self.instance_id = instance_id
+        self.fired: list[str] = []
+
+    def enqueue_definition(
+        self, definition: object, args: object, kwargs: object, **options: Any
+    ) -> None:
+        self.fired.append(options["tags"]["slot"])
+
+
+def minute_registry(catch_up: bool = False) -> TaskRegistry:
+    registry = TaskRegistry()
+
+    @registry.schedule(every=60, name="minute", catch_up=catch_up)
+    async def minute() -> None:
+        return None
+
+    return registry
+
+
+SLOT = 1_800_000_000.0  # a whole minute: the slot every=60 fires next when the clock is just before
+
+
+async def test_an_instance_stopping_as_a_slot_falls_due_never_fires_it_beside_another() -> None:
+    """A firing whose timer went off just before stop() fires nothing: it must not fire the slot
+    as if alone (no lock) while the instance that goes on fires it too."""
+    registry, backend = minute_registry(), SharedMemoryBackend()
+    going_on = Scheduler(RecordingHost(registry, backend, "a"), clock=FrozenClock(SLOT - 0.001))
+    stopping_clock = FrozenClock(SLOT - 0.001)
+    stopping = Scheduler(RecordingHost(registry, backend, "b"), clock=stopping_clock)
+    await going_on.start()
+    await stopping.start()
+    # Step the loop until the stopping instance's timer has gone off (it reads the clock to arm
+    # the next slot). This test's step was queued before that timer ran, so it runs before the
+    # firing's first step, as a loaded loop runs a shutdown between the two. An event could not
+    # do it: its waiter would wake after the firing's first step.
+    reads = stopping_clock.reads
+    while stopping_clock.reads == reads:  # noqa: ASYNC110 (the order of steps is the point)
+        await asyncio.sleep(0)
+    await stopping.stop()
+    await going_on.stop()
+    assert going_on.manager.fired + stopping.manager.fired == [slot_label(SLOT)]
+
+
+class SlowLocks(SharedMemoryBackend):
+    """Slot locks answered when the test says so: a firing held mid-way, as by a slow backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().acquire_lock(name, owner, ttl)
+
+
+async def test_a_firing_in_flight_at_stop_still_records_its_slot_for_catch_up() -> None:
+    """stop() lets a firing in flight finish: it fires and records its slot, so the next start
+    does not fire that slot again as missed."""
+    backend = SlowLocks()
+    host = RecordingHost(minute_registry(catch_up=True), backend, "a")
+    scheduler = Scheduler(host, clock=FrozenClock(SLOT - 0.001))
+    await scheduler.start()
+    await backend.asked.wait()
+    backend.answer.set()  # the lock is answered after stop() began
+    await scheduler.stop()
+    assert host.fired == [slot_label(SLOT)]
+    assert await backend.get_meta("schedule:minute:last") == repr(SLOT)
 
 
 def test_every_slots_are_epoch_multiples_without_float_repeats() -> None:
