@@ -469,7 +469,8 @@ class Scheduler:
                 self._failed(f"one-off run {key!r} (tried again in {ONCE_RETRY:g}s)")
                 self._arm_once(run, self.clock() + ONCE_RETRY)
                 return
-            del self._once[key]
+            # pop: stop() may have cleared the runs meanwhile, and this one's row is taken now.
+            self._once.pop(key, None)
             if taken is None:
                 return  # fired or cancelled by another instance
             if not _same_run(run, taken):  # replaced under the same key by another instance

@@ -15,7 +15,7 @@ import pytest
 from control_helpers import BackendFactory, SharedMemoryBackend, running, wait_until
 
 from fastapi_taskflow import QueueConfig, TaskManager, TaskRegistry, TaskStatus
-from fastapi_taskflow.backends.base import TaskBackend
+from fastapi_taskflow.backends.base import ScheduledRun, TaskBackend
 from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, Scheduler, slot_label
 
 
@@ -159,12 +159,12 @@ class RecordingHost:
         self.backend = backend
         self.cipher = None
         self.instance_id = instance_id
-        self.fired: list[str] = []
+        self.fired: list[str] = []  # the slot of each periodic firing, the run of a one-off
 
     def enqueue_definition(
         self, definition: object, args: object, kwargs: object, **options: Any
     ) -> None:
-        self.fired.append(options["tags"]["slot"])
+        self.fired.append(options["tags"].get("slot") or options["tags"]["run"])
 
 
 def minute_registry(catch_up: bool = False) -> TaskRegistry:
@@ -227,6 +227,49 @@ async def test_a_firing_in_flight_at_stop_still_records_its_slot_for_catch_up() 
     await scheduler.stop()
     assert host.fired == [slot_label(SLOT)]
     assert await backend.get_meta("schedule:minute:last") == repr(SLOT)
+
+
+class SlowTakes(SharedMemoryBackend):
+    """One-off rows handed over when the test says so: a run taken mid-way by a slow backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def take_scheduled(self, run_key: str) -> ScheduledRun | None:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().take_scheduled(run_key)
+
+
+async def test_a_one_off_run_taken_as_stop_begins_still_fires() -> None:
+    """A one-off run whose row was being taken when stop() began fires: the row is gone from
+    the backend, so no instance would ever fire it otherwise."""
+    registry, backend = minute_registry(), SlowTakes()
+    host = RecordingHost(registry, backend, "a")
+    scheduler = Scheduler(host, clock=FrozenClock(SLOT))
+
+    async def report() -> None:
+        return None
+
+    await scheduler.start()
+    await scheduler.schedule_once(
+        report,
+        (),
+        {},
+        run_at=timedelta(0),
+        run_key="r1",
+        tags={"run": "r1"},
+        priority=None,
+        queue=None,
+        idempotency_key=None,
+    )
+    await backend.asked.wait()
+    backend.answer.set()  # the row is handed over after stop() began
+    await scheduler.stop()
+    assert host.fired == ["r1"]
+    assert await backend.list_scheduled() == []
 
 
 def test_every_slots_are_epoch_multiples_without_float_repeats() -> None:
