@@ -40,9 +40,17 @@ run: $(STAMP)
 
 # Chromium for the browser tests comes from the system (apt in .ci/run); what pip cannot
 # install for the tests is set up here. Extra pytest arguments: make test ARGS="-k sqlite".
+# The tests run in pytest-xdist workers, one per CPU (at most TEST_WORKERS_MAX): most of the
+# slow tests wait on processes and servers, so the workers overlap well. worksteal hands a
+# finished worker the tests another one has not started yet, so one long test does not hold
+# the end of the run. Serially: make test ARGS="-n 0".
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
+TEST_WORKERS ?= auto
+TEST_WORKERS_MAX ?= 4
 test: $(STAMP)
-	@status=0; $(BIN)/pytest $(ARGS) || status=$$?; \
+	@status=0; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxprocesses=$(TEST_WORKERS_MAX) --dist worksteal $(ARGS) \
+		|| status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; \
 	exit $$status
 

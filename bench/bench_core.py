@@ -40,7 +40,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi_taskflow import ManagedBackgroundTasks, TaskAdmin, TaskManager
 
 TARGET_RATIO = 1.10  # managed per request-task vs plain BackgroundTasks
-TARGET_FANOUT_US = 12.0  # library cost per task in the 20,000 fan-out
+TARGET_FANOUT_RATIO = 1.3  # a task of the 20,000 fan-out vs a bare asyncio.create_task
 TARGET_METRICS_MS = 1.0  # GET /tasks/metrics at 50,000 records
 
 
@@ -348,8 +348,8 @@ def report(data: dict[str, Any], reps: int) -> dict[str, Any]:
         (
             f"fan-out {data['fan_n']} in one request",
             f"{fan:8.2f} us/task",
-            f"{fan / floor_us:.1f}x floor; library {fan_lib:.2f} us/task "
-            f"(target <= {TARGET_FANOUT_US:g})",
+            f"{fan / floor_us:.2f}x floor (target <= {TARGET_FANOUT_RATIO:g}x); "
+            f"library {fan_lib:.2f} us/task",
         ),
         (
             "GET /tasks/metrics",
@@ -362,7 +362,7 @@ def report(data: dict[str, Any], reps: int) -> dict[str, Any]:
     verdicts = {
         "managed-mem ratio": mem / plain <= TARGET_RATIO,
         "managed-sqlite ratio": sql / plain <= TARGET_RATIO,
-        "fan-out library cost": fan_lib <= TARGET_FANOUT_US,
+        "fan-out vs floor": fan / floor_us <= TARGET_FANOUT_RATIO,
         "metrics at 50k": metrics_ms <= TARGET_METRICS_MS,
     }
     print()
@@ -375,6 +375,7 @@ def report(data: dict[str, Any], reps: int) -> dict[str, Any]:
         "samples": {k: v.samples for k, v in r.items()},
         "ratios": {"managed-mem": mem / plain, "managed-sqlite": sql / plain},
         "fan_out_library_us": fan_lib,
+        "fan_out_vs_floor": fan / floor_us,
         "targets_met": verdicts,
     }
 

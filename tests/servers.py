@@ -228,6 +228,16 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+# Scratch data only: no doublewrite, no flushing, a small redo log. mariadb-install-db gets the
+# same ones, so it writes 35 MB instead of 115 MB and mariadbd starts on the log it finds.
+MARIADB_SCRATCH = [
+    "--innodb-log-file-size=16M",
+    "--innodb-doublewrite=0",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-flush-method=nosync",
+]
+
+
 class MariaDBServer:
     """A throwaway MariaDB: mariadb-install-db into a temporary directory, one ``mariadbd`` on
     a free port of 127.0.0.1 and a socket in that directory, and a ``taskflow`` user with a
@@ -252,7 +262,7 @@ class MariaDBServer:
         as_root = ["--user=root"] if os.geteuid() == 0 else []
         subprocess.run(
             [str(self.install_db), "--no-defaults", f"--datadir={data}", *as_root,
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
+             "--auth-root-authentication-method=normal", "--skip-test-db", *MARIADB_SCRATCH],
             check=True, capture_output=True,
         )  # fmt: skip
         log = self.directory / "mariadb.log"
@@ -260,9 +270,9 @@ class MariaDBServer:
             [str(self.server), "--no-defaults", f"--datadir={data}", *as_root,
              f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-networking=0",
              f"--socket={self.socket}", f"--pid-file={self.directory / 'mariadb.pid'}",
-             f"--log-error={log}", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=0",
-             "--innodb-doublewrite=0", "--innodb-file-per-table=0",
-             "--innodb-buffer-pool-size=64M", "--max-connections=300"],
+             f"--log-error={log}", "--skip-log-bin", *MARIADB_SCRATCH,
+             "--innodb-file-per-table=0", "--innodb-buffer-pool-size=64M",
+             "--max-connections=300"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_for_line(log, "ready for connections", self.process, "mariadbd")

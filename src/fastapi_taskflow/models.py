@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, overload
 
 from .ratelimit import RateLimit, parse_rate_limit
 
@@ -54,9 +55,29 @@ IDEMPOTENCY_BLOCKING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING, TaskSt
 RETRYABLE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED})
 
 
-# The current time, timezone-aware. A partial, not a def: it is called three times per task,
-# and a partial reaches datetime.now without a Python frame.
+# The current time, timezone-aware. A partial, not a def: a partial reaches datetime.now
+# without a Python frame.
 utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
+# The current time as epoch seconds: what a record keeps on the hot path. A float is one C call
+# to make (a datetime is ~2,800 instructions) and half the bytes; ``TaskRecord`` turns it into a
+# datetime only when one is read.
+clock: Callable[[], float] = time.time
+_from_timestamp: Callable[[float], datetime] = functools.partial(datetime.fromtimestamp, tz=UTC)
+
+#: A moment as a record keeps it: epoch seconds from :data:`clock`, or a datetime as given
+#: (loaded from a backend, set by a caller), kept as it is.
+Moment = float | datetime
+
+
+def as_datetime(moment: Moment) -> datetime:
+    """The moment as a datetime: epoch seconds become an aware UTC datetime, to the microsecond."""
+    return _from_timestamp(moment) if isinstance(moment, float) else moment
+
+
+def _micros(seconds: float) -> int:
+    """Microseconds since the epoch, rounded as ``datetime.fromtimestamp`` rounds them."""
+    fraction, whole = math.modf(seconds)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -67,55 +88,196 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-@dataclass(slots=True, eq=False)
+class _SharedEmptyDict(dict[Any, Any]):
+    """The empty ``tags``/``kwargs`` of every record that has none: most tasks have neither,
+    and two dicts per record are ~130 bytes and two objects for every garbage collection to
+    walk, for all of history. Shared, so it refuses changes (assign a new dict instead); a copy
+    or a pickle of it is a plain empty dict."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a record's empty tags and kwargs are shared: assign a new dict instead")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[dict[Any, Any]], tuple[()]]:
+        return (dict, ())
+
+
+#: The one empty dict records share (see ``_SharedEmptyDict``).
+EMPTY: dict[Any, Any] = _SharedEmptyDict()
+
+
+class _OptionalTime:
+    """A record's moment read as a datetime (None until there is one); set with either."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: str) -> None:
+        self._slot = slot
+
+    @overload
+    def __get__(self, record: None, owner: type[Any]) -> _OptionalTime: ...
+
+    @overload
+    def __get__(self, record: TaskRecord, owner: type[Any]) -> datetime | None: ...
+
+    def __get__(
+        self, record: TaskRecord | None, owner: type[Any]
+    ) -> datetime | _OptionalTime | None:
+        if record is None:
+            return self
+        moment: Moment | None = getattr(record, self._slot)
+        return None if moment is None else as_datetime(moment)
+
+    def __set__(self, record: TaskRecord, value: Moment | None) -> None:
+        setattr(record, self._slot, value)
+
+
+# TaskRecord's attributes in constructor order, and the ones its repr leaves out.
+_FIELDS = (
+    "task_id",
+    "func_name",
+    "status",
+    "args",
+    "kwargs",
+    "created_at",
+    "start_time",
+    "end_time",
+    "retries_used",
+    "error",
+    "logs",
+    "stacktrace",
+    "idempotency_key",
+    "tags",
+    "source",
+    "priority",
+    "executor",
+    "queue",
+    "progress",
+    "progress_message",
+    "encrypted_payload",
+    "requeue_count",
+    "trace_context",
+    "encrypted_error",
+    "encoded_call",
+    "result_data",
+    "encrypted_result",
+    "result_note",
+    "result_expires_at",
+    "waiting_reason",
+)
+_NOT_IN_REPR = frozenset({"encoded_call", "result_data", "encrypted_result"})
+# The attributes read as datetimes, and the slots that keep them.
+_SLOT_OF = {"created_at": "created_moment", "start_time": "start_moment", "end_time": "end_moment"}
+
+
 class TaskRecord:
     """Everything known about one task: what it runs, with what, and how it went.
 
     ``encrypted_payload`` holds the arguments when encryption is on; ``args``/``kwargs`` are then
     empty so the clear values exist only inside the executor.
+
+    ``created_at``, ``start_time`` and ``end_time`` read as datetimes; the record keeps them as
+    ``*_moment`` (see :data:`Moment`), so the task's own path never builds a datetime.
+    Equality is identity.
     """
 
-    task_id: str
-    func_name: str
-    status: TaskStatus = TaskStatus.PENDING
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=utcnow)
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    retries_used: int = 0
-    error: str | None = None
-    # An empty tuple until the first line (see add_log): most tasks never log, and a list per
-    # record would be one more object for every garbage collection to walk, for all history.
-    logs: Sequence[str] = ()
-    stacktrace: str | None = None
-    idempotency_key: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    source: TaskSource = "manual"
-    priority: int | None = None
-    executor: ExecutorKind = "async"
-    queue: str = "default"
-    progress: float | None = None
-    progress_message: str | None = None
-    encrypted_payload: bytes | None = None
-    requeue_count: int = 0
-    # W3C trace context captured at enqueue (tracing on), carried into the attempts' spans.
-    trace_context: dict[str, str] | None = None
-    # ``encrypt_errors``: the real error and stack trace, sealed; ``error`` is a placeholder.
-    encrypted_error: bytes | None = None
-    # The arguments' lossless encoding, made once and shared by the journal and the history row.
-    encoded_call: bytes | None = field(default=None, repr=False)
-    # The return value's lossless encoding (serialization.encode_result); None: no value kept
-    # (the task returned None, or see ``result_note``). ``encrypted_result``: the same, sealed
-    # with the argument key (encryption on), and ``result_data`` is then None.
-    result_data: bytes | None = field(default=None, repr=False)
-    encrypted_result: bytes | None = field(default=None, repr=False)
-    # Why a value the task returned is not kept (too large, not encodable, expired, opted out).
-    result_note: str | None = None
-    # When a kept result is dropped (``result_ttl``); the record itself stays.
-    result_expires_at: datetime | None = None
-    # Why a PENDING task has not started yet (e.g. waiting for its rate limit); None otherwise.
-    waiting_reason: str | None = None
+    # The moments' slots hold epoch seconds or a datetime (see :data:`Moment`).
+    __slots__ = tuple(_SLOT_OF.get(name, name) for name in _FIELDS)
+
+    def __init__(
+        self,
+        task_id: str,
+        func_name: str,
+        status: TaskStatus = TaskStatus.PENDING,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        created_at: Moment | None = None,
+        start_time: Moment | None = None,
+        end_time: Moment | None = None,
+        retries_used: int = 0,
+        error: str | None = None,
+        logs: Sequence[str] = (),
+        stacktrace: str | None = None,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        source: TaskSource = "manual",
+        priority: int | None = None,
+        executor: ExecutorKind = "async",
+        queue: str = "default",
+        progress: float | None = None,
+        progress_message: str | None = None,
+        encrypted_payload: bytes | None = None,
+        requeue_count: int = 0,
+        trace_context: dict[str, str] | None = None,
+        encrypted_error: bytes | None = None,
+        encoded_call: bytes | None = None,
+        result_data: bytes | None = None,
+        encrypted_result: bytes | None = None,
+        result_note: str | None = None,
+        result_expires_at: datetime | None = None,
+        waiting_reason: str | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.func_name = func_name
+        self.status = status
+        self.args = args
+        self.kwargs: dict[str, Any] = kwargs or EMPTY
+        self.created_moment: Moment = clock() if created_at is None else created_at
+        self.start_moment: Moment | None = start_time
+        self.end_moment: Moment | None = end_time
+        self.retries_used = retries_used
+        self.error = error
+        # An empty tuple until the first line (see add_log): most tasks never log, and a list
+        # per record would be one more object for every garbage collection to walk.
+        self.logs = logs
+        self.stacktrace = stacktrace
+        self.idempotency_key = idempotency_key
+        self.tags: dict[str, str] = tags or EMPTY
+        self.source = source
+        self.priority = priority
+        self.executor = executor
+        self.queue = queue
+        self.progress = progress
+        self.progress_message = progress_message
+        self.encrypted_payload = encrypted_payload
+        self.requeue_count = requeue_count
+        # W3C trace context captured at enqueue (tracing on), carried into the attempts' spans.
+        self.trace_context = trace_context
+        # ``encrypt_errors``: the real error and stack trace, sealed; ``error`` is a placeholder.
+        self.encrypted_error = encrypted_error
+        # The arguments' lossless encoding, made once and shared by the journal and the row.
+        self.encoded_call = encoded_call
+        # The return value's lossless encoding (serialization.encode_result); None: no value
+        # kept (the task returned None, or see ``result_note``). ``encrypted_result``: the
+        # same, sealed with the argument key (encryption on), and ``result_data`` is then None.
+        self.result_data = result_data
+        self.encrypted_result = encrypted_result
+        # Why a value the task returned is not kept (too large, not encodable, expired, ...).
+        self.result_note = result_note
+        # When a kept result is dropped (``result_ttl``); the record itself stays.
+        self.result_expires_at = result_expires_at
+        # Why a PENDING task has not started yet (e.g. waiting for its rate limit).
+        self.waiting_reason = waiting_reason
+
+    @property
+    def created_at(self) -> datetime:
+        return as_datetime(self.created_moment)
+
+    @created_at.setter
+    def created_at(self, value: Moment) -> None:
+        self.created_moment = value
+
+    start_time = _OptionalTime("start_moment")
+    end_time = _OptionalTime("end_moment")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _FIELDS if name not in _NOT_IN_REPR
+        )
+        return f"TaskRecord({shown})"
 
     def add_log(self, line: str) -> None:
         """Append one line to the task's log."""
@@ -135,10 +297,14 @@ class TaskRecord:
 
     @property
     def duration(self) -> float | None:
-        """Seconds from the first start to the end; None until the task has both."""
-        if self.start_time is None or self.end_time is None:
+        """Seconds from the first start to the end; None until the task has both. Always
+        ``(end_time - start_time).total_seconds()``: to the microsecond, like the times shown."""
+        start, end = self.start_moment, self.end_moment
+        if start is None or end is None:
             return None
-        return (self.end_time - self.start_time).total_seconds()
+        if isinstance(start, float) and isinstance(end, float):
+            return (_micros(end) - _micros(start)) / 1_000_000
+        return (as_datetime(end) - as_datetime(start)).total_seconds()
 
     def to_dict(self, *, include_args: bool = False) -> dict[str, Any]:
         """The JSON shape of the HTTP API. Arguments only on request, never when encrypted."""

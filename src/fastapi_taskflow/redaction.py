@@ -19,7 +19,7 @@ work. Storage secrecy is the job of ``encrypt_args_key``. In attempts, :class:`R
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import functools
 import inspect
 import json
@@ -205,7 +205,8 @@ class ErrorPolicy:
         shown = record
         if include_args and self.redactor is not None and not record.encrypted:
             args, kwargs = self.redactor.arguments(func, record.args, record.kwargs)
-            shown = dataclasses.replace(record, args=args, kwargs=kwargs)
+            shown = copy.copy(record)
+            shown.args, shown.kwargs = args, kwargs
         data = shown.to_dict(include_args=include_args)
         if reveal and record.encrypted_error is not None:
             data["error"], data["stacktrace"] = self.reveal(record)

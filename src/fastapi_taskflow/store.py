@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import logging
 import math
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 from .models import IDEMPOTENCY_BLOCKING, TaskRecord, TaskStatus
@@ -68,7 +68,10 @@ class TaskStore:
             raise ValueError(f"max_history must be an int >= 0, got {max_history!r}")
         self.max_history = max_history
         self._records: dict[str, TaskRecord] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # Ids of the finished records in memory, oldest finish first (what max_history evicts).
+        # A deque, not an ordered dict: 8 bytes per record instead of ~66, for all of history;
+        # taking one id out is a scan, which only a delete or a history clear pays.
+        self._finished: deque[str] = deque()
         self._counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self._queue_counts: dict[str, dict[TaskStatus, int]] = {}
         self._keys: dict[str, str] = {}
@@ -198,11 +201,13 @@ class TaskStore:
 
     # The two transitions every task makes get their own short paths (the per-task hot path).
 
-    def mark_running(self, record: TaskRecord, now: datetime) -> None:
+    # ``now`` is epoch seconds (models.clock): no datetime is built on the task's path.
+
+    def mark_running(self, record: TaskRecord, now: float) -> None:
         with self._lock:
             self._move(record, _RUNNING)
-            if record.start_time is None:
-                record.start_time = now
+            if record.start_moment is None:
+                record.start_moment = now
         if self._listeners:
             self._notify(record)
 
@@ -210,7 +215,7 @@ class TaskStore:
         self,
         record: TaskRecord,
         status: TaskStatus,
-        now: datetime,
+        now: float,
         error: str | None,
         stacktrace: str | None,
     ) -> None:
@@ -218,9 +223,9 @@ class TaskStore:
             if record.status.finished:
                 return
             self._move(record, status)
-            record.end_time = now
-            if record.start_time is None:
-                record.start_time = now
+            record.end_moment = now
+            if record.start_moment is None:
+                record.start_moment = now
             record.error = error
             record.stacktrace = stacktrace
             self._on_finished(record)
@@ -234,14 +239,11 @@ class TaskStore:
 
     def remove(self, task_id: str) -> TaskRecord | None:
         with self._lock:
-            record = self._records.pop(task_id, None)
-            if record is None:
-                return None
-            self._count(record, -1)
-            self._finished.pop(task_id, None)
-            self._dirty.pop(task_id, None)
-            if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
-                del self._keys[record.idempotency_key]
+            record = self._drop(task_id)
+            if record is not None and record.status.finished:
+                # Absent only if its status was set behind the store's back.
+                with contextlib.suppress(ValueError):
+                    self._finished.remove(task_id)
         self._check_idle()
         return record
 
@@ -250,7 +252,11 @@ class TaskStore:
         with self._lock:
             doomed = [tid for tid in self._finished if keep is None or not keep(self._records[tid])]
             for task_id in doomed:
-                self.remove(task_id)
+                self._drop(task_id)
+            if doomed:
+                gone = set(doomed)
+                self._finished = deque(tid for tid in self._finished if tid not in gone)
+        self._check_idle()
         return doomed
 
     def reset_finished_counts(self) -> None:
@@ -324,8 +330,19 @@ class TaskStore:
         self._records[record.task_id] = record
         self._count(record, +1)
         if record.status.finished:
-            self._finished[record.task_id] = None
+            self._finished.append(record.task_id)
             self._evict()
+
+    def _drop(self, task_id: str) -> TaskRecord | None:  # under the lock
+        """Forget a record everywhere but in the finished order (the caller sees to that)."""
+        record = self._records.pop(task_id, None)
+        if record is None:
+            return None
+        self._count(record, -1)
+        self._dirty.pop(task_id, None)
+        if record.idempotency_key and self._keys.get(record.idempotency_key) == task_id:
+            del self._keys[record.idempotency_key]
+        return record
 
     def _check_idle(self) -> None:
         if not self._idle_waiters:
@@ -366,9 +383,15 @@ class TaskStore:
         per_queue[record.status] += delta
 
     def _on_finished(self, record: TaskRecord) -> None:
-        self._finished[record.task_id] = None
-        duration = record.duration
-        if duration is not None:
+        # Called once per record: a finished task never becomes active again (a retry is a
+        # new task), so its id enters the finished order once.
+        self._finished.append(record.task_id)
+        start, end = record.start_moment, record.end_moment
+        if isinstance(start, float) and isinstance(end, float):
+            # Epoch seconds from the task's own run: their plain difference is precise enough
+            # for a log-scale bucket, and cheaper than ``duration`` (to the microsecond).
+            self.durations.add(end - start)
+        elif (duration := record.duration) is not None:
             self.durations.add(duration)
         key = record.idempotency_key
         if (
@@ -381,7 +404,7 @@ class TaskStore:
 
     def _evict(self) -> None:
         while len(self._finished) > self.max_history:
-            task_id, _ = self._finished.popitem(last=False)
+            task_id = self._finished.popleft()
             record = self._records.pop(task_id, None)
             if record is not None:
                 # Counters keep describing all known history; only the record leaves memory.

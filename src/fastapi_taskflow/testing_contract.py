@@ -613,6 +613,20 @@ class BackendContract:
         await peer.forget_instance("a")
         assert await backend.live_instances() == []
 
+    async def test_instances_announcing_at_once_all_succeed(
+        self, backend: TaskBackend, peer: TaskBackend
+    ) -> None:
+        """Many instances renewing at the same moment (two backend objects): every renewal
+        succeeds, none is refused as a deadlock."""
+        await asyncio.gather(
+            *(
+                (backend if i % 2 else peer).announce_instance(make_instance(f"i{i % 8}"), ttl=30)
+                for i in range(64)
+            )
+        )
+        listed = sorted(i.instance_id for i in await peer.live_instances())
+        assert listed == [f"i{n}" for n in range(8)]
+
     # ---- commands ------------------------------------------------------------------------------
 
     async def test_commands_are_read_from_a_position_oldest_first(

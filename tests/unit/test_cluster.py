@@ -19,7 +19,10 @@ from fastapi import FastAPI
 from fastapi_taskflow import QueueConfig, TaskAdmin, TaskManager, TaskRegistry, TaskStatus
 from fastapi_taskflow.backends.base import TaskBackend
 
-FAST = {"heartbeat_interval": 0.05, "lease_ttl": 0.5, "close_backend": False}
+# Quick heartbeats, so instances see one another at once; a lease of 40 heartbeats, so a loaded
+# machine (parallel test workers) stalling a process for a second does not let it lapse: no test
+# here waits for a lease to run out.
+FAST = {"heartbeat_interval": 0.05, "lease_ttl": 2.0, "close_backend": False}
 
 
 @asynccontextmanager

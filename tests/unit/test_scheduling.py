@@ -139,6 +139,27 @@ async def test_shared_backend_fires_each_slot_on_one_instance(
     assert len(fired) == len(set(fired))
 
 
+async def test_a_slot_due_as_the_manager_stops_still_takes_its_lock() -> None:
+    """A firing already on its way when the scheduler stops asks the shared backend for the
+    slot's lock like any other: it never fires a slot another instance took."""
+    registry = TaskRegistry()
+
+    @registry.schedule(every=3600, name="hourly")
+    async def hourly() -> None:
+        pass
+
+    backend = SharedMemoryBackend()
+    async with running(registry=registry, snapshot_backend=backend) as manager:
+        scheduler = manager.scheduler
+        state = scheduler._periodic[0]
+        slot = state.trigger.first_after(time.time())
+        assert await backend.acquire_lock(f"schedule:hourly:{slot_label(slot)}", "other", 60)
+        scheduler._due(state, slot)  # the slot's timer goes off right before the stop
+        await scheduler.stop()
+        assert scheduler.fired == 0
+        assert manager.metrics()["total"] == 0
+
+
 class FrozenClock:
     """A wall clock stopped at ``now``, counting how often the scheduler reads it."""
 

@@ -570,9 +570,10 @@ class SqlBackend(TaskBackend):
             ["instance_id"],
             "?, {now} + ?, ?",
         )
-        async with self.session() as s:
-            await s.execute(self.sql(upsert), [instance_id, ttl, data])
-            await s.execute(self.sql("DELETE FROM {t}instances WHERE expires_at <= {now}"))
+        await self.execute(upsert, [instance_id, ttl, data])
+        # Its own transaction: two instances each holding their upserted row while their sweeps
+        # scan for the other's would deadlock (MySQL reports it and refuses the heartbeat).
+        await self.execute("DELETE FROM {t}instances WHERE expires_at <= {now}")
 
     async def _list_instances(self) -> list[tuple[str, str]]:
         rows = await self.fetch(

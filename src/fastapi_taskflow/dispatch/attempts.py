@@ -20,7 +20,7 @@ from ..context import current_sink
 from ..crypto import ArgumentCipher
 from ..errors import ArgumentDecryptionError, IllegalTransitionError, WorkerCrashedError
 from ..executors import ExecutorSet
-from ..models import QueueConfig, StopReason, TaskRecord, TaskStatus, utcnow
+from ..models import QueueConfig, StopReason, TaskRecord, TaskStatus, clock
 from ..serialization import decode_call
 from ..store import TaskStore
 from .events import EventHub
@@ -120,7 +120,7 @@ class Dispatcher:
         # RUNNING from the moment it holds a slot: PENDING means "waiting", and backpressure
         # (max_size) counts only those.
         record = job.record
-        self.store.mark_running(record, utcnow())
+        self.store.mark_running(record, clock())
         if job.requeue and job.journaled and self._on_journaled_start is not None:
             self._on_journaled_start(record)
         if self.hub.observing:
@@ -348,7 +348,7 @@ class Dispatcher:
         job.move("done")
         record = job.record
         record.encrypted_error = sealed
-        self.store.mark_finished(record, status, utcnow(), error, stacktrace)
+        self.store.mark_finished(record, status, clock(), error, stacktrace)
         if self.hub.observing:
             self.hub.lifecycle(record, status, attempt)
         self.jobs.pop(record.task_id, None)

@@ -13,7 +13,7 @@ from ..backends.base import JournalEntry
 from ..crypto import ArgumentCipher
 from ..errors import QueueFullError
 from ..ids import new_task_id
-from ..models import TaskRecord, TaskSource, TaskStatus, utcnow
+from ..models import EMPTY, TaskRecord, TaskSource, TaskStatus, clock
 from ..registry import TaskDefinition, TaskOptions
 from ..serialization import encode_call, record_call
 from ..store import TaskStore
@@ -90,7 +90,7 @@ class Enqueuer:
         """Create (or find, by idempotency key) the task; returns ``(record, created)``."""
         opts = options or definition.options
         if idempotency_key is None and priority is None and queue is None and tags is None:
-            clean_tags: dict[str, str] = {}  # the usual call: nothing to check
+            clean_tags: dict[str, str] = EMPTY  # the usual call: nothing to check
         else:
             clean_tags = check_call_options(
                 idempotency_key=idempotency_key, priority=priority, queue=queue, tags=tags
@@ -163,8 +163,8 @@ class Enqueuer:
             func_name=definition.name,
             # The call's own tuple and dict (fresh from *args/**kwargs): never mutated, not copied.
             args=() if encrypted else args,
-            kwargs={} if encrypted else kwargs,
-            created_at=utcnow(),
+            kwargs=EMPTY if encrypted else kwargs,
+            created_at=clock(),
             idempotency_key=idempotency_key,
             tags=tags,
             source=source,
@@ -233,5 +233,5 @@ def journal_entry(record: TaskRecord, requeue: bool) -> JournalEntry:
 
 def _mark_rejected(record: TaskRecord, max_size: int | None) -> None:
     record.status = TaskStatus.REJECTED
-    record.end_time = utcnow()
+    record.end_moment = clock()
     record.error = f"queue {record.queue!r} is full ({max_size} waiting)"
