@@ -321,9 +321,17 @@ class Scheduler:
         await self._fire(state, slot, f"schedule:{state.name}:{slot_label(slot)}", state.lock_ttl)
 
     async def _fire(self, state: Periodic, slot: float, lock: str, ttl: float) -> None:
+        if not self._running:
+            # stop() ran after the timer spawned this firing, before its first step (a loaded
+            # loop does that): the slot is left to the instances that go on, as _due leaves it.
+            # Fired now, it would skip the lock (no backend once stopped) and fire beside them.
+            return
+        # Read once: self.backend is None once stopped, and a firing in flight at stop() must
+        # still lock and remember its slot on the backend it began with.
+        backend = self.backend
         label = slot_label(slot)
         try:
-            if not await self._acquire(lock, ttl):
+            if not await self._acquire(backend, lock, ttl):
                 return  # another instance fires this slot
             self.manager.enqueue_definition(
                 state.schedule.task,
@@ -339,7 +347,7 @@ class Scheduler:
         state.fired += 1
         self.fired += 1
         if state.schedule.catch_up:
-            await self._remember(state, slot)
+            await self._remember(backend, state, slot)
 
     async def _missed(self, state: Periodic, now: float) -> float | None:
         """The latest slot before ``now`` if it was never fired (needs a backend)."""
@@ -359,11 +367,11 @@ class Scheduler:
             return None  # never ran before (nothing missed), or nothing missed
         return latest
 
-    async def _remember(self, state: Periodic, slot: float) -> None:
-        if self.backend is None:
+    async def _remember(self, backend: TaskBackend | None, state: Periodic, slot: float) -> None:
+        if backend is None:
             return
         try:
-            await self.backend.set_meta(f"schedule:{state.name}:last", repr(slot))
+            await backend.set_meta(f"schedule:{state.name}:last", repr(slot))
         except Exception:
             self._failed(f"saving the last slot of schedule {state.name!r}")
 
@@ -461,7 +469,8 @@ class Scheduler:
                 self._failed(f"one-off run {key!r} (tried again in {ONCE_RETRY:g}s)")
                 self._arm_once(run, self.clock() + ONCE_RETRY)
                 return
-            del self._once[key]
+            # pop: stop() may have cleared the runs meanwhile, and this one's row is taken now.
+            self._once.pop(key, None)
             if taken is None:
                 return  # fired or cancelled by another instance
             if not _same_run(run, taken):  # replaced under the same key by another instance
@@ -573,11 +582,8 @@ class Scheduler:
 
     # ---- helpers -------------------------------------------------------------------------------
 
-    async def _acquire(self, lock: str, ttl: float) -> bool:
+    async def _acquire(self, backend: TaskBackend | None, lock: str, ttl: float) -> bool:
         """Take a slot's lock when instances share the backend; alone, every slot is ours."""
-        # The manager's backend, not self.backend: a firing still in flight while stop() waits
-        # for it must take the lock too, or it fires a slot another instance already fired.
-        backend = self.manager.backend
         if backend is None or not backend.shared:
             return True
         return await backend.acquire_lock(lock, self.manager.instance_id, ttl)

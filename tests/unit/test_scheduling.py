@@ -15,7 +15,8 @@ import pytest
 from control_helpers import BackendFactory, SharedMemoryBackend, running, wait_until
 
 from fastapi_taskflow import QueueConfig, TaskManager, TaskRegistry, TaskStatus
-from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, slot_label
+from fastapi_taskflow.backends.base import ScheduledRun, TaskBackend
+from fastapi_taskflow.scheduling import CronTrigger, EveryTrigger, Scheduler, slot_label
 
 
 def scheduled(tm: TaskManager) -> list[object]:
@@ -157,6 +158,139 @@ async def test_a_slot_due_as_the_manager_stops_still_takes_its_lock() -> None:
         await scheduler.stop()
         assert scheduler.fired == 0
         assert manager.metrics()["total"] == 0
+
+
+class FrozenClock:
+    """A wall clock stopped at ``now``, counting how often the scheduler reads it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+class RecordingHost:
+    """What a manager gives its scheduler; each firing's slot is recorded, nothing runs."""
+
+    def __init__(self, registry: TaskRegistry, backend: TaskBackend, instance_id: str) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.cipher = None
+        self.instance_id = instance_id
+        self.fired: list[str] = []  # the slot of each periodic firing, the run of a one-off
+
+    def enqueue_definition(
+        self, definition: object, args: object, kwargs: object, **options: Any
+    ) -> None:
+        self.fired.append(options["tags"].get("slot") or options["tags"]["run"])
+
+
+def minute_registry(catch_up: bool = False) -> TaskRegistry:
+    registry = TaskRegistry()
+
+    @registry.schedule(every=60, name="minute", catch_up=catch_up)
+    async def minute() -> None:
+        return None
+
+    return registry
+
+
+SLOT = 1_800_000_000.0  # a whole minute: the slot every=60 fires next when the clock is just before
+
+
+async def test_an_instance_stopping_as_a_slot_falls_due_never_fires_it_beside_another() -> None:
+    """A firing whose timer went off just before stop() fires nothing: it must not fire the slot
+    as if alone (no lock) while the instance that goes on fires it too."""
+    registry, backend = minute_registry(), SharedMemoryBackend()
+    going_on = Scheduler(RecordingHost(registry, backend, "a"), clock=FrozenClock(SLOT - 0.001))
+    stopping_clock = FrozenClock(SLOT - 0.001)
+    stopping = Scheduler(RecordingHost(registry, backend, "b"), clock=stopping_clock)
+    await going_on.start()
+    await stopping.start()
+    # Step the loop until the stopping instance's timer has gone off (it reads the clock to arm
+    # the next slot). This test's step was queued before that timer ran, so it runs before the
+    # firing's first step, as a loaded loop runs a shutdown between the two. An event could not
+    # do it: its waiter would wake after the firing's first step.
+    reads = stopping_clock.reads
+    while stopping_clock.reads == reads:  # noqa: ASYNC110 (the order of steps is the point)
+        await asyncio.sleep(0)
+    await stopping.stop()
+    await going_on.stop()
+    assert going_on.manager.fired + stopping.manager.fired == [slot_label(SLOT)]
+
+
+class SlowLocks(SharedMemoryBackend):
+    """Slot locks answered when the test says so: a firing held mid-way, as by a slow backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().acquire_lock(name, owner, ttl)
+
+
+async def test_a_firing_in_flight_at_stop_still_records_its_slot_for_catch_up() -> None:
+    """stop() lets a firing in flight finish: it fires and records its slot, so the next start
+    does not fire that slot again as missed."""
+    backend = SlowLocks()
+    host = RecordingHost(minute_registry(catch_up=True), backend, "a")
+    scheduler = Scheduler(host, clock=FrozenClock(SLOT - 0.001))
+    await scheduler.start()
+    await backend.asked.wait()
+    backend.answer.set()  # the lock is answered after stop() began
+    await scheduler.stop()
+    assert host.fired == [slot_label(SLOT)]
+    assert await backend.get_meta("schedule:minute:last") == repr(SLOT)
+
+
+class SlowTakes(SharedMemoryBackend):
+    """One-off rows handed over when the test says so: a run taken mid-way by a slow backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def take_scheduled(self, run_key: str) -> ScheduledRun | None:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().take_scheduled(run_key)
+
+
+async def test_a_one_off_run_taken_as_stop_begins_still_fires() -> None:
+    """A one-off run whose row was being taken when stop() began fires: the row is gone from
+    the backend, so no instance would ever fire it otherwise."""
+    registry, backend = minute_registry(), SlowTakes()
+    host = RecordingHost(registry, backend, "a")
+    scheduler = Scheduler(host, clock=FrozenClock(SLOT))
+
+    async def report() -> None:
+        return None
+
+    await scheduler.start()
+    await scheduler.schedule_once(
+        report,
+        (),
+        {},
+        run_at=timedelta(0),
+        run_key="r1",
+        tags={"run": "r1"},
+        priority=None,
+        queue=None,
+        idempotency_key=None,
+    )
+    await backend.asked.wait()
+    backend.answer.set()  # the row is handed over after stop() began
+    await scheduler.stop()
+    assert host.fired == ["r1"]
+    assert await backend.list_scheduled() == []
 
 
 def test_every_slots_are_epoch_multiples_without_float_repeats() -> None:
