@@ -19,6 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pytest
+
+# The backends a test can run on, as parameters carrying the marker of the server they need.
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+MYSQL = pytest.param("mysql", marks=pytest.mark.mysql)
+SERVER_KINDS = [REDIS, POSTGRES, MYSQL]
+#: A real SQLite file, then every server.
+PERSISTENT_KINDS = ["sqlite", *SERVER_KINDS]
+
 
 def free_port() -> int:
     """A TCP port nothing listens on right now (the OS picks it)."""

@@ -16,20 +16,15 @@ import httpx
 import pytest
 from processes import AppProcess, wait_for
 
+from servers import PERSISTENT_KINDS
+
 pytestmark = pytest.mark.slow
 
 ACTIONS = 40  # per process, all sent at once
 HEADERS = {"X-CSRF-Token": "1"}  # a script's proof of the same origin
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
+@pytest.fixture(params=PERSISTENT_KINDS)
 def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A backend spec (app_backends.py) of its own: a file, a key prefix or a table prefix."""
     if request.param == "sqlite":

@@ -18,7 +18,7 @@ import pytest
 from app_backends import counting_successes
 from processes import AppProcess, wait_for
 
-from servers import RedisServer, find_redis_server
+from servers import MYSQL, POSTGRES, REDIS, RedisServer, find_redis_server
 
 CONCURRENCY = 4
 TASKS = 200
@@ -96,9 +96,6 @@ def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 SQLITE = "sqlite"
-REDIS = pytest.param("redis", marks=pytest.mark.redis)
-POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
-MYSQL = pytest.param("mysql", marks=pytest.mark.mysql)
 
 
 @pytest.mark.parametrize("spec", [SQLITE, POSTGRES, MYSQL], indirect=True)

@@ -31,7 +31,7 @@ from fastapi_taskflow.backends.sql import SqlBackend
 from fastapi_taskflow.backends.sqlite import SqliteBackend
 from fastapi_taskflow.cli import build_app
 from fastapi_taskflow.legacy import import_legacy
-from servers import MariaDBServer, PostgresServer
+from servers import PERSISTENT_KINDS, MariaDBServer, PostgresServer
 from sqlite_files import sqlite_file
 
 SNAPSHOT_COLUMNS = (
@@ -221,14 +221,7 @@ class Target:
         self.write = write
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
+@pytest.fixture(params=PERSISTENT_KINDS)
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     """A fresh store of each kind (0.12's table names are fixed: a new database per test)."""
     name = f"legacy_{uuid.uuid4().hex[:10]}"
