@@ -61,10 +61,51 @@ def check_table_prefix(prefix: str) -> str:
     return prefix
 
 
-def like_pattern(text: str) -> str:
-    """A LIKE pattern matching ``text`` anywhere, case-folded, with ``%`` and ``_`` literal."""
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def like_pattern(text: str, *, fold: bool = True) -> str:
+    """A LIKE pattern matching ``text`` anywhere (case-folded unless ``fold=False``), with
+    ``%`` and ``_`` literal."""
+    text = text.lower() if fold else text
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def record_filter(
+    query: RecordQuery,
+    *,
+    tag_sql: str,
+    text_sql: str,
+    pattern: Callable[[str], str] = like_pattern,
+) -> tuple[list[str], list[Any]]:
+    """The conditions of a record page and their parameters, in any SQL dialect: the equality
+    filters, the tag (``tag_sql`` takes key and value), the text (``text_sql`` takes three
+    ``pattern(text)``) and the ``created_at`` window. The page position is the caller's."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("status", query.status),
+        ("func_name", query.func_name),
+        ("queue", query.queue),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.tag is not None:
+        clauses.append(tag_sql)
+        params.extend(query.tag)
+    if query.text:
+        clauses.append(text_sql)
+        params.extend([pattern(query.text)] * 3)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.since.timestamp())
+    if query.until is not None:
+        clauses.append("created_at < ?")
+        params.append(query.until.timestamp())
+    return clauses, params
+
+
+def where_sql(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 def _float(value: Any) -> float | None:
@@ -369,35 +410,16 @@ class SqlBackend(TaskBackend):
         return rows[0][0] if rows else None
 
     def _where(self, query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("status", query.status),
-            ("func_name", query.func_name),
-            ("queue", query.queue),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.tag is not None:
-            clauses.append(self.tag_sql())
-            params.extend(query.tag)
-        if query.text:
-            like = f"LIKE ?{self.like_escape}"
-            clauses.append(
-                f"(LOWER(func_name) {like} OR LOWER(task_id) {like} OR LOWER(error) {like})"
-            )
-            params.extend([like_pattern(query.text)] * 3)
-        if query.since is not None:
-            clauses.append("created_at >= ?")
-            params.append(query.since.timestamp())
-        if query.until is not None:
-            clauses.append("created_at < ?")
-            params.append(query.until.timestamp())
+        like = f"LIKE ?{self.like_escape}"
+        clauses, params = record_filter(
+            query,
+            tag_sql=self.tag_sql(),
+            text_sql=f"(LOWER(func_name) {like} OR LOWER(task_id) {like} OR LOWER(error) {like})",
+        )
         if after is not None:
             clauses.append("(created_at < ? OR (created_at = ? AND task_id < ?))")
             params.extend([after[0], after[0], after[1]])
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        return where_sql(clauses), params
 
     async def _query_rows(
         self, query: RecordQuery, after: tuple[float, str] | None, limit: int

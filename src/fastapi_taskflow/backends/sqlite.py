@@ -31,7 +31,7 @@ from ..models import FINISHED_STATUSES
 from ..ratelimit import gcra_step
 from ..stats import THROUGHPUT_POINTS, StatInputs, batch_deltas, removal_deltas
 from .base import COMMAND_TTL, RecordQuery, Row, TaskBackend
-from .sql import LEGACY_TABLES
+from .sql import LEGACY_TABLES, like_pattern, record_filter, where_sql
 from .sqlite_check import INTEGRITY_CHECKS, integrity_problems
 
 DEFAULT_PATH = "tasks.db"
@@ -147,46 +147,30 @@ WHERE tf_locks.owner = excluded.owner OR tf_locks.expires_at <= ?
 """
 
 
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+# CASE first: json_each on a corrupt row would abort the whole query, not skip the row.
+_TAG_SQL = (
+    "CASE WHEN json_valid(data) THEN EXISTS (SELECT 1 FROM json_each(data, '$.tags')"
+    " WHERE key = ? AND value = ?) ELSE 0 END"
+)
+# SQLite's LIKE already ignores ASCII case: the pattern keeps the text as typed.
+_TEXT_SQL = (
+    "(func_name LIKE ? ESCAPE '\\' OR task_id LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\')"
+)
 
 
 def _where(query: RecordQuery, after: tuple[float, str] | None) -> tuple[str, list[Any]]:
     """The WHERE clause of a page query and its parameters."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("status", query.status),
-        ("func_name", query.func_name),
-        ("queue", query.queue),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.tag is not None:
-        # CASE first: json_each on a corrupt row would abort the whole query, not skip the row.
-        clauses.append(
-            "CASE WHEN json_valid(data) THEN EXISTS (SELECT 1 FROM json_each(data, '$.tags')"
-            " WHERE key = ? AND value = ?) ELSE 0 END"
-        )
-        params.extend(query.tag)
-    if query.text:
-        clauses.append(
-            "(func_name LIKE ? ESCAPE '\\' OR task_id LIKE ? ESCAPE '\\'"
-            " OR error LIKE ? ESCAPE '\\')"
-        )
-        params.extend([_like(query.text)] * 3)
-    if query.since is not None:
-        clauses.append("created_at >= ?")
-        params.append(query.since.timestamp())
-    if query.until is not None:
-        clauses.append("created_at < ?")
-        params.append(query.until.timestamp())
+    clauses, params = record_filter(
+        query, tag_sql=_TAG_SQL, text_sql=_TEXT_SQL, pattern=_unfolded_pattern
+    )
     if after is not None:
         clauses.append("(created_at, task_id) < (?, ?)")
         params.extend(after)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return where_sql(clauses), params
+
+
+def _unfolded_pattern(text: str) -> str:
+    return like_pattern(text, fold=False)
 
 
 def _probe(path: Path) -> None:
